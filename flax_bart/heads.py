@@ -1,0 +1,242 @@
+"""Top-level linen modules: the seq2seq backbone and the four heads, 4.x parameter layout.
+
+Each module has `__call__` (full forward), `encode` and `decode` (used by the wrapper classes via
+`module.apply(..., method=...)`). Inputs arrive complete: the wrapper fills default masks/positions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from flax_bart import outputs as O
+from flax_bart.config import BartConfig
+from flax_bart.modules import BartDecoder, BartEncoder, Embed, _dense
+
+Dtype = Any
+
+
+class BartModule(nn.Module):
+    """Encoder + decoder around one `shared` embedding (BartModel)."""
+
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        self.shared = Embed(c.vocab_size, c.d_model, c, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.encoder = BartEncoder(c, embed_tokens=self.shared, **kw)
+        self.decoder = BartDecoder(c, embed_tokens=self.shared, **kw)
+
+    def encode(self, input_ids, attention_mask, position_ids, output_attentions=False,
+               output_hidden_states=False, deterministic=True):
+        h, states, attns = self.encoder(
+            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states, deterministic
+        )
+        return O.FlaxBaseModelOutput(last_hidden_state=h, hidden_states=states, attentions=attns)
+
+    def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask, decoder_attention_mask,
+               decoder_position_ids, init_cache=False, cache_length=0, output_attentions=False,
+               output_hidden_states=False, deterministic=True):
+        h, states, attns, cross = self.decoder(
+            decoder_input_ids, decoder_attention_mask, decoder_position_ids, encoder_hidden_states,
+            encoder_attention_mask, init_cache, cache_length, output_attentions, output_hidden_states,
+            deterministic,
+        )
+        return O.FlaxBaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=h, hidden_states=states, attentions=attns, cross_attentions=cross
+        )
+
+    def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
+                 decoder_position_ids, output_attentions=False, output_hidden_states=False, deterministic=True):
+        enc = self.encode(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
+                          deterministic)
+        dec = self.decode(decoder_input_ids, enc.last_hidden_state, attention_mask, decoder_attention_mask,
+                          decoder_position_ids, output_attentions=output_attentions,
+                          output_hidden_states=output_hidden_states, deterministic=deterministic)
+        return O.FlaxSeq2SeqModelOutput(
+            last_hidden_state=dec.last_hidden_state,
+            decoder_hidden_states=dec.hidden_states,
+            decoder_attentions=dec.attentions,
+            cross_attentions=dec.cross_attentions,
+            encoder_last_hidden_state=enc.last_hidden_state,
+            encoder_hidden_states=enc.hidden_states,
+            encoder_attentions=enc.attentions,
+        )
+
+
+def _seq2seq_fields(out: O.FlaxSeq2SeqModelOutput) -> dict:
+    return {k: getattr(out, k) for k in (
+        "decoder_hidden_states", "decoder_attentions", "cross_attentions", "encoder_last_hidden_state",
+        "encoder_hidden_states", "encoder_attentions")}
+
+
+class _HeadBase(nn.Module):
+    """A head model: the backbone under `model/`; `encode` and (plain) `decode` pass through."""
+
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def _backbone(self):
+        return BartModule(self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
+                          name="model")
+
+    def encode(self, *args, **kwargs):
+        return self.model.encode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.model.decode(*args, **kwargs)
+
+
+class BartForConditionalGenerationModule(_HeadBase):
+    def setup(self):
+        c = self.config
+        self.model = self._backbone()
+        self.final_logits_bias = self.param("final_logits_bias", nn.initializers.zeros, (1, c.vocab_size),
+                                            self.param_dtype)
+        if not c.tie_word_embeddings:
+            self.lm_head = _dense(c, c.vocab_size, self.dtype, self.param_dtype, self.precision, "lm_head",
+                                  use_bias=False)
+
+    def logits(self, h_BxTxD):
+        if self.config.tie_word_embeddings:
+            logits = self.model.shared.attend(h_BxTxD, precision=self.precision)
+        else:
+            logits = self.lm_head(h_BxTxD)
+        # A buffer in PyTorch, never trained.
+        return logits + jax.lax.stop_gradient(self.final_logits_bias).astype(self.dtype)
+
+    def decode(self, *args, **kwargs):
+        dec = self.model.decode(*args, **kwargs)
+        return O.FlaxCausalLMOutputWithCrossAttentions(
+            logits=self.logits(dec.last_hidden_state), hidden_states=dec.hidden_states,
+            attentions=dec.attentions, cross_attentions=dec.cross_attentions,
+        )
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        return O.FlaxSeq2SeqLMOutput(logits=self.logits(out.last_hidden_state), **_seq2seq_fields(out))
+
+
+class BartClassificationHead(nn.Module):
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        c = self.config
+        self.dense = _dense(c, c.d_model, self.dtype, self.param_dtype, self.precision, "dense")
+        self.out_proj = _dense(c, c.num_labels, self.dtype, self.param_dtype, self.precision, "out_proj")
+        self.dropout = nn.Dropout(rate=c.classifier_dropout or 0.0)
+
+    def __call__(self, x_BxD, deterministic=True):
+        x = self.dropout(x_BxD, deterministic=deterministic)
+        x = jnp.tanh(self.dense(x))
+        x = self.dropout(x, deterministic=deterministic)
+        return self.out_proj(x)
+
+
+def last_eos_states(h_BxTxD, input_ids_BxT, eos_ids):
+    """The decoder state at the last `<eos>` of each row, and whether the batch is valid for it.
+
+    Valid means every row holds at least one `<eos>` and all rows hold the same number (PyTorch
+    raises otherwise). Works under `jit`; the caller turns invalid batches into NaN logits."""
+    is_eos = jnp.isin(input_ids_BxT, jnp.asarray(eos_ids, dtype=input_ids_BxT.dtype))
+    t = input_ids_BxT.shape[1]
+    last_BxT = t - 1 - jnp.argmax(is_eos[:, ::-1], axis=1)
+    rep_BxD = jnp.take_along_axis(h_BxTxD, last_BxT[:, None, None], axis=1)[:, 0]
+    counts = is_eos.sum(axis=1)
+    valid = jnp.all(counts > 0) & jnp.all(counts == counts[0])
+    return rep_BxD, valid
+
+
+class BartForSequenceClassificationModule(_HeadBase):
+    def setup(self):
+        self.model = self._backbone()
+        self.classification_head = BartClassificationHead(
+            self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision
+        )
+
+    def __call__(self, input_ids, *args, deterministic=True, **kwargs):
+        out = self.model(input_ids, *args, deterministic=deterministic, **kwargs)
+        rep, valid = last_eos_states(out.last_hidden_state, input_ids, self.config.eos_token_ids)
+        logits = self.classification_head(rep, deterministic=deterministic)
+        # Under jit a bad batch cannot raise: it gives NaN logits instead of a plausible number.
+        logits = jnp.where(valid, logits, jnp.nan)
+        return O.FlaxSeq2SeqSequenceClassifierOutput(logits=logits, **_seq2seq_fields(out))
+
+
+class BartForQuestionAnsweringModule(_HeadBase):
+    def setup(self):
+        self.model = self._backbone()
+        self.qa_outputs = _dense(self.config, 2, self.dtype, self.param_dtype, self.precision, "qa_outputs")
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        logits = self.qa_outputs(out.last_hidden_state)
+        return O.FlaxSeq2SeqQuestionAnsweringModelOutput(
+            start_logits=logits[..., 0], end_logits=logits[..., 1], **_seq2seq_fields(out)
+        )
+
+
+class BartDecoderWrapper(nn.Module):
+    """Holds the decoder (with its own `embed_tokens`) under `model/decoder` for ForCausalLM."""
+
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        self.decoder = BartDecoder(self.config, dtype=self.dtype, param_dtype=self.param_dtype,
+                                   precision=self.precision)
+
+    def __call__(self, *args, **kwargs):
+        return self.decoder(*args, **kwargs)
+
+
+class BartForCausalLMModule(nn.Module):
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        c = self.config
+        self.model = BartDecoderWrapper(c, dtype=self.dtype, param_dtype=self.param_dtype,
+                                        precision=self.precision)
+        if not c.tie_word_embeddings:
+            self.lm_head = _dense(c, c.vocab_size, self.dtype, self.param_dtype, self.precision, "lm_head",
+                                  use_bias=False)
+
+    def __call__(self, input_ids, attention_mask, position_ids, encoder_hidden_states=None,
+                 encoder_attention_mask=None, init_cache=False, cache_length=0, output_attentions=False,
+                 output_hidden_states=False, deterministic=True):
+        h, states, attns, cross = self.model(
+            input_ids, attention_mask, position_ids, encoder_hidden_states, encoder_attention_mask, init_cache,
+            cache_length, output_attentions, output_hidden_states, deterministic,
+        )
+        if self.config.tie_word_embeddings:
+            logits = self.model.decoder.tokens.attend(h, precision=self.precision)
+        else:
+            logits = self.lm_head(h)
+        return O.FlaxCausalLMOutputWithCrossAttentions(
+            logits=logits, hidden_states=states, attentions=attns, cross_attentions=cross
+        )
+
+
+MODULES = {
+    "base": BartModule,
+    "lm": BartForConditionalGenerationModule,
+    "cls": BartForSequenceClassificationModule,
+    "qa": BartForQuestionAnsweringModule,
+    "causal": BartForCausalLMModule,
+}

@@ -1,0 +1,262 @@
+"""The public model classes with the transformers-4.x Flax BART API."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from flax_bart import heads
+from flax_bart.pretrained import FlaxBartPreTrainedModel
+from flax_bart.validation import (
+    InputError, check_eos_rows, check_ids, check_length, check_mask, check_positions, is_concrete,
+)
+
+
+def shift_tokens_right(input_ids, pad_token_id: int, decoder_start_token_id: int):
+    """Decoder inputs for denoising: shift right, start token first, -100 labels become padding."""
+    xp = np if isinstance(input_ids, np.ndarray) else jnp
+    shifted = xp.concatenate(
+        [xp.full((input_ids.shape[0], 1), decoder_start_token_id, dtype=input_ids.dtype), input_ids[:, :-1]], axis=1
+    )
+    return xp.where(shifted == -100, pad_token_id, shifted)
+
+
+def _positions(batch: int, length: int, start=0):
+    return (jnp.arange(length, dtype=jnp.int32)[None, :] + jnp.asarray(start, jnp.int32)) * jnp.ones(
+        (batch, 1), jnp.int32
+    )
+
+
+def _as_ids(x):
+    return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x)
+
+
+def cache_info(past_key_values):
+    """(cache_index, max_length) of a cache tree from `init_cache`."""
+    flat = traverse_util.flatten_dict(past_key_values)
+    index = length = None
+    for k, v in flat.items():
+        if len(k) >= 2 and k[-2] == "self_attn":
+            if k[-1] == "cache_index" and index is None:
+                index = v
+            elif k[-1] == "cached_key" and length is None:
+                length = v.shape[1]
+    if index is None or length is None:
+        raise InputError("past_key_values is not a cache tree from init_cache (no self_attn cache_index/cached_key)")
+    return index, length
+
+
+class _Seq2SeqAPI(FlaxBartPreTrainedModel):
+    """`__call__`, `encode`, `decode`, `init_cache` of the encoder-decoder classes."""
+
+    def _init_args(self, input_shape):
+        ids = self._dummy_inputs(input_shape)
+        mask, pos = jnp.ones_like(ids), _positions(*ids.shape)
+        return dict(input_ids=ids, attention_mask=mask, decoder_input_ids=ids, decoder_attention_mask=mask,
+                    position_ids=pos, decoder_position_ids=pos)
+
+    def _check_encoder_inputs(self, input_ids, attention_mask, position_ids):
+        c = self.config
+        check_ids("input_ids", input_ids, c.vocab_size)
+        b, t = input_ids.shape
+        check_length("input_ids", t, c.max_position_embeddings)
+        check_mask("attention_mask", attention_mask, (b, t))
+        check_mask("position_ids", position_ids, (b, t))
+        check_positions("position_ids", position_ids, c.max_position_embeddings)
+        mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
+        pos = _positions(b, t) if position_ids is None else jnp.asarray(position_ids)
+        return mask, pos
+
+    def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                 position_ids=None, decoder_position_ids=None, output_attentions=None, output_hidden_states=None,
+                 return_dict=None, train: bool = False, params=None, dropout_rng=None):
+        c = self.config
+        attn, hid, ret = self._flags(output_attentions, output_hidden_states, return_dict)
+        mask, pos = self._check_encoder_inputs(input_ids, attention_mask, position_ids)
+        if decoder_input_ids is None:
+            decoder_input_ids = shift_tokens_right(input_ids, c.pad_token_id, c.decoder_start_token_id)
+        check_ids("decoder_input_ids", decoder_input_ids, c.vocab_size)
+        b, t = decoder_input_ids.shape
+        if b != input_ids.shape[0]:
+            raise InputError(f"decoder_input_ids has batch size {b}, input_ids has {input_ids.shape[0]}")
+        check_length("decoder_input_ids", t, c.max_position_embeddings)
+        check_mask("decoder_attention_mask", decoder_attention_mask, (b, t))
+        check_mask("decoder_position_ids", decoder_position_ids, (b, t))
+        check_positions("decoder_position_ids", decoder_position_ids, c.max_position_embeddings)
+        if self.head == "cls":
+            check_eos_rows(input_ids, c.eos_token_ids)
+        arrays = dict(
+            input_ids=_as_ids(input_ids), attention_mask=mask, decoder_input_ids=_as_ids(decoder_input_ids),
+            decoder_attention_mask=jnp.ones((b, t), jnp.int32) if decoder_attention_mask is None
+            else jnp.asarray(decoder_attention_mask),
+            position_ids=pos,
+            decoder_position_ids=_positions(b, t) if decoder_position_ids is None else jnp.asarray(decoder_position_ids),
+        )
+        out, _ = self._run("__call__", self._resolve_params(params), arrays,
+                           dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
+                           rngs=self._rngs(train, dropout_rng))
+        return out if ret else out.to_tuple()
+
+    def encode(self, input_ids, attention_mask=None, position_ids=None, output_attentions=None,
+               output_hidden_states=None, return_dict=None, train: bool = False, params=None, dropout_rng=None):
+        attn, hid, ret = self._flags(output_attentions, output_hidden_states, return_dict)
+        mask, pos = self._check_encoder_inputs(input_ids, attention_mask, position_ids)
+        out, _ = self._run("encode", self._resolve_params(params),
+                           dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=pos),
+                           dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
+                           rngs=self._rngs(train, dropout_rng))
+        return out if ret else out.to_tuple()
+
+    def decode(self, decoder_input_ids, encoder_outputs, encoder_attention_mask=None, decoder_attention_mask=None,
+               decoder_position_ids=None, past_key_values: dict = None, output_attentions=None,
+               output_hidden_states=None, return_dict=None, train: bool = False, params=None, dropout_rng=None):
+        """Run the decoder (and LM head). With `past_key_values` from `init_cache`, the new tokens are
+        appended to the cache; positions default to `cache_index + arange(T)` like PyTorch, and
+        `decoder_attention_mask`, if given, covers the whole cache: shape (batch, max_length)."""
+        c = self.config
+        attn, hid, ret = self._flags(output_attentions, output_hidden_states, return_dict)
+        enc = encoder_outputs[0] if not hasattr(encoder_outputs, "shape") else encoder_outputs
+        check_ids("decoder_input_ids", decoder_input_ids, c.vocab_size)
+        b, t = decoder_input_ids.shape
+        if enc.ndim != 3 or enc.shape[0] != b or enc.shape[2] != c.d_model:
+            raise InputError(
+                f"encoder_outputs[0] has shape {tuple(enc.shape)}, expected ({b}, source_length, {c.d_model})"
+            )
+        s = enc.shape[1]
+        check_mask("encoder_attention_mask", encoder_attention_mask, (b, s))
+        enc_mask = jnp.ones((b, s), jnp.int32) if encoder_attention_mask is None else jnp.asarray(encoder_attention_mask)
+        start = 0
+        if past_key_values is not None:
+            start, max_len = cache_info(past_key_values)
+            if is_concrete(start) and int(start) + t > max_len:
+                raise InputError(
+                    f"decoder_input_ids: {t} new tokens at cache_index {int(start)} exceed the cache's "
+                    f"max_length {max_len}; call init_cache with a larger max_length"
+                )
+            check_mask("decoder_attention_mask", decoder_attention_mask, (b, max_len), alternatives=[(b, 1)])
+        else:
+            check_length("decoder_input_ids", t, c.max_position_embeddings)
+            check_mask("decoder_attention_mask", decoder_attention_mask, (b, t))
+        if decoder_position_ids is None:
+            decoder_position_ids = _positions(b, t, start)
+        check_mask("decoder_position_ids", decoder_position_ids, (b, t))
+        check_positions("decoder_position_ids", decoder_position_ids, c.max_position_embeddings)
+        arrays = dict(
+            decoder_input_ids=_as_ids(decoder_input_ids), encoder_hidden_states=jnp.asarray(enc),
+            encoder_attention_mask=enc_mask,
+            decoder_attention_mask=None if decoder_attention_mask is None else jnp.asarray(decoder_attention_mask),
+            decoder_position_ids=jnp.asarray(decoder_position_ids),
+        )
+        out, cache = self._run("decode", self._resolve_params(params), arrays,
+                               dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
+                               rngs=self._rngs(train, dropout_rng), cache=past_key_values,
+                               mutable=past_key_values is not None)
+        if cache is not None:
+            out = out.replace(past_key_values=cache)
+        return out if ret else out.to_tuple()
+
+    def init_cache(self, batch_size: int, max_length: int, encoder_outputs=None, params=None):
+        """A decoding cache: self-attention K/V of size `max_length`, and the cross-attention K/V of
+        `encoder_outputs` computed once here (so each decoding step reuses them). Without params
+        (a `_do_init=False` model and no `params=`), cross K/V are recomputed at every step instead."""
+        c = self.config
+        check_length("max_length", max_length, c.max_position_embeddings)
+        enc = None
+        if encoder_outputs is not None:
+            enc = encoder_outputs[0] if not hasattr(encoder_outputs, "shape") else encoder_outputs
+            if enc.shape[0] != batch_size:
+                raise InputError(f"encoder_outputs has batch size {enc.shape[0]}, batch_size is {batch_size}")
+            enc = jnp.asarray(enc)
+        ids = jnp.zeros((batch_size, 1), jnp.int32)
+        arrays = dict(decoder_input_ids=ids, encoder_hidden_states=enc, encoder_attention_mask=None,
+                      decoder_attention_mask=None, decoder_position_ids=_positions(batch_size, 1))
+        return self._make_cache("decode", arrays, max_length, params)
+
+class FlaxBartModel(_Seq2SeqAPI):
+    module_class = heads.BartModule
+    head = "base"
+    base_model_prefix = "model"
+
+
+class FlaxBartForConditionalGeneration(_Seq2SeqAPI):
+    module_class = heads.BartForConditionalGenerationModule
+    head = "lm"
+
+
+class FlaxBartForSequenceClassification(_Seq2SeqAPI):
+    module_class = heads.BartForSequenceClassificationModule
+    head = "cls"
+
+
+class FlaxBartForQuestionAnswering(_Seq2SeqAPI):
+    module_class = heads.BartForQuestionAnsweringModule
+    head = "qa"
+
+
+class FlaxBartForCausalLM(FlaxBartPreTrainedModel):
+    """Decoder-only BART with an LM head (its own `model/decoder/embed_tokens`)."""
+
+    module_class = heads.BartForCausalLMModule
+    head = "causal"
+
+    def _init_args(self, input_shape):
+        ids = self._dummy_inputs(input_shape)
+        return dict(input_ids=ids, attention_mask=jnp.ones_like(ids), position_ids=_positions(*ids.shape),
+                    encoder_hidden_states=jnp.zeros(ids.shape + (self.config.d_model,), self.dtype),
+                    encoder_attention_mask=jnp.ones_like(ids))
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, encoder_hidden_states=None,
+                 encoder_attention_mask=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                 train: bool = False, params=None, past_key_values: dict = None, dropout_rng=None):
+        c = self.config
+        attn, hid, ret = self._flags(output_attentions, output_hidden_states, return_dict)
+        check_ids("input_ids", input_ids, c.vocab_size)
+        b, t = input_ids.shape
+        start = 0
+        if past_key_values is not None:
+            start, max_len = cache_info(past_key_values)
+            if is_concrete(start) and int(start) + t > max_len:
+                raise InputError(f"input_ids: {t} new tokens at cache_index {int(start)} exceed max_length {max_len}")
+            check_mask("attention_mask", attention_mask, (b, max_len), alternatives=[(b, 1)])
+            mask = None if attention_mask is None else jnp.asarray(attention_mask)
+        else:
+            check_length("input_ids", t, c.max_position_embeddings)
+            check_mask("attention_mask", attention_mask, (b, t))
+            mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
+        if position_ids is None:
+            position_ids = _positions(b, t, start)
+        check_mask("position_ids", position_ids, (b, t))
+        check_positions("position_ids", position_ids, c.max_position_embeddings)
+        enc_mask = None
+        if encoder_hidden_states is not None:
+            s = encoder_hidden_states.shape[1]
+            check_mask("encoder_attention_mask", encoder_attention_mask, (b, s))
+            enc_mask = jnp.ones((b, s), jnp.int32) if encoder_attention_mask is None else jnp.asarray(encoder_attention_mask)
+            encoder_hidden_states = jnp.asarray(encoder_hidden_states)
+        arrays = dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=jnp.asarray(position_ids),
+                      encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=enc_mask)
+        out, cache = self._run("__call__", self._resolve_params(params), arrays,
+                               dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
+                               rngs=self._rngs(train, dropout_rng), cache=past_key_values,
+                               mutable=past_key_values is not None)
+        if cache is not None:
+            out = out.replace(past_key_values=cache)
+        return out if ret else out.to_tuple()
+
+    def init_cache(self, batch_size: int, max_length: int, params=None):
+        check_length("max_length", max_length, self.config.max_position_embeddings)
+        ids = jnp.zeros((batch_size, 1), jnp.int32)
+        arrays = dict(input_ids=ids, attention_mask=None, position_ids=_positions(batch_size, 1),
+                      encoder_hidden_states=None, encoder_attention_mask=None)
+        return self._make_cache("__call__", arrays, max_length, params)
+
+
+MODEL_CLASSES = {
+    "base": FlaxBartModel,
+    "lm": FlaxBartForConditionalGeneration,
+    "cls": FlaxBartForSequenceClassification,
+    "qa": FlaxBartForQuestionAnswering,
+    "causal": FlaxBartForCausalLM,
+}

@@ -1,0 +1,367 @@
+"""Linen layers of BART: embeddings, attention with a decoding cache, encoder/decoder layers and stacks.
+
+Module and parameter names mirror PyTorch BART and the 4.x Flax port, so the parameter tree is the
+4.x `flax_model.msgpack` layout. Numerics follow PyTorch BART (post-LN, eps 1e-5, positions offset by
+2, additive masks of the dtype's most negative value, the fp16 clamp after each encoder layer).
+`dtype` is the compute dtype, `param_dtype` the storage dtype of newly initialised parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from flax_bart.activations import get_activation
+from flax_bart.config import BartConfig
+
+Dtype = Any
+POSITION_OFFSET = 2
+LAYER_NORM_EPS = 1e-5
+
+
+def _normal(config: BartConfig):
+    return nn.initializers.normal(stddev=config.init_std)
+
+
+class Embed(nn.Module):
+    """A lookup table whose out-of-range ids give NaN rows (never a silently clamped row)."""
+
+    num_embeddings: int
+    features: int
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", _normal(self.config), (self.num_embeddings, self.features), self.param_dtype
+        )
+
+    def __call__(self, ids):
+        ids = jnp.where(ids < 0, self.num_embeddings, ids)  # negatives would wrap around: send out of range
+        rows = jnp.take(self.embedding, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        return rows.astype(self.dtype)
+
+    def attend(self, x_BxTxD, precision=None):
+        table = jnp.asarray(self.embedding, self.dtype)
+        return jnp.einsum("btd,vd->btv", x_BxTxD, table, precision=precision)
+
+
+def _dense(config, features, dtype, param_dtype, precision, name, use_bias=True):
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        precision=precision,
+        kernel_init=_normal(config),
+        name=name,
+    )
+
+
+def _layer_norm(dtype, param_dtype, name):
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class BartAttention(nn.Module):
+    """Multi-head attention. Self-attention may keep a fixed-size K/V cache (`cache` collection);
+    cross-attention caches the encoder's K/V once, when the cache is created."""
+
+    config: BartConfig
+    num_heads: int
+    causal: bool = False
+    is_cross: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        d = self.config.d_model
+        mk = lambda name: _dense(self.config, d, self.dtype, self.param_dtype, self.precision, name)
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
+            mk("q_proj"), mk("k_proj"), mk("v_proj"), mk("out_proj")
+        )
+        self.attn_dropout = nn.Dropout(rate=self.config.attention_dropout)
+
+    def _heads(self, x_BxTxD):
+        b, t, d = x_BxTxD.shape
+        return x_BxTxD.reshape(b, t, self.num_heads, d // self.num_heads)
+
+    def _self_cache(self, k_BxTxHxK, v_BxTxHxK, init_cache: bool, cache_length: int):
+        """Write this step's K/V into the cache; returns full K/V and the absolute query offset."""
+        b, t, h, hd = k_BxTxHxK.shape
+        shape = (b, cache_length, h, hd)
+        is_initialized = self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k_BxTxHxK.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v_BxTxHxK.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+        if not is_initialized or init_cache:
+            return None
+        cur = index.value
+        zero = jnp.zeros((), jnp.int32)
+        cached_k.value = jax.lax.dynamic_update_slice(
+            cached_k.value, k_BxTxHxK.astype(cached_k.value.dtype), (zero, cur, zero, zero)
+        )
+        cached_v.value = jax.lax.dynamic_update_slice(
+            cached_v.value, v_BxTxHxK.astype(cached_v.value.dtype), (zero, cur, zero, zero)
+        )
+        index.value = cur + t
+        return cached_k.value, cached_v.value, cur
+
+    def __call__(
+        self,
+        hidden_BxTxD,
+        kv_BxSxD=None,
+        key_mask_BxS=None,
+        init_cache: bool = False,
+        cache_length: int = 0,
+        deterministic: bool = True,
+    ):
+        b, t, _ = hidden_BxTxD.shape
+        head_dim = self.config.d_model // self.num_heads
+        q = self._heads(self.q_proj(hidden_BxTxD))
+
+        query_offset = None
+        if self.is_cross:
+            if self.has_variable("cache", "cached_key") and not init_cache:
+                k = self.get_variable("cache", "cached_key")
+                v = self.get_variable("cache", "cached_value")
+            else:
+                k, v = self._heads(self.k_proj(kv_BxSxD)), self._heads(self.v_proj(kv_BxSxD))
+                if init_cache:
+                    self.put_variable("cache", "cached_key", k)
+                    self.put_variable("cache", "cached_value", v)
+        else:
+            k, v = self._heads(self.k_proj(hidden_BxTxD)), self._heads(self.v_proj(hidden_BxTxD))
+            if self.causal and (init_cache or self.has_variable("cache", "cached_key")):
+                cached = self._self_cache(k, v, init_cache, cache_length)
+                if cached is not None:
+                    k, v, query_offset = cached
+        s = k.shape[1]
+
+        # Boolean mask (B, 1, T, S): key padding, causality, and cache fill.
+        mask = jnp.ones((b, 1, t, s), dtype=bool)
+        if key_mask_BxS is not None:
+            if key_mask_BxS.shape[-1] not in (s, 1):
+                raise ValueError(
+                    f"attention mask covers {key_mask_BxS.shape[-1]} key positions, expected {s}"
+                    + (" (with a cache, the decoder mask spans max_length)" if query_offset is not None else "")
+                )
+            mask = mask & key_mask_BxS.astype(bool)[:, None, None, :]
+        if self.causal:
+            q_pos = jnp.arange(t) + (0 if query_offset is None else query_offset)
+            mask = mask & (jnp.arange(s)[None, :] <= q_pos[:, None])[None, None]
+
+        scores_BxHxTxS = jnp.einsum(
+            "bthk,bshk->bhts", q * jnp.asarray(head_dim**-0.5, self.dtype), k.astype(self.dtype),
+            precision=self.precision, preferred_element_type=jnp.float32,
+        )
+        neg = jnp.finfo(self.dtype).min
+        scores_BxHxTxS = scores_BxHxTxS + jnp.where(mask, 0.0, neg).astype(jnp.float32)
+        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
+        dropped = self.attn_dropout(probs_BxHxTxS, deterministic=deterministic)
+        out = jnp.einsum("bhts,bshk->bthk", dropped, v.astype(self.dtype), precision=self.precision)
+        out = self.out_proj(out.reshape(b, t, self.config.d_model))
+        if query_offset is not None:
+            # Past the end of the cache the update would be clamped: say so with NaN, not a wrong number.
+            out = jnp.where(query_offset + t > s, jnp.nan, out)
+        return out, probs_BxHxTxS
+
+
+class BartEncoderLayer(nn.Module):
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.self_attn = BartAttention(c, c.encoder_attention_heads, precision=self.precision, **kw)
+        self.self_attn_layer_norm = _layer_norm(name="self_attn_layer_norm", **kw)
+        self.fc1 = _dense(c, c.encoder_ffn_dim, self.dtype, self.param_dtype, self.precision, "fc1")
+        self.fc2 = _dense(c, c.d_model, self.dtype, self.param_dtype, self.precision, "fc2")
+        self.final_layer_norm = _layer_norm(name="final_layer_norm", **kw)
+        self.dropout = nn.Dropout(rate=c.dropout)
+        self.act_dropout = nn.Dropout(rate=c.activation_dropout)
+        self.act = get_activation(c.activation_function)
+
+    def __call__(self, h_BxTxD, mask_BxT, deterministic: bool = True):
+        residual = h_BxTxD
+        h, attn = self.self_attn(h_BxTxD, key_mask_BxS=mask_BxT, deterministic=deterministic)
+        h = self.self_attn_layer_norm(residual + self.dropout(h, deterministic=deterministic))
+        residual = h
+        h = self.act_dropout(self.act(self.fc1(h)), deterministic=deterministic)
+        h = self.dropout(self.fc2(h), deterministic=deterministic)
+        h = self.final_layer_norm(residual + h)
+        if h.dtype == jnp.float16:
+            # PyTorch BART: once anything overflowed, clamp to finite (NaN stays NaN).
+            bound = jnp.finfo(jnp.float16).max - 1000
+            h = jnp.where(jnp.any(~jnp.isfinite(h)), jnp.clip(h, -bound, bound), h)
+        return h, attn
+
+
+class BartDecoderLayer(nn.Module):
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        heads = c.decoder_attention_heads
+        self.self_attn = BartAttention(c, heads, causal=True, precision=self.precision, **kw)
+        self.self_attn_layer_norm = _layer_norm(name="self_attn_layer_norm", **kw)
+        self.encoder_attn = BartAttention(c, heads, is_cross=True, precision=self.precision, **kw)
+        self.encoder_attn_layer_norm = _layer_norm(name="encoder_attn_layer_norm", **kw)
+        self.fc1 = _dense(c, c.decoder_ffn_dim, self.dtype, self.param_dtype, self.precision, "fc1")
+        self.fc2 = _dense(c, c.d_model, self.dtype, self.param_dtype, self.precision, "fc2")
+        self.final_layer_norm = _layer_norm(name="final_layer_norm", **kw)
+        self.dropout = nn.Dropout(rate=c.dropout)
+        self.act_dropout = nn.Dropout(rate=c.activation_dropout)
+        self.act = get_activation(c.activation_function)
+
+    def __call__(self, h_BxTxD, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=False, cache_length=0,
+                 deterministic: bool = True):
+        residual = h_BxTxD
+        h, self_attn = self.self_attn(
+            h_BxTxD, key_mask_BxS=mask_BxS, init_cache=init_cache, cache_length=cache_length,
+            deterministic=deterministic,
+        )
+        h = self.self_attn_layer_norm(residual + self.dropout(h, deterministic=deterministic))
+        cross_attn = None
+        if enc_BxSxD is not None:
+            residual = h
+            h, cross_attn = self.encoder_attn(
+                h, kv_BxSxD=enc_BxSxD, key_mask_BxS=enc_mask_BxS, init_cache=init_cache,
+                deterministic=deterministic,
+            )
+            h = self.encoder_attn_layer_norm(residual + self.dropout(h, deterministic=deterministic))
+        residual = h
+        h = self.act_dropout(self.act(self.fc1(h)), deterministic=deterministic)
+        h = self.dropout(self.fc2(h), deterministic=deterministic)
+        h = self.final_layer_norm(residual + h)
+        return h, self_attn, cross_attn
+
+
+def _layerdrop(module: nn.Module, rate: float, deterministic: bool, before, after):
+    """LayerDrop (train only): keep `before` with probability `rate`, like PyTorch's per-layer coin."""
+    if deterministic or rate <= 0.0:
+        return after
+    skip = jax.random.uniform(module.make_rng("dropout")) < rate
+    return jnp.where(skip, before, after)
+
+
+def _embed(module, embed_tokens, embed_positions, ids_BxT, positions_BxT):
+    c = module.config
+    scale = c.d_model**0.5 if c.scale_embedding else 1.0
+    h = embed_tokens(ids_BxT).astype(module.dtype) * jnp.asarray(scale, module.dtype)
+    h = h + embed_positions(positions_BxT + POSITION_OFFSET).astype(module.dtype)
+    return module.layernorm_embedding(h)
+
+
+class BartEncoderLayerCollection(nn.Module):
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        self.layers = [BartEncoderLayer(self.config, name=str(i), **kw) for i in range(self.config.encoder_layers)]
+
+    def __call__(self, h, mask_BxT, output_attentions=False, output_hidden_states=False, deterministic=True):
+        states, attns = (), ()
+        for layer in self.layers:
+            if output_hidden_states:
+                states += (h,)
+            out, attn = layer(h, mask_BxT, deterministic=deterministic)
+            h = _layerdrop(self, self.config.encoder_layerdrop, deterministic, h, out)
+            attns += (attn,)
+        if output_hidden_states:
+            states += (h,)
+        return h, (states if output_hidden_states else None), (attns if output_attentions else None)
+
+
+class BartDecoderLayerCollection(nn.Module):
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        self.layers = [BartDecoderLayer(self.config, name=str(i), **kw) for i in range(self.config.decoder_layers)]
+
+    def __call__(self, h, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=False, cache_length=0,
+                 output_attentions=False, output_hidden_states=False, deterministic=True):
+        states, attns, cross = (), (), ()
+        for layer in self.layers:
+            if output_hidden_states:
+                states += (h,)
+            out, attn, cross_attn = layer(
+                h, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=init_cache, cache_length=cache_length,
+                deterministic=deterministic,
+            )
+            h = _layerdrop(self, self.config.decoder_layerdrop, deterministic, h, out)
+            attns += (attn,)
+            cross += (cross_attn,)
+        if output_hidden_states:
+            states += (h,)
+        cross = cross if (output_attentions and enc_BxSxD is not None) else None
+        return h, (states if output_hidden_states else None), (attns if output_attentions else None), cross
+
+
+class BartEncoder(nn.Module):
+    config: BartConfig
+    embed_tokens: Optional[Embed] = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.embed_tokens is None:
+            raise ValueError("BartEncoder needs the shared token embedding (embed_tokens)")
+        self.embed_positions = Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model, c, **kw)
+        self.layers = BartEncoderLayerCollection(c, precision=self.precision, **kw)
+        self.layernorm_embedding = _layer_norm(name="layernorm_embedding", **kw)
+        self.dropout = nn.Dropout(rate=c.dropout)
+
+    def __call__(self, input_ids, attention_mask, position_ids, output_attentions=False,
+                 output_hidden_states=False, deterministic=True):
+        h = _embed(self, self.embed_tokens, self.embed_positions, input_ids, position_ids)
+        h = self.dropout(h, deterministic=deterministic)
+        return self.layers(h, attention_mask, output_attentions, output_hidden_states, deterministic)
+
+
+class BartDecoder(nn.Module):
+    """The decoder stack. Owns `embed_tokens` itself when none is shared (ForCausalLM)."""
+
+    config: BartConfig
+    embed_tokens: Optional[Embed] = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def setup(self):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.tokens = self.embed_tokens
+        if self.tokens is None:
+            self.tokens = Embed(c.vocab_size, c.d_model, c, name="embed_tokens", **kw)
+        self.embed_positions = Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model, c, **kw)
+        self.layers = BartDecoderLayerCollection(c, precision=self.precision, **kw)
+        self.layernorm_embedding = _layer_norm(name="layernorm_embedding", **kw)
+        self.dropout = nn.Dropout(rate=c.dropout)
+
+    def __call__(self, input_ids, attention_mask, position_ids, encoder_hidden_states=None,
+                 encoder_attention_mask=None, init_cache=False, cache_length=0, output_attentions=False,
+                 output_hidden_states=False, deterministic=True):
+        h = _embed(self, self.tokens, self.embed_positions, input_ids, position_ids)
+        h = self.dropout(h, deterministic=deterministic)
+        return self.layers(
+            h, attention_mask, encoder_hidden_states, encoder_attention_mask, init_cache, cache_length,
+            output_attentions, output_hidden_states, deterministic,
+        )

@@ -1,0 +1,247 @@
+"""The wrapper base class: the 4.x `FlaxPreTrainedModel` surface for BART.
+
+It owns the parameters, validates concrete inputs, and runs the linen module through `jax.jit`
+functions cached per (method, static flags), so repeated calls with the same shapes never retrace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from flax.core import unfreeze
+
+from flax_bart.config import BartConfig
+from flax_bart.validation import InputError
+
+logger = logging.getLogger("flax_bart")
+
+FLAX_WEIGHTS_NAME = "flax_model.msgpack"
+
+
+def _flat(tree) -> dict:
+    return traverse_util.flatten_dict(unfreeze(tree)) if tree else {}
+
+
+class FlaxBartPreTrainedModel:
+    """Holds `config`, `module`, `params`; subclasses define `head`, `module_class` and the API methods."""
+
+    config_class = BartConfig
+    base_model_prefix = "model"
+    module_class: type
+    head: str
+
+    def __init__(self, config: BartConfig, input_shape=(1, 1), seed: int = 0, dtype=jnp.float32,
+                 _do_init: bool = True, *, param_dtype=jnp.float32, precision=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
+        if isinstance(config, dict):
+            config = BartConfig.from_dict(config)
+        if not isinstance(config, BartConfig):
+            raise TypeError(f"config must be a flax_bart.BartConfig, got {type(config).__name__}")
+        self.config = config
+        self.dtype = jnp.dtype(dtype)
+        self.param_dtype = jnp.dtype(param_dtype)
+        self.precision = precision
+        self.input_shape = tuple(input_shape)
+        self.seed = seed
+        self.key = jax.random.PRNGKey(seed)
+        self.module = self.module_class(config=config, dtype=self.dtype, param_dtype=self.param_dtype,
+                                        precision=precision)
+        self._compiled: dict = {}
+        self._shapes = None
+        self._params = None
+        self._is_initialized = _do_init
+        if _do_init:
+            self._params = self.init_weights(self.key, self.input_shape)
+
+    # ---- parameters ---------------------------------------------------------------------------
+    def _dummy_inputs(self, input_shape):
+        b, t = input_shape
+        ids = jnp.full((b, t), 3, dtype=jnp.int32).at[:, -1].set(self.config.eos_token_ids[0]
+                                                                 if self.config.eos_token_ids else 2)
+        return ids
+
+    def init_weights(self, rng, input_shape=(1, 1), params: dict | None = None) -> dict:
+        """Random parameters; with `params`, only the missing leaves are drawn (4.x semantics)."""
+        fresh = unfreeze(self.module.init({"params": rng, "dropout": rng}, **self._init_args(input_shape))["params"])
+        if params is None:
+            return fresh
+        flat, given = _flat(fresh), _flat(params)
+        flat.update({k: v for k, v in given.items() if k in flat})
+        return traverse_util.unflatten_dict(flat)
+
+    def params_shape_tree(self) -> dict:
+        """{path tuple: ShapeDtypeStruct} of this model's parameters, computed without allocating."""
+        if self._shapes is None:
+            abstract = jax.eval_shape(
+                lambda: self.module.init({"params": jax.random.PRNGKey(0)}, **self._init_args((1, 1)))["params"]
+            )
+            self._shapes = _flat(abstract)
+        return self._shapes
+
+    @property
+    def required_params(self) -> set:
+        return set(self.params_shape_tree())
+
+    @property
+    def params(self) -> dict:
+        if not self._is_initialized:
+            raise ValueError(
+                "params cannot be read from a model created with _do_init=False: keep the params returned "
+                "by from_pretrained (or init_weights) and pass them as `params=`, or set `model.params = ...`"
+            )
+        return self._params
+
+    @params.setter
+    def params(self, params) -> None:
+        self.check_params(params)
+        self._params = unfreeze(params)
+        self._is_initialized = True
+
+    def check_params(self, params) -> None:
+        """Raise naming every missing, unexpected or wrongly shaped parameter."""
+        if not isinstance(params, dict) and not hasattr(params, "items"):
+            raise TypeError(f"params must be a nested dict, got {type(params).__name__}")
+        want, got = self.params_shape_tree(), _flat(params)
+        problems = [f"missing {'/'.join(k)} {tuple(want[k].shape)}" for k in want if k not in got]
+        problems += [f"unexpected {'/'.join(k)}" for k in got if k not in want]
+        problems += [
+            f"{'/'.join(k)}: shape {tuple(np.shape(got[k]))}, expected {tuple(want[k].shape)}"
+            for k in want if k in got and tuple(np.shape(got[k])) != tuple(want[k].shape)
+        ]
+        if problems:
+            raise ValueError(f"params do not fit {type(self).__name__}: " + "; ".join(problems))
+
+    def _cast(self, params, dtype, mask=None):
+        def cast(x, m=True):
+            return x.astype(dtype) if m and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
+        if mask is None:
+            return jax.tree_util.tree_map(cast, params)
+        return jax.tree_util.tree_map(cast, params, mask)
+
+    def to_bf16(self, params, mask=None):
+        """A new tree with floating leaves (where `mask` is True) in bfloat16; `params` is not changed."""
+        return self._cast(params, jnp.bfloat16, mask)
+
+    def to_fp16(self, params, mask=None):
+        return self._cast(params, jnp.float16, mask)
+
+    def to_fp32(self, params, mask=None):
+        return self._cast(params, jnp.float32, mask)
+
+    # ---- running the module -------------------------------------------------------------------
+    def _resolve_params(self, params):
+        if params is not None:
+            return params
+        return self.params
+
+    def _rngs(self, train: bool, dropout_rng):
+        if not train:
+            return None
+        if dropout_rng is None:
+            c = self.config
+            rates = (c.dropout, c.attention_dropout, c.activation_dropout, c.classifier_dropout or 0.0,
+                     c.encoder_layerdrop, c.decoder_layerdrop)
+            if any(r > 0 for r in rates):
+                raise InputError("train=True with nonzero dropout/layerdrop rates needs dropout_rng (a PRNG key)")
+            return None
+        return {"dropout": dropout_rng}
+
+    def _run(self, method: str, params, arrays: dict, static: dict, rngs=None, cache=None, mutable=False):
+        """Apply `module.<method>` through a cached `jax.jit`; returns (output, cache or None)."""
+        key = (method, tuple(sorted(static.items())), cache is not None, bool(mutable), rngs is not None,
+               tuple(sorted(k for k, v in arrays.items() if v is not None)))
+        fn = self._compiled.get(key)
+        if fn is None:
+            module = self.module
+
+            def run(params, arrays, rngs, cache):
+                variables = {"params": params}
+                if cache is not None:
+                    variables["cache"] = cache
+                res = module.apply(variables, **arrays, **static, rngs=rngs, method=method,
+                                   mutable=["cache"] if mutable else False)
+                if mutable:
+                    out, state = res
+                    return out, state["cache"]
+                return res, None
+
+            fn = jax.jit(run)
+            self._compiled[key] = fn
+        out, new_cache = fn(params, arrays, rngs, cache)
+        return out, (unfreeze(new_cache) if new_cache is not None else None)
+
+    def _make_cache(self, method, arrays, max_length, params):
+        if params is None and self._is_initialized:
+            params = self._params
+        static = dict(init_cache=True, cache_length=int(max_length))
+        if params is not None:
+            _, cache = self._run(method, params, arrays, static, mutable=True, cache=None)
+            return cache
+        variables = jax.jit(lambda a: self.module.init(jax.random.PRNGKey(0), **a, **static, method=method))(arrays)
+        flat = traverse_util.flatten_dict(variables["cache"])
+        return traverse_util.unflatten_dict({k: v for k, v in flat.items() if "encoder_attn" not in k})
+
+    def _flags(self, output_attentions, output_hidden_states, return_dict):
+        c = self.config
+        return (
+            c.output_attentions if output_attentions is None else bool(output_attentions),
+            c.output_hidden_states if output_hidden_states is None else bool(output_hidden_states),
+            c.return_dict if return_dict is None else bool(return_dict),
+        )
+
+    # ---- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, dtype=jnp.float32,
+                        _do_init: bool = True, from_pt: bool = False, ignore_mismatched_sizes: bool = False,
+                        cache_dir=None, revision=None, local_files_only: bool = False, force_download=False,
+                        token=None, use_auth_token=None, seed: int = 0, param_dtype=None, precision=None,
+                        **config_overrides):
+        """Load a checkpoint: Flax msgpack (sharded too), Flax or PyTorch safetensors, pytorch_model.bin.
+
+        PyTorch weights are recognised without `from_pt`; `from_pt=True` prefers them when both exist.
+        Returns the model, or `(model, params)` when `_do_init=False` (like 4.x)."""
+        from flax_bart.loading import load_pretrained
+
+        if model_args:
+            raise TypeError(f"from_pretrained takes no extra positional arguments, got {len(model_args)}")
+        return load_pretrained(
+            cls, pretrained_model_name_or_path, config=config, dtype=dtype, _do_init=_do_init, from_pt=from_pt,
+            ignore_mismatched_sizes=ignore_mismatched_sizes, cache_dir=cache_dir, revision=revision,
+            local_files_only=local_files_only, force_download=force_download,
+            token=token if token is not None else use_auth_token, seed=seed, param_dtype=param_dtype,
+            precision=precision, config_overrides=config_overrides,
+        )
+
+    def save_pretrained(self, save_directory, params=None, push_to_hub: bool = False,
+                        max_shard_size: int | str | None = "10GB", safe_serialization: bool = False,
+                        **kwargs) -> str:
+        """Write `config.json` and `flax_model.msgpack` (or Flax safetensors) that 4.x Flax BART reads."""
+        from convert import save_flax_params
+
+        if push_to_hub:
+            raise InputError("push_to_hub=True: this machine has no hub access; save locally and upload")
+        if kwargs:
+            raise TypeError(f"save_pretrained() got unexpected keyword arguments {sorted(kwargs)}")
+        if os.path.isfile(save_directory):
+            raise InputError(f"save_directory {save_directory!r} is a file, expected a directory")
+        params = self._resolve_params(params)
+        self.check_params(params)
+        os.makedirs(save_directory, exist_ok=True)
+        self.config.replace(architectures=[type(self).__name__]).save_pretrained(save_directory)
+        save_flax_params(jax.device_get(params), save_directory,
+                         format="safetensors" if safe_serialization else "msgpack", max_shard_size=max_shard_size)
+        logger.info("saved %s to %s", type(self).__name__, save_directory)
+        return save_directory
+
+
+def warn(msg: str) -> None:
+    logger.warning(msg)
+    warnings.warn(msg, stacklevel=3)
