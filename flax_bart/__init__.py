@@ -1,5 +1,23 @@
-"""Flax BART with the transformers-4.x Flax API."""
+"""Flax BART with the transformers-4.x Flax API. Imports no PyTorch."""
 
 from flax_bart.config import BartConfig, ConfigError
+from flax_bart.models import (
+    FlaxBartForCausalLM,
+    FlaxBartForConditionalGeneration,
+    FlaxBartForQuestionAnswering,
+    FlaxBartForSequenceClassification,
+    FlaxBartModel,
+    shift_tokens_right,
+)
+from flax_bart.pretrained import FlaxBartPreTrainedModel
+from flax_bart.qa import answer_question, best_spans
+from flax_bart.tokenizer import BartTokenizer
+from flax_bart.validation import InputError
 
-__all__ = ["BartConfig", "ConfigError"]
+__version__ = "0.1.0"
+
+__all__ = [
+    "BartConfig", "ConfigError", "InputError", "BartTokenizer", "FlaxBartPreTrainedModel", "FlaxBartModel",
+    "FlaxBartForConditionalGeneration", "FlaxBartForSequenceClassification", "FlaxBartForQuestionAnswering",
+    "FlaxBartForCausalLM", "shift_tokens_right", "answer_question", "best_spans",
+]

@@ -26,7 +26,6 @@ _LEGACY_REQUIRED = {
     "static_position_embeddings": (False, "sinusoidal positions are not BART's learned positions"),
     "extra_pos_embeddings": (2, "BART's learned positions are offset by exactly 2"),
     "add_bias_logits": (False, "an extra logits bias layer is not part of BART"),
-    "is_decoder": (False, None),
 }
 
 _INT_FIELDS = (

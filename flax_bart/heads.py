@@ -111,7 +111,8 @@ class BartForConditionalGenerationModule(_HeadBase):
         else:
             logits = self.lm_head(h_BxTxD)
         # A buffer in PyTorch, never trained.
-        return logits + jax.lax.stop_gradient(self.final_logits_bias).astype(self.dtype)
+        bias_1x1xV = jax.lax.stop_gradient(self.final_logits_bias).astype(self.dtype)[None]
+        return logits + bias_1x1xV
 
     def decode(self, *args, **kwargs):
         dec = self.model.decode(*args, **kwargs)

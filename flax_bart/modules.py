@@ -78,13 +78,8 @@ class BartAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
     precision: Any = None
 
-    def setup(self):
-        d = self.config.d_model
-        mk = lambda name: _dense(self.config, d, self.dtype, self.param_dtype, self.precision, name)
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
-            mk("q_proj"), mk("k_proj"), mk("v_proj"), mk("out_proj")
-        )
-        self.attn_dropout = nn.Dropout(rate=self.config.attention_dropout)
+    def _proj(self, name):
+        return _dense(self.config, self.config.d_model, self.dtype, self.param_dtype, self.precision, name)
 
     def _heads(self, x_BxTxD):
         b, t, d = x_BxTxD.shape
@@ -111,6 +106,7 @@ class BartAttention(nn.Module):
         index.value = cur + t
         return cached_k.value, cached_v.value, cur
 
+    @nn.compact
     def __call__(
         self,
         hidden_BxTxD,
@@ -122,7 +118,7 @@ class BartAttention(nn.Module):
     ):
         b, t, _ = hidden_BxTxD.shape
         head_dim = self.config.d_model // self.num_heads
-        q = self._heads(self.q_proj(hidden_BxTxD))
+        q = self._heads(self._proj("q_proj")(hidden_BxTxD))
 
         query_offset = None
         if self.is_cross:
@@ -130,12 +126,13 @@ class BartAttention(nn.Module):
                 k = self.get_variable("cache", "cached_key")
                 v = self.get_variable("cache", "cached_value")
             else:
-                k, v = self._heads(self.k_proj(kv_BxSxD)), self._heads(self.v_proj(kv_BxSxD))
+                k, v = self._heads(self._proj("k_proj")(kv_BxSxD)), self._heads(self._proj("v_proj")(kv_BxSxD))
                 if init_cache:
                     self.put_variable("cache", "cached_key", k)
                     self.put_variable("cache", "cached_value", v)
         else:
-            k, v = self._heads(self.k_proj(hidden_BxTxD)), self._heads(self.v_proj(hidden_BxTxD))
+            k = self._heads(self._proj("k_proj")(hidden_BxTxD))
+            v = self._heads(self._proj("v_proj")(hidden_BxTxD))
             if self.causal and (init_cache or self.has_variable("cache", "cached_key")):
                 cached = self._self_cache(k, v, init_cache, cache_length)
                 if cached is not None:
@@ -162,9 +159,9 @@ class BartAttention(nn.Module):
         neg = jnp.finfo(self.dtype).min
         scores_BxHxTxS = scores_BxHxTxS + jnp.where(mask, 0.0, neg).astype(jnp.float32)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
-        dropped = self.attn_dropout(probs_BxHxTxS, deterministic=deterministic)
+        dropped = nn.Dropout(rate=self.config.attention_dropout)(probs_BxHxTxS, deterministic=deterministic)
         out = jnp.einsum("bhts,bshk->bthk", dropped, v.astype(self.dtype), precision=self.precision)
-        out = self.out_proj(out.reshape(b, t, self.config.d_model))
+        out = self._proj("out_proj")(out.reshape(b, t, self.config.d_model))
         if query_offset is not None:
             # Past the end of the cache the update would be clamped: say so with NaN, not a wrong number.
             out = jnp.where(query_offset + t > s, jnp.nan, out)

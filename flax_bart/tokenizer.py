@@ -155,18 +155,25 @@ class BartTokenizer:
                 raise ValueError(f"{files[TOKENIZER_FILE]}: cannot be read as a tokenizers file ({e})") from e
         elif {VOCAB_FILE, MERGES_FILE} <= have:
             tok = _bpe_from_files(files[VOCAB_FILE], files[MERGES_FILE])
-            prefix = bool(prefix)
         else:
             found = sorted(have & {VOCAB_FILE, MERGES_FILE})
             raise FileNotFoundError(
                 f"no tokenizer files in {directory}: looked for {TOKENIZER_FILE}, or {VOCAB_FILE} + {MERGES_FILE}"
                 f" (found: {', '.join(found) if found else 'none of them'})")
-        if prefix is not None or TOKENIZER_FILE not in have:
+        # vocab/merges, or a prefix-space setting from the caller or the config: build BART's pipeline around the
+        # BPE model; otherwise tokenizer.json's own pipeline stands.
+        rebuild = prefix is not None or TOKENIZER_FILE not in have
+        if rebuild:
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(prefix), trim_offsets=trim)
             tok.decoder = decoders.ByteLevel()
+        else:
+            prefix = getattr(tok.pre_tokenizer, "add_prefix_space", False)
         max_len = model_max_length if model_max_length is not None else config.get("model_max_length")
-        if max_len is not None and (not isinstance(max_len, int) or max_len <= 0 or max_len >= 10**12):
+        if isinstance(max_len, (int, float)) and not isinstance(max_len, bool) and max_len >= 10**12:
             max_len = None  # transformers writes a huge sentinel for "no limit"
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0):
+            raise ValueError(f"model_max_length must be a positive int, got {max_len!r} "
+                             f"(from {'the argument' if model_max_length is not None else files[CONFIG_FILE]})")
         self = cls(tok, special_tokens=special, model_max_length=max_len, name_or_path=path,
                    add_prefix_space=bool(prefix), trim_offsets=trim)
         for side in ("padding_side", "truncation_side"):
@@ -174,7 +181,7 @@ class BartTokenizer:
                 if config[side] not in ("left", "right"):
                     raise ValueError(f"{files[CONFIG_FILE]}: {side} must be 'left' or 'right', got {config[side]!r}")
                 setattr(self, side, config[side])
-        if prefix is not None or TOKENIZER_FILE not in have:
+        if rebuild:
             self._tok.post_processor = processors.RobertaProcessing(
                 (self.sep_token, self.sep_token_id), (self.cls_token, self.cls_token_id), trim, bool(prefix))
         return self

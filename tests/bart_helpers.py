@@ -1,0 +1,77 @@
+"""Tiny seeded BART configs and builders shared by the tests (no downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TINY = dict(
+    vocab_size=99, d_model=16, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+    decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=20, max_position_embeddings=40,
+    scale_embedding=True, dropout=0.0,
+)
+
+HEADS = ("base", "lm", "cls", "qa", "causal")
+
+OUTPUT_NAMES = {
+    "base": ("last_hidden_state",),
+    "lm": ("logits",),
+    "cls": ("logits",),
+    "qa": ("start_logits", "end_logits"),
+    "causal": ("logits",),
+}
+
+
+def torch_class(head):
+    import transformers as T
+
+    return {
+        "base": T.BartModel, "lm": T.BartForConditionalGeneration, "cls": T.BartForSequenceClassification,
+        "qa": T.BartForQuestionAnswering, "causal": T.BartForCausalLM,
+    }[head]
+
+
+def torch_model(head, seed=0, **overrides):
+    """A transformers (PyTorch) BART of `head`, eager attention, random weights incl. biases/LN."""
+    import torch
+    import transformers as T
+
+    kw = {**TINY, **overrides}
+    torch.manual_seed(seed)
+    model = torch_class(head)(T.BartConfig(**kw, attn_implementation="eager")).eval()
+    with torch.no_grad():  # randomise what init leaves at 0/1 so a port that drops them fails
+        g = torch.Generator().manual_seed(seed + 1)
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        if hasattr(model, "final_logits_bias"):
+            model.final_logits_bias.add_(0.1 * torch.randn(model.final_logits_bias.shape, generator=g))
+    return model
+
+
+def flax_from_torch(tmodel, head, dtype=None):
+    """(flax model, params) with the PyTorch model's weights, through the project's converter."""
+    import jax.numpy as jnp
+    from convert.tree import pt_to_flax
+    from flax_bart import BartConfig
+    from flax_bart.models import MODEL_CLASSES
+
+    cfg = BartConfig.from_dict({k: v for k, v in tmodel.config.to_dict().items()})
+    params = pt_to_flax(tmodel.state_dict(), cfg, head=head)
+    model = MODEL_CLASSES[head](cfg, _do_init=False, dtype=dtype or jnp.float32)
+    return model, params
+
+
+def batch(seed=0, b=3, t=9, vocab=99, pad=1, eos=2, bos=0):
+    """Right-padded ids with one <eos> per row (row 1 padded, last row fully padded when b>=4)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(4, vocab, size=(b, t)).astype(np.int32)
+    ids[:, 0] = bos
+    mask = np.ones((b, t), np.int32)
+    lengths = [t] * b
+    if b > 1:
+        lengths[1] = t - 3
+    for i, n in enumerate(lengths):
+        ids[i, n - 1] = eos
+        ids[i, n:] = pad
+        mask[i, n:] = 0
+    return ids, mask
