@@ -8,6 +8,7 @@ import numpy as np
 from flax import traverse_util
 
 from flax_bart import heads
+from flax_bart.generation import GenerationMixin
 from flax_bart.pretrained import FlaxBartPreTrainedModel
 from flax_bart.validation import (
     InputError, check_eos_rows, check_ids, check_length, check_mask, check_positions, is_concrete,
@@ -180,7 +181,7 @@ class FlaxBartModel(_Seq2SeqAPI):
     base_model_prefix = "model"
 
 
-class FlaxBartForConditionalGeneration(_Seq2SeqAPI):
+class FlaxBartForConditionalGeneration(GenerationMixin, _Seq2SeqAPI):
     module_class = heads.BartForConditionalGenerationModule
     head = "lm"
 
@@ -195,7 +196,7 @@ class FlaxBartForQuestionAnswering(_Seq2SeqAPI):
     head = "qa"
 
 
-class FlaxBartForCausalLM(FlaxBartPreTrainedModel):
+class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
     """Decoder-only BART with an LM head (its own `model/decoder/embed_tokens`)."""
 
     module_class = heads.BartForCausalLMModule

@@ -1,0 +1,357 @@
+"""Per-tensor comparison metrics between a reference run and a candidate run.
+
+Everything is framework independent: inputs are anything ``numpy.asarray``
+accepts (numpy, ml_dtypes bfloat16/float16, JAX arrays, CPU torch tensors of
+numpy-compatible dtypes) and are converted to float64 before any arithmetic.
+
+Conventions
+-----------
+* ``mask`` restricts every metric to the positions where it is on. It is a
+  boolean array aligned with the *leading* axes of the tensor: a (B, T) mask
+  applies to (B, T, D) hidden states and (B, T, V) logits, and is padded with
+  trailing singleton axes before numpy broadcasting. For attention
+  probabilities (B, H, Tq, Tk) pass e.g. ``mask[:, None, :, None]``. A mask as
+  large as the tensor also works; for ``kind="logits"`` it then also excludes
+  classes from softmax, argmax and top-5 (QA start/end logits over positions).
+* Any NaN or infinity inside the mask, in the reference, the candidate or the
+  gold run, turns every float metric into NaN and is counted in
+  ``nonfinite_*``; :func:`parity.tolerance.judge` fails such a tensor. To
+  compare tensors that legitimately hold matching ``-inf`` (generation scores),
+  leave those entries out through the mask.
+* An empty selection (mask all off) yields NaN metrics and ``count == 0``,
+  which also fails: a gate that compares nothing cannot pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+KINDS = ("hidden", "logits", "attention", "ids")
+TOP_K = 5
+
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class TensorMetrics:
+    """Metrics of one named tensor. Fields that do not apply are ``None``.
+
+    ``max_rel_err`` is ``max |ref - cand| / RMS(ref)``. The ``gold_*`` fields
+    exist when a float64 gold run was given: ``err_ref = |ref - gold|`` and
+    ``err_cand = |cand - gold|`` summarised by max and mean, ``gold_ratio`` =
+    ``gold_err_cand_max / gold_err_ref_max`` (0/0 counts as 1, x/0 as inf).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    count: int
+    nonfinite_ref: int
+    nonfinite_cand: int
+    nonfinite_gold: int | None = None
+    ref_rms: float | None = None
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    mean_abs_err: float | None = None
+    cosine: float | None = None
+    positions: int | None = None
+    argmax_agreement: float | None = None
+    top5_overlap: float | None = None
+    mean_kl: float | None = None
+    gold_rms: float | None = None
+    gold_err_ref_max: float | None = None
+    gold_err_ref_mean: float | None = None
+    gold_err_cand_max: float | None = None
+    gold_err_cand_mean: float | None = None
+    gold_ratio: float | None = None
+    mismatches: int | None = None
+    match_fraction: float | None = None
+
+    @property
+    def nonfinite(self) -> int:
+        """Non-finite values inside the mask, over reference, candidate and gold."""
+        return self.nonfinite_ref + self.nonfinite_cand + (self.nonfinite_gold or 0)
+
+    @property
+    def has_gold(self) -> bool:
+        return self.nonfinite_gold is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (floats may be NaN/inf; the report writer encodes them)."""
+        out = dataclasses.asdict(self)
+        out["shape"] = list(self.shape)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TensorMetrics":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"TensorMetrics.from_dict: unknown field(s) {unknown}")
+        values = dict(data)
+        values["shape"] = tuple(int(d) for d in values["shape"])
+        return cls(**values)
+
+
+def field_names() -> tuple[str, ...]:
+    """Names of every TensorMetrics field (the report schema lists the same)."""
+    return tuple(f.name for f in dataclasses.fields(TensorMetrics))
+
+
+def compare(
+    name: str,
+    reference: Any,
+    candidate: Any,
+    *,
+    gold: Any = None,
+    mask: Any = None,
+    kind: str = "hidden",
+) -> TensorMetrics:
+    """Compare ``candidate`` (Flax) with ``reference`` (PyTorch) for tensor ``name``."""
+    if kind not in KINDS:
+        raise ValueError(f"{name}: kind must be one of {KINDS}, got {kind!r}")
+    ref = _as_array(reference, name, "reference")
+    cand = _as_array(candidate, name, "candidate")
+    if ref.shape != cand.shape:
+        raise ValueError(
+            f"{name}: candidate shape {cand.shape} differs from reference shape {ref.shape}"
+        )
+    m = _check_mask(mask, ref.shape, name)
+    if kind == "ids":
+        if gold is not None:
+            raise ValueError(f"{name}: kind='ids' is compared exactly; gold must be None")
+        return _compare_ids(name, ref, cand, m)
+    for label, arr in (("reference", ref), ("candidate", cand)):
+        if arr.dtype.kind not in "fiub" and not _is_ml_float(arr.dtype):
+            raise ValueError(f"{name}: {label} must be numeric, got dtype {arr.dtype}")
+    if kind == "logits" and ref.ndim == 0:
+        raise ValueError(f"{name}: logits need at least one (class) axis, got a scalar")
+    g_arr = None
+    if gold is not None:
+        g_arr = _as_array(gold, name, "gold")
+        if g_arr.shape != ref.shape:
+            raise ValueError(f"{name}: gold shape {g_arr.shape} differs from reference shape {ref.shape}")
+
+    # Select first, convert after: only the compared elements are copied to float64.
+    if kind == "logits":
+        keep_rows, classes = _row_selection(m, ref.shape)
+        rows_r = _rows(ref, keep_rows)
+        rows_c = _rows(cand, keep_rows)
+        positions = int(rows_r.shape[0])
+        flat = (lambda x: x.reshape(-1)) if classes is None else (lambda x: x[classes])
+        sel_r, sel_c = flat(rows_r), flat(rows_c)
+        g = None if g_arr is None else flat(_rows(g_arr, keep_rows))
+    else:
+        sel_r, sel_c = _select(ref, m), _select(cand, m)
+        g = None if g_arr is None else _select(g_arr, m)
+
+    count = int(sel_r.size)
+    bad_ref = int(np.count_nonzero(~np.isfinite(sel_r)))
+    bad_cand = int(np.count_nonzero(~np.isfinite(sel_c)))
+    bad_gold = None if g is None else int(np.count_nonzero(~np.isfinite(g)))
+    values: dict[str, Any] = {}
+    if count == 0 or bad_ref or bad_cand or bad_gold:
+        values.update(dict.fromkeys(
+            ("ref_rms", "max_abs_err", "max_rel_err", "mean_abs_err", "cosine"), _NAN))
+        if kind == "logits":
+            values.update(argmax_agreement=_NAN, top5_overlap=_NAN, mean_kl=_NAN, positions=positions)
+        if g is not None:
+            values.update(dict.fromkeys(
+                ("gold_rms", "gold_err_ref_max", "gold_err_ref_mean",
+                 "gold_err_cand_max", "gold_err_cand_mean", "gold_ratio"), _NAN))
+    else:
+        values.update(_elementwise(sel_r, sel_c))
+        if kind == "logits":
+            values.update(_logit_metrics(rows_r, rows_c, classes))
+        if g is not None:
+            values.update(_gold_metrics(sel_r, sel_c, g))
+
+    return TensorMetrics(
+        name=name, kind=kind, shape=tuple(ref.shape), count=count,
+        nonfinite_ref=bad_ref, nonfinite_cand=bad_cand, nonfinite_gold=bad_gold,
+        **values,
+    )
+
+
+def _elementwise(r: np.ndarray, c: np.ndarray) -> dict[str, float]:
+    diff = np.abs(r - c)
+    max_abs = float(diff.max())
+    rms = float(np.sqrt(np.mean(r * r)))
+    norm_r = float(np.linalg.norm(r))
+    norm_c = float(np.linalg.norm(c))
+    if norm_r == 0.0 and norm_c == 0.0:
+        cosine = 1.0
+    elif norm_r == 0.0 or norm_c == 0.0:
+        cosine = 0.0
+    else:
+        cosine = float(np.dot(r, c) / (norm_r * norm_c))
+    return {
+        "ref_rms": rms,
+        "max_abs_err": max_abs,
+        "max_rel_err": _safe_ratio(max_abs, rms),
+        "mean_abs_err": float(diff.mean()),
+        "cosine": cosine,
+    }
+
+
+def _gold_metrics(r: np.ndarray, c: np.ndarray, g: np.ndarray) -> dict[str, float]:
+    err_ref = np.abs(r - g)
+    err_cand = np.abs(c - g)
+    ref_max = float(err_ref.max())
+    cand_max = float(err_cand.max())
+    return {
+        "gold_rms": float(np.sqrt(np.mean(g * g))),
+        "gold_err_ref_max": ref_max,
+        "gold_err_ref_mean": float(err_ref.mean()),
+        "gold_err_cand_max": cand_max,
+        "gold_err_cand_mean": float(err_cand.mean()),
+        "gold_ratio": _safe_ratio(cand_max, ref_max, zero_over_zero=1.0),
+    }
+
+
+def _logit_metrics(r: np.ndarray, c: np.ndarray, classes: np.ndarray | None) -> dict[str, Any]:
+    """Argmax agreement, top-5 overlap and mean KL(softmax(r) || softmax(c)) over rows (N, V).
+
+    ``classes`` (N, V) marks the classes that take part, or None for all of them.
+    """
+    n_classes = r.shape[-1]
+    if classes is not None:
+        r = np.where(classes, r, -np.inf)
+        c = np.where(classes, c, -np.inf)
+
+    p_r, logp_r = _softmax(r)
+    _, logp_c = _softmax(c)
+    if classes is not None:  # excluded classes: p_r == 0; keep -inf - -inf out of the sum
+        logp_r = np.where(classes, logp_r, 0.0)
+        logp_c = np.where(classes, logp_c, 0.0)
+    log_ratio = logp_r - logp_c
+    kl = np.einsum("nv,nv->n", p_r, log_ratio)
+
+    agree = np.argmax(r, axis=1) == np.argmax(c, axis=1)
+
+    k = min(TOP_K, n_classes)
+    top_r = np.argpartition(r, n_classes - k, axis=1)[:, n_classes - k:]
+    top_c = np.argpartition(c, n_classes - k, axis=1)[:, n_classes - k:]
+    same = top_r[:, :, None] == top_c[:, None, :]
+    if classes is None:
+        overlap = same.sum(axis=(1, 2)) / k
+    else:
+        k_row = np.minimum(k, classes.sum(axis=1))
+        valid_r = np.take_along_axis(classes, top_r, axis=1)
+        valid_c = np.take_along_axis(classes, top_c, axis=1)
+        same &= valid_r[:, :, None] & valid_c[:, None, :]
+        overlap = same.sum(axis=(1, 2)) / k_row
+
+    return {
+        "positions": int(r.shape[0]),
+        "argmax_agreement": float(agree.mean()),
+        "top5_overlap": float(overlap.mean()),
+        "mean_kl": float(max(kl.mean(), 0.0)),
+    }
+
+
+def _softmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax, log_softmax) over the last axis, in float64."""
+    shifted = x - np.max(x, axis=1, keepdims=True)
+    e = np.exp(shifted)
+    total = np.sum(e, axis=1, keepdims=True)
+    return e / total, shifted - np.log(total)
+
+
+def _compare_ids(name: str, ref: np.ndarray, cand: np.ndarray, m: np.ndarray | None) -> TensorMetrics:
+    for label, arr in (("reference", ref), ("candidate", cand)):
+        if arr.dtype.kind not in "iub":
+            raise ValueError(f"{name}: kind='ids' needs integer arrays, {label} has dtype {arr.dtype}")
+    sel_r = _select(ref, m, np.int64)
+    sel_c = _select(cand, m, np.int64)
+    count = int(sel_r.size)
+    mismatches = int(np.count_nonzero(sel_r != sel_c))
+    return TensorMetrics(
+        name=name, kind="ids", shape=tuple(ref.shape), count=count,
+        nonfinite_ref=0, nonfinite_cand=0, mismatches=mismatches,
+        match_fraction=(1.0 - mismatches / count) if count else _NAN,
+    )
+
+
+def _select(arr: np.ndarray, m: np.ndarray | None, dtype: Any = np.float64) -> np.ndarray:
+    """The elements under the mask, flattened and converted to ``dtype``."""
+    if m is None:
+        return arr.reshape(-1).astype(dtype, copy=False)
+    if m.ndim < arr.ndim:  # a leading-axes mask selects whole trailing blocks (fast path)
+        return arr[np.broadcast_to(m, arr.shape[:m.ndim])].reshape(-1).astype(dtype, copy=False)
+    return arr[np.broadcast_to(m, arr.shape)].astype(dtype, copy=False)
+
+
+def _row_selection(m: np.ndarray | None, shape: tuple[int, ...]):
+    """(row mask over the flattened (N, V) rows or None for all, class mask of the kept rows or None)."""
+    if m is None:
+        return None, None
+    if m.ndim < len(shape):
+        lead = np.broadcast_to(m, shape[:m.ndim]).reshape(-1)
+        return np.repeat(lead, math.prod(shape[m.ndim:-1])), None
+    full = np.broadcast_to(m, shape).reshape(-1, shape[-1])
+    keep = full.any(axis=1)
+    classes = full[keep]
+    return keep, (None if classes.all() else classes)
+
+
+def _rows(arr: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """(N, V) float64 rows of a logits tensor: all of them, or those ``keep`` selects."""
+    rows = arr.reshape(-1, arr.shape[-1])
+    return (rows if keep is None else rows[keep]).astype(np.float64, copy=False)
+
+
+def _safe_ratio(num: float, den: float, *, zero_over_zero: float = 0.0) -> float:
+    if den == 0.0:
+        return zero_over_zero if num == 0.0 else math.inf
+    return num / den
+
+
+def _is_ml_float(dtype: np.dtype) -> bool:
+    # ml_dtypes' bfloat16 / float8 types report kind 'V'; they convert to float64.
+    try:
+        np.zeros((), dtype).astype(np.float64)
+    except (TypeError, ValueError):
+        return False
+    return dtype.kind == "V"
+
+
+def _as_array(value: Any, name: str, label: str) -> np.ndarray:
+    if value is None:
+        raise ValueError(f"{name}: {label} is None")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # e.g. a bfloat16 torch tensor
+        raise TypeError(
+            f"{name}: cannot convert {label} of type {type(value).__name__} to numpy ({exc}); "
+            "convert it to float32 or float64 first"
+        ) from exc
+    if arr.dtype == object:
+        raise TypeError(f"{name}: {label} is not a numeric array (dtype object)")
+    return arr
+
+
+def _check_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray | None:
+    """The mask as a bool array aligned with the leading axes of ``shape`` (None: everything)."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        if m.dtype.kind in "iu" and np.isin(m, (0, 1)).all():
+            m = m.astype(bool)
+        else:
+            raise ValueError(f"{name}: mask must be boolean (or 0/1 integers), got dtype {m.dtype}")
+    if m.ndim > len(shape):
+        raise ValueError(f"{name}: mask has {m.ndim} axes, tensor only {len(shape)} (shape {shape})")
+    try:
+        np.broadcast_to(m, shape[:m.ndim])
+    except ValueError:
+        raise ValueError(
+            f"{name}: mask shape {m.shape} does not align with the leading axes of tensor shape {shape}"
+        ) from None
+    return m

@@ -1,0 +1,226 @@
+"""The tolerance policy: the one place where parity tolerances live, as data.
+
+Rules, per tensor, checked in this order (the first that fails is the verdict):
+
+1. Something was compared: ``count > 0``.
+2. No NaN or infinity inside the mask in the reference, candidate or gold run.
+3. Token ids (``kind="ids"``): exact equality, in every dtype.
+4. ``float32`` / ``float64``: ``max |flax - torch| / RMS(torch) <= rtol``
+   (``rtol`` = 1e-5 unless overridden with ``--rtol``).
+5. ``float16`` / ``bfloat16``: a PyTorch float64 run is the gold yardstick.
+   ``err_torch = max |torch - gold|``, ``err_flax = max |flax - gold|``; pass when
+   ``err_flax <= k * err_torch + floor`` with ``k`` = 2 (``--k``) and
+   ``floor = FLOOR_ULPS[dtype] * MACHINE_EPS[dtype] * RMS(gold)``: one unit in the
+   last place at the tensor's own scale, so that a tensor PyTorch happens to
+   compute exactly (``err_torch == 0``) does not demand a bit-exact Flax result.
+   The ratio ``err_flax / err_torch`` is always reported (``gold_ratio``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from parity.metrics import TensorMetrics
+
+# Spacing of floating-point numbers at 1.0 (numpy/ml_dtypes ``finfo(dtype).eps``).
+MACHINE_EPS: Mapping[str, float] = {
+    "float64": 2.0**-52,
+    "float32": 2.0**-23,
+    "float16": 2.0**-10,
+    "bfloat16": 2.0**-7,
+}
+
+FULL_PRECISION = ("float32", "float64")
+LOW_PRECISION = ("float16", "bfloat16")
+
+DEFAULT_RTOL = 1e-5
+DEFAULT_K = 2.0
+# Low-precision floor in units of MACHINE_EPS[dtype] * RMS(gold).
+DEFAULT_FLOOR_ULPS: Mapping[str, float] = {"float16": 1.0, "bfloat16": 1.0}
+
+_ALIASES = {
+    "fp64": "float64", "f64": "float64", "float64": "float64",
+    "fp32": "float32", "f32": "float32", "float32": "float32",
+    "fp16": "float16", "f16": "float16", "half": "float16", "float16": "float16",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+}
+
+# Words for the metric a verdict names, used by the Markdown and JUnit reports.
+METRIC_WORDS: Mapping[str, str] = {
+    "count": "number of compared elements",
+    "nonfinite": "non-finite values (NaN/inf)",
+    "mismatches": "mismatched token ids",
+    "max_rel_err": "max error relative to the reference RMS",
+    "gold_err_cand_max": "max |flax - gold|",
+}
+
+
+def normalize_dtype(dtype: Any) -> str:
+    """Canonical dtype name ('float32', 'bfloat16', ...) from a name, alias or numpy dtype."""
+    if isinstance(dtype, str):
+        key = dtype
+    else:
+        try:
+            key = np.dtype(dtype).name
+        except TypeError:  # e.g. torch.float16
+            key = str(dtype)
+    key = key.lower().replace("torch.", "")
+    if key not in _ALIASES:
+        raise ValueError(
+            f"unknown dtype {dtype!r}: expected one of {sorted(set(_ALIASES.values()))} "
+            f"(aliases {sorted(k for k in _ALIASES if k not in _ALIASES.values())})"
+        )
+    return _ALIASES[key]
+
+
+def _within(value: float, bound: float) -> bool:
+    return (not math.isnan(value)) and value <= bound
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Tolerance settings; build variants with :meth:`with_overrides`, never mutate."""
+
+    rtol: float = DEFAULT_RTOL
+    k: float = DEFAULT_K
+    floor_ulps: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_FLOOR_ULPS))
+
+    def __post_init__(self) -> None:
+        _check_positive("rtol", self.rtol)
+        _check_positive("k", self.k)
+        for dtype in LOW_PRECISION:
+            if dtype not in self.floor_ulps:
+                raise ValueError(f"floor_ulps: missing entry for {dtype}")
+        for dtype, ulps in self.floor_ulps.items():
+            if dtype not in LOW_PRECISION:
+                raise ValueError(f"floor_ulps: {dtype!r} is not a low-precision dtype {LOW_PRECISION}")
+            if not (isinstance(ulps, (int, float)) and math.isfinite(ulps) and ulps >= 0):
+                raise ValueError(f"floor_ulps[{dtype}] must be a finite number >= 0, got {ulps!r}")
+
+    def with_overrides(self, *, rtol: float | None = None, k: float | None = None) -> "Policy":
+        """A copy with the CLI overrides applied (``None`` keeps the current value)."""
+        changes = {name: value for name, value in (("rtol", rtol), ("k", k)) if value is not None}
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> "Policy":
+        """Policy from the arguments added by :func:`add_cli_arguments`."""
+        return cls().with_overrides(rtol=getattr(args, "rtol", None), k=getattr(args, "k", None))
+
+    def floor(self, dtype: str, gold_rms: float) -> float:
+        """Absolute error floor for a low-precision tensor whose gold RMS is ``gold_rms``."""
+        dtype = normalize_dtype(dtype)
+        if dtype not in LOW_PRECISION:
+            raise ValueError(f"floor: only defined for {LOW_PRECISION}, got {dtype}")
+        return self.floor_ulps[dtype] * MACHINE_EPS[dtype] * gold_rms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rtol": self.rtol, "k": self.k, "floor_ulps": dict(self.floor_ulps)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+        return cls(rtol=float(data["rtol"]), k=float(data["k"]),
+                   floor_ulps={str(d): float(u) for d, u in data["floor_ulps"].items()})
+
+    def describe(self) -> list[str]:
+        """One line per rule, for reports and the README."""
+        lines = [
+            f"float32/float64: max |flax - torch| / RMS(torch) <= rtol = {self.rtol:g}",
+        ]
+        for dtype in LOW_PRECISION:
+            lines.append(
+                f"{dtype}: max |flax - gold| <= k * max |torch - gold| + floor, k = {self.k:g}, "
+                f"floor = {self.floor_ulps[dtype]:g} * eps({dtype}) = "
+                f"{self.floor_ulps[dtype] * MACHINE_EPS[dtype]:.3g} * RMS(gold)"
+            )
+        lines.append("token ids: exact equality; any NaN/inf inside the mask fails")
+        return lines
+
+
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome for one tensor: the metric that decided it, its value and the bound."""
+
+    passed: bool
+    metric: str
+    value: float
+    tolerance: float
+    rule: str
+
+    @property
+    def headroom(self) -> float:
+        """value / tolerance (0/0 = 0, x/0 = inf); NaN or any other failure is >= inf-like."""
+        if math.isnan(self.value):
+            return math.inf
+        if self.tolerance == 0:
+            ratio = 0.0 if self.value == 0 else math.inf
+        else:
+            ratio = self.value / self.tolerance
+        return ratio if self.passed or ratio > 1 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Verdict":
+        return cls(passed=bool(data["passed"]), metric=str(data["metric"]),
+                   value=float(data["value"]), tolerance=float(data["tolerance"]),
+                   rule=str(data["rule"]))
+
+
+def judge(metrics: TensorMetrics, dtype: Any, policy: Policy = DEFAULT_POLICY) -> Verdict:
+    """Apply the policy to one tensor's metrics computed at ``dtype``."""
+    dtype = normalize_dtype(dtype)
+    if metrics.count == 0:
+        return Verdict(False, "count", 0.0, 1.0, "at least one element must be compared")
+    if metrics.nonfinite:
+        return Verdict(False, "nonfinite", float(metrics.nonfinite), 0.0,
+                       "no NaN/inf inside the mask (reference, candidate or gold)")
+    if metrics.kind == "ids":
+        value = float(metrics.mismatches)
+        return Verdict(value == 0, "mismatches", value, 0.0, "token ids equal exactly")
+    if dtype in FULL_PRECISION:
+        value = float(metrics.max_rel_err)
+        return Verdict(_within(value, policy.rtol), "max_rel_err", value, policy.rtol,
+                       "max |flax - torch| / RMS(torch) <= rtol")
+    if not metrics.has_gold:
+        raise ValueError(
+            f"{metrics.name}: judging {dtype} needs a float64 gold run "
+            "(compare(..., gold=...)); none was given"
+        )
+    bound = policy.k * float(metrics.gold_err_ref_max) + policy.floor(dtype, float(metrics.gold_rms))
+    value = float(metrics.gold_err_cand_max)
+    return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
+                   "max |flax - gold| <= k * max |torch - gold| + floor")
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--rtol`` and ``--k`` so every command spells the overrides the same way."""
+    parser.add_argument("--rtol", type=_positive_float, default=None,
+                        help=f"fp32 max relative error (default {DEFAULT_RTOL:g})")
+    parser.add_argument("--k", type=_positive_float, default=None,
+                        help=f"fp16/bf16: allowed multiple of PyTorch's own error (default {DEFAULT_K:g})")

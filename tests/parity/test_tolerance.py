@@ -1,0 +1,116 @@
+"""parity.tolerance: verdicts per dtype, the low-precision floor and k, overrides."""
+
+import argparse
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from parity.metrics import compare
+from parity.tolerance import (
+    DEFAULT_POLICY, MACHINE_EPS, Policy, Verdict, add_cli_arguments, judge, normalize_dtype,
+)
+
+GOLD = np.array([1.0, -1.0, 1.0, -1.0])  # RMS 1
+
+
+def _fp32(rel_err):
+    return compare("h", GOLD, GOLD + np.array([rel_err, 0.0, 0.0, 0.0]))
+
+
+def _lowp(torch_err, flax_err):
+    ref = GOLD + np.array([torch_err, 0.0, 0.0, 0.0])
+    cand = GOLD + np.array([0.0, flax_err, 0.0, 0.0])
+    return compare("h", ref, cand, gold=GOLD)
+
+
+def test_machine_eps_table_matches_ml_dtypes():
+    for name, eps in MACHINE_EPS.items():
+        dtype = ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
+        assert eps == float(ml_dtypes.finfo(dtype).eps)
+
+
+def test_fp32_relative_error_rule():
+    ok = judge(_fp32(1e-6), "float32")
+    assert ok == Verdict(True, "max_rel_err", pytest.approx(1e-6), 1e-5, ok.rule)
+    bad = judge(_fp32(2e-5), "fp32")
+    assert not bad.passed and bad.metric == "max_rel_err" and bad.tolerance == 1e-5
+    assert judge(_fp32(2e-5), "float32", DEFAULT_POLICY.with_overrides(rtol=1e-4)).passed
+
+
+def test_low_precision_k_and_per_dtype_floor():
+    m = _lowp(0.01, 0.025)
+    # bfloat16: bound = 2 * 0.01 + 2**-7 * 1 = 0.0278125 -> passes
+    v = judge(m, "bfloat16")
+    assert v.passed and v.metric == "gold_err_cand_max"
+    assert v.value == pytest.approx(0.025) and v.tolerance == pytest.approx(0.02 + 2.0**-7)
+    # float16: bound = 0.02 + 2**-10 = 0.0209765625 -> fails
+    v16 = judge(m, "float16")
+    assert not v16.passed and v16.tolerance == pytest.approx(0.02 + 2.0**-10)
+    assert not judge(_lowp(0.01, 0.03), "bfloat16").passed
+    assert judge(_lowp(0.01, 0.03), "bfloat16", Policy(k=3.0)).passed
+    assert m.gold_ratio == pytest.approx(2.5)  # always reported
+
+
+def test_floor_rescues_an_exact_torch_result():
+    eps = MACHINE_EPS["bfloat16"]
+    assert judge(_lowp(0.0, 0.5 * eps), "bf16").passed
+    assert not judge(_lowp(0.0, 2.0 * eps), "bf16").passed
+    assert DEFAULT_POLICY.floor("bfloat16", 3.0) == 3.0 * eps
+    no_floor = Policy(floor_ulps={"float16": 0.0, "bfloat16": 0.0})
+    assert not judge(_lowp(0.0, 0.5 * eps), "bf16", no_floor).passed
+
+
+def test_low_precision_without_gold_is_an_error():
+    with pytest.raises(ValueError, match="h: judging bfloat16 needs a float64 gold run"):
+        judge(_fp32(0.0), "bfloat16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_nan_never_passes(dtype):
+    ref = GOLD.copy()
+    cand = GOLD.copy()
+    cand[2] = np.nan
+    m = compare("h", ref, cand, gold=GOLD)
+    loose = Policy(rtol=1e30, k=1e30)
+    v = judge(m, dtype, loose)
+    assert not v.passed and v.metric == "nonfinite" and v.value == 1.0
+    assert math.isinf(v.headroom)
+
+
+def test_ids_exact_and_empty_selection():
+    same = compare("ids", np.arange(4), np.arange(4), kind="ids")
+    assert judge(same, "bfloat16").passed
+    diff = compare("ids", np.arange(4), np.array([0, 1, 2, 9]), kind="ids")
+    v = judge(diff, "float32")
+    assert not v.passed and (v.metric, v.value, v.tolerance) == ("mismatches", 1.0, 0.0)
+    empty = compare("h", GOLD, GOLD, mask=np.zeros(4, bool))
+    assert judge(empty, "float32").metric == "count" and not judge(empty, "float32").passed
+
+
+def test_dtype_names():
+    assert normalize_dtype("bf16") == "bfloat16"
+    assert normalize_dtype(np.float32) == "float32"
+    assert normalize_dtype(np.dtype(ml_dtypes.bfloat16)) == "bfloat16"
+    assert normalize_dtype("torch.float16") == "float16"
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        normalize_dtype("int8")
+
+
+def test_policy_validation_round_trip_and_cli():
+    with pytest.raises(ValueError, match="rtol must be a positive finite number"):
+        Policy(rtol=0.0)
+    with pytest.raises(ValueError, match="k must be"):
+        DEFAULT_POLICY.with_overrides(k=float("nan"))
+    with pytest.raises(ValueError, match="floor_ulps: missing entry for float16"):
+        Policy(floor_ulps={"bfloat16": 1.0})
+    p = Policy(rtol=3e-5, k=1.5)
+    assert Policy.from_dict(p.to_dict()) == p
+    assert any("k = 1.5" in line for line in p.describe())
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    assert Policy.from_namespace(parser.parse_args(["--rtol", "1e-4"])) == Policy(rtol=1e-4)
+    assert Policy.from_namespace(parser.parse_args([])) == DEFAULT_POLICY
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--k", "-1"])
