@@ -1,0 +1,112 @@
+"""`from_pretrained`: resolve, read the config, load weights of any format through `convert`, and
+fit them to the class: new head weights are drawn (with a warning naming them), nothing else is."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from flax_bart.config import CONFIG_NAME, BartConfig
+from flax_bart.hub import CheckpointNotFoundError, resolve_checkpoint_dir
+from flax_bart.pretrained import logger, warn
+
+
+def _pt_weights_path(directory: str) -> str | None:
+    """The PyTorch weights file (or index) of a directory, if it has one."""
+    from convert.sources import _kind_of_file, candidates, open_file
+
+    for path in candidates(directory):
+        fmt = _kind_of_file(path)[0]
+        if fmt == "bin" or (fmt == "safetensors" and open_file(path).framework == "pt"):
+            return path
+    return None
+
+
+def _fresh_leaf(path: tuple, shape, dtype, config: BartConfig, key):
+    name = path[-1]
+    if name in ("kernel", "embedding"):
+        return (config.init_std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    if name == "scale":
+        return jnp.ones(shape, dtype)
+    return jnp.zeros(shape, dtype)  # biases, final_logits_bias
+
+
+def _draw(keys, shapes: dict, config: BartConfig, seed: int) -> dict:
+    out = {}
+    for i, k in enumerate(sorted(keys)):
+        spec = shapes[k]
+        out[k] = np.asarray(_fresh_leaf(k, spec.shape, spec.dtype, config, jax.random.PRNGKey(seed + i)))
+    return out
+
+
+def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore_mismatched_sizes, cache_dir,
+                    revision, local_files_only, force_download, token, seed, param_dtype, precision,
+                    config_overrides):
+    from convert import head_only_prefixes, load_flax_params
+
+    path = os.fspath(path_or_id)
+    directory = resolve_checkpoint_dir(path, cache_dir=cache_dir, revision=revision,
+                                       local_files_only=local_files_only or None, token=token,
+                                       force_download=force_download)
+    weights = path if os.path.isfile(path) else directory
+    if from_pt and os.path.isdir(weights):
+        weights = _pt_weights_path(weights) or weights
+    file_config = None
+    if config is None or isinstance(config, (str, os.PathLike)):
+        cfg_dir = directory if config is None else resolve_checkpoint_dir(config, cache_dir=cache_dir)
+        cfg_path = os.path.join(cfg_dir, CONFIG_NAME)
+        if not os.path.isfile(cfg_path):
+            raise CheckpointNotFoundError(f"{cfg_dir}: no {CONFIG_NAME} (pass config= explicitly)")
+        config = file_config = BartConfig.from_json_file(cfg_path)
+    elif isinstance(config, dict):
+        config = BartConfig.from_dict(config)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+
+    model = cls(config, dtype=dtype, _do_init=False, seed=seed, param_dtype=param_dtype or jnp.float32,
+                precision=precision)
+    want = model.params_shape_tree()
+    # With ignore_mismatched_sizes the weights are read against the checkpoint's own config, and
+    # whatever then does not fit the requested config is drawn anew (with a warning).
+    load_config = file_config if (ignore_mismatched_sizes and file_config is not None) else config
+    params, summary = load_flax_params(
+        weights, load_config, cls.head, allow_missing=head_only_prefixes(load_config, cls.head),
+        allow_unexpected=True,
+    )
+    flat = traverse_util.flatten_dict(params)
+    if summary.unexpected:
+        warn(f"{type(model).__name__}.from_pretrained({path!r}): ignored {len(summary.unexpected)} tensors that are "
+             f"not BART parameters: {summary.unexpected[:20]}")
+    if summary.unused:
+        logger.info("%s.from_pretrained(%r): unused weights of other heads: %s", cls.__name__, path, summary.unused[:20])
+    mismatched = sorted(k for k in want if k in flat and tuple(np.shape(flat[k])) != tuple(want[k].shape))
+    if mismatched:
+        if not ignore_mismatched_sizes:  # only reachable if load_config == config: converter checked shapes
+            raise ValueError(f"shape mismatch for {['/'.join(k) for k in mismatched]}")
+        detail = [f"{'/'.join(k)}: checkpoint {tuple(np.shape(flat[k]))} -> model {tuple(want[k].shape)}"
+                  for k in mismatched]
+        warn(f"{cls.__name__}.from_pretrained({path!r}): ignore_mismatched_sizes=True, newly initialised: {detail}")
+        for k in mismatched:
+            del flat[k]
+    missing = sorted(k for k in want if k not in flat)
+    if missing:
+        names = ["/".join(k) for k in missing if k not in set(mismatched)]
+        if names:
+            warn(f"{cls.__name__}.from_pretrained({path!r}): the checkpoint has no weights for {names}; they are "
+                 f"newly initialised (seed {seed}) and need training before use")
+        flat.update(_draw(missing, want, config, seed))
+    extra = sorted(k for k in flat if k not in want)
+    for k in extra:  # e.g. a head of another size the converter already reported as unused
+        del flat[k]
+    params = traverse_util.unflatten_dict(flat)
+    if param_dtype is not None:
+        params = model._cast(params, jnp.dtype(param_dtype))
+    if _do_init:
+        model.params = params
+        return model
+    model.check_params(params)
+    return model, params
