@@ -43,6 +43,12 @@ def torch_model(head, seed=0, **overrides):
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
+        base = getattr(model, "model", model)
+        if not kw.get("tie_word_embeddings", True) and hasattr(base, "shared"):
+            # v5 unties encoder/decoder input embeddings too; real untied checkpoints keep them equal
+            # to `shared` (the only layout 4.x Flax can hold), so make them so.
+            base.encoder.embed_tokens.weight.copy_(base.shared.weight)
+            base.decoder.embed_tokens.weight.copy_(base.shared.weight)
         if hasattr(model, "final_logits_bias"):
             model.final_logits_bias.add_(0.1 * torch.randn(model.final_logits_bias.shape, generator=g))
     return model
