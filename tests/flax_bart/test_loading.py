@@ -149,5 +149,5 @@ def test_missing_backbone_weights_fail_naming_them(tmp_path, v5_dir):
     sd = load_file(v5_dir / "model.safetensors")
     del sd["model.encoder.layers.1.fc1.weight"]
     save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(Exception, match=r"encoder\.layers\.1\.fc1"):
+    with pytest.raises(Exception, match=r"missing .*encoder/layers/1/fc1/kernel"):
         FlaxBartForConditionalGeneration.from_pretrained(d)
