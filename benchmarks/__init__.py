@@ -1,0 +1,1 @@
+"""Side-by-side performance runs (not tests): `python -m benchmarks [--quick]` or `flax-bart bench`."""

@@ -1,0 +1,65 @@
+"""Timing and environment helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from importlib import metadata
+
+BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                 decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
+BART_LARGE = dict(BART_BASE, d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+                  decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096)
+TINY = dict(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)
+SHAPES = {"base": BART_BASE, "large": BART_LARGE, "tiny": TINY}
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> dict:
+    """Run `fn` `warmup` times, then time `repeats` runs; median and all samples in seconds."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(samples), "samples_s": samples}
+
+
+def environment() -> dict:
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    env = {
+        "machine": platform.machine(), "processor": platform.processor(), "platform": platform.platform(),
+        "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "versions": {p: version(p) for p in ("jax", "jaxlib", "flax", "torch", "transformers", "numpy")},
+        "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")},
+    }
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import jax
+
+        env["jax_devices"] = [str(d) for d in jax.devices()]
+    except Exception:  # pragma: no cover
+        pass
+    return env
+
+
+def write_json(path: str, data: dict) -> None:
+    from flax_bart.io_utils import atomic_write_text
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
