@@ -151,3 +151,21 @@ def test_missing_backbone_weights_fail_naming_them(tmp_path, v5_dir):
     save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(Exception, match=r"missing .*encoder/layers/1/fc1/kernel"):
         FlaxBartForConditionalGeneration.from_pretrained(d)
+
+
+@pytest.mark.parametrize("head", ["base", "cls", "qa", "causal"])
+def test_every_class_loads_a_transformers_checkpoint(tmp_path, head):
+    from flax_bart.models import MODEL_CLASSES
+    from tests.bart_helpers import OUTPUT_NAMES
+
+    tm = torch_model(head, seed=21)
+    tm.save_pretrained(tmp_path)
+    model = MODEL_CLASSES[head].from_pretrained(tmp_path)
+    ids, mask = batch(seed=8)
+    with torch.no_grad():
+        ref = tm(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask), use_cache=False)
+    out = model(ids, attention_mask=mask)
+    for name in OUTPUT_NAMES[head]:
+        m = None if head == "cls" else mask.astype(bool)
+        a, b = np.asarray(getattr(out, name)), getattr(ref, name).numpy()
+        assert float(np.abs((a - b) if m is None else (a[m] - b[m])).max()) <= ATOL, name
