@@ -3,6 +3,7 @@ fit them to the class: new head weights are drawn (with a warning naming them), 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -13,17 +14,6 @@ from flax import traverse_util
 from flax_bart.config import CONFIG_NAME, BartConfig
 from flax_bart.hub import CheckpointNotFoundError, resolve_checkpoint_dir
 from flax_bart.pretrained import logger, warn
-
-
-def _pt_weights_path(directory: str) -> str | None:
-    """The PyTorch weights file (or index) of a directory, if it has one."""
-    from convert.sources import _kind_of_file, candidates, open_file
-
-    for path in candidates(directory):
-        fmt = _kind_of_file(path)[0]
-        if fmt == "bin" or (fmt == "safetensors" and open_file(path).framework == "pt"):
-            return path
-    return None
 
 
 def _fresh_leaf(path: tuple, shape, dtype, config: BartConfig, key):
@@ -45,7 +35,7 @@ def _draw(keys, shapes: dict, config: BartConfig, seed: int) -> dict:
 
 def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore_mismatched_sizes, cache_dir,
                     revision, local_files_only, force_download, token, seed, param_dtype, precision,
-                    config_overrides):
+                    config_overrides, mesh=None, partition_rules=None):
     from convert import head_only_prefixes, load_flax_params
 
     path = os.fspath(path_or_id)
@@ -53,8 +43,6 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
                                        local_files_only=local_files_only or None, token=token,
                                        force_download=force_download)
     weights = path if os.path.isfile(path) else directory
-    if from_pt and os.path.isdir(weights):
-        weights = _pt_weights_path(weights) or weights
     file_config = None
     if config is None or isinstance(config, (str, os.PathLike)):
         cfg_dir = directory if config is None else resolve_checkpoint_dir(config, cache_dir=cache_dir)
@@ -73,31 +61,23 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
     # With ignore_mismatched_sizes the weights are read against the checkpoint's own config, and
     # whatever then does not fit the requested config is drawn anew (with a warning).
     load_config = file_config if (ignore_mismatched_sizes and file_config is not None) else config
+    if mesh is not None:
+        return _load_sharded(model, path, weights, config, load_config, mesh, partition_rules,
+                             ignore_mismatched_sizes=ignore_mismatched_sizes, seed=seed, param_dtype=param_dtype,
+                             _do_init=_do_init)
     params, summary = load_flax_params(
         weights, load_config, cls.head, allow_missing=head_only_prefixes(load_config, cls.head),
-        allow_unexpected=True,
+        allow_unexpected=True, prefer="pt" if from_pt else "flax",
     )
     flat = traverse_util.flatten_dict(params)
-    if summary.unexpected:
-        warn(f"{type(model).__name__}.from_pretrained({path!r}): ignored {len(summary.unexpected)} tensors that are "
-             f"not BART parameters: {summary.unexpected[:20]}")
-    if summary.unused:
-        logger.info("%s.from_pretrained(%r): unused weights of other heads: %s", cls.__name__, path, summary.unused[:20])
+    _note_ignored(cls, path, summary.unexpected, summary.unused)
     mismatched = sorted(k for k in want if k in flat and tuple(np.shape(flat[k])) != tuple(want[k].shape))
-    if mismatched:
-        if not ignore_mismatched_sizes:  # only reachable if load_config == config: converter checked shapes
-            raise ValueError(f"shape mismatch for {['/'.join(k) for k in mismatched]}")
-        detail = [f"{'/'.join(k)}: checkpoint {tuple(np.shape(flat[k]))} -> model {tuple(want[k].shape)}"
-                  for k in mismatched]
-        warn(f"{cls.__name__}.from_pretrained({path!r}): ignore_mismatched_sizes=True, newly initialised: {detail}")
-        for k in mismatched:
-            del flat[k]
+    _note_mismatched(cls, path, {k: tuple(np.shape(flat[k])) for k in mismatched}, want, ignore_mismatched_sizes)
+    for k in mismatched:
+        del flat[k]
     missing = sorted(k for k in want if k not in flat)
     if missing:
-        names = ["/".join(k) for k in missing if k not in set(mismatched)]
-        if names:
-            warn(f"{cls.__name__}.from_pretrained({path!r}): the checkpoint has no weights for {names}; they are "
-                 f"newly initialised (seed {seed}) and need training before use")
+        _note_missing(cls, path, missing, mismatched, seed)
         flat.update(_draw(missing, want, config, seed))
     extra = sorted(k for k in flat if k not in want)
     for k in extra:  # e.g. a head of another size the converter already reported as unused
@@ -105,6 +85,73 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
     params = traverse_util.unflatten_dict(flat)
     if param_dtype is not None:
         params = model._cast(params, jnp.dtype(param_dtype))
+    if _do_init:
+        model.params = params
+        return model
+    model.check_params(params)
+    return model, params
+
+
+def _note_ignored(cls, path, unexpected, unused) -> None:
+    if unexpected:
+        warn(f"{cls.__name__}.from_pretrained({path!r}): ignored {len(unexpected)} tensors that are "
+             f"not BART parameters: {unexpected[:20]}")
+    if unused:
+        logger.info("%s.from_pretrained(%r): unused weights of other heads: %s", cls.__name__, path, unused[:20])
+
+
+def _note_mismatched(cls, path, mismatched: dict, want, ignore_mismatched_sizes: bool) -> None:
+    """`mismatched`: {path tuple: checkpoint shape} of params whose shape differs from the model's."""
+    if not mismatched:
+        return
+    if not ignore_mismatched_sizes:  # only reachable if load_config == config: converter checked shapes
+        raise ValueError(f"shape mismatch for {['/'.join(k) for k in mismatched]}")
+    detail = [f"{'/'.join(k)}: checkpoint {shape} -> model {tuple(want[k].shape)}" for k, shape in mismatched.items()]
+    warn(f"{cls.__name__}.from_pretrained({path!r}): ignore_mismatched_sizes=True, newly initialised: {detail}")
+
+
+def _note_missing(cls, path, missing, mismatched, seed) -> None:
+    names = ["/".join(k) for k in missing if k not in set(mismatched)]
+    if names:
+        warn(f"{cls.__name__}.from_pretrained({path!r}): the checkpoint has no weights for {names}; they are "
+             f"newly initialised (seed {seed}) and need training before use")
+
+
+def _draw_sharded(keys, shapes: dict, shardings: dict, config: BartConfig, seed: int) -> dict:
+    """`_draw`, but each new leaf is created on its devices by a jitted initialiser (same values)."""
+    out = {}
+    for i, k in enumerate(sorted(keys)):
+        spec = shapes[k]
+        init = functools.partial(_fresh_leaf, k, spec.shape, spec.dtype, config)
+        out[k] = jax.jit(init, out_shardings=shardings[k])(jax.random.PRNGKey(seed + i))
+    return out
+
+
+def _load_sharded(model, path, weights, config, load_config, mesh, partition_rules, *, ignore_mismatched_sizes,
+                  seed, param_dtype, _do_init):
+    """The `mesh=` path of `load_pretrained`: every parameter is read slice by slice into its
+    sharding (see `flax_bart.shard_loading`); no host copy of the whole model is made."""
+    from convert import head_only_prefixes
+    from flax_bart.shard_loading import load_into_shards
+    from flax_bart.sharding import auto_mesh, tree_shardings
+
+    cls = type(model)
+    mesh = auto_mesh(mesh)
+    want = model.params_shape_tree()
+    shardings = tree_shardings(want, mesh, partition_rules, config=config)
+    flat, report = load_into_shards(weights, load_config, cls.head, want, shardings, dtype=param_dtype,
+                                    allow_missing=head_only_prefixes(load_config, cls.head))
+    _note_ignored(cls, path, report.unexpected, report.unused)
+    _note_mismatched(cls, path, {k: shape for k, shape in report.mismatched}, want, ignore_mismatched_sizes)
+    mismatched = sorted(k for k, _ in report.mismatched)
+    missing = sorted(k for k in want if k not in flat)
+    if missing:
+        _note_missing(cls, path, missing, mismatched, seed)
+        flat.update(_draw_sharded(missing, want, shardings, config, seed))
+    logger.info("%s.from_pretrained(%r): %d tensors read into shards on mesh %s (%d bytes read, %d whole-tensor reads)",
+                cls.__name__, path, report.tensors, dict(mesh.shape), report.bytes_read, report.whole_tensor_reads)
+    params = traverse_util.unflatten_dict(flat)
+    model.mesh = mesh
     if _do_init:
         model.params = params
         return model

@@ -1,0 +1,7 @@
+"""`python -m convert SRC DST --to flax|pytorch ...`"""
+
+import sys
+
+from convert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,180 @@
+"""File-level entry points: load a checkpoint of any format as Flax params, save Flax params, and
+convert a checkpoint directory streaming from source files to target files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from flax_bart.config import CONFIG_NAME, BartConfig, ConfigError
+
+from convert import engine, rules
+from convert.dtypes import is_float, parse_dtype
+from convert.errors import ConversionError
+from convert.plan import infer_head, make_plan
+from convert.resolve import resolve_source
+from convert.sources import WEIGHT_FILES, open_source
+from convert.staging import StagedOutput
+from convert.summary import Summary
+from convert.tree import _flax_input, unflatten
+from convert.writers import CheckpointWriter
+
+SUMMARY_NAME = "conversion_summary.json"
+# Small files that travel with the weights.
+SIDE_FILES = (CONFIG_NAME, "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+FORMATS = {"flax": ("msgpack", "safetensors"), "pt": ("safetensors", "bin")}
+
+
+def _config_for(path: str, config) -> BartConfig:
+    if isinstance(config, BartConfig):
+        return config
+    cfg_path = config or os.path.join(path if os.path.isdir(path) else os.path.dirname(path) or ".", CONFIG_NAME)
+    if not os.path.isfile(cfg_path):
+        raise ConversionError(f"no {CONFIG_NAME} at {cfg_path}: the config is needed to check shapes (pass one explicitly)")
+    try:
+        return BartConfig.from_json_file(cfg_path)
+    except ConfigError as e:
+        raise ConversionError(str(e)) from None
+
+
+def load_flax_params(directory_or_file, config: BartConfig | str | None, head: str, *, dtype=None,
+                     allow_missing: Iterable[str] = (), allow_unexpected: bool = False,
+                     prefer: str = "flax", quiet: bool = True):
+    """(nested numpy params in the 4.x Flax layout of `head`, Summary) from any supported
+    checkpoint. In a directory holding both, files of framework `prefer` ("flax" or "pt") win.
+    `config`: a BartConfig, a path to a config.json, or None for the one beside the weights.
+
+    Head-only params absent from the checkpoint are an error unless their prefix is in
+    `allow_missing` (see `rules.head_only_prefixes`); they are then listed in `summary.missing`
+    and left out of the tree for the caller to initialise.
+    """
+    path = os.fspath(directory_or_file)
+    if prefer not in ("flax", "pt"):
+        raise ConversionError(f"prefer={prefer!r}: expected 'flax' or 'pt'")
+    source = open_source(path, prefer=prefer)
+    config = _config_for(path, config)
+    plan = make_plan(source.infos, source.framework, config, head, "flax", allow_missing=allow_missing,
+                     allow_unexpected=allow_unexpected, describe=f"checkpoint {path}")
+    summary = engine.start_summary(plan, source)
+    flat: dict = {}
+    engine.run(plan, source, [s.target for s in plan.steps], flat.__setitem__, summary,
+               dtype=parse_dtype(dtype), quiet=quiet)
+    summary.target = {"framework": "flax", "format": "memory", "files": [], "tensors": len(flat),
+                      "bytes": sum(a.nbytes for a in flat.values())}
+    return unflatten(flat), summary
+
+
+def _weight_file_pattern(fmt: str) -> re.Pattern:
+    single, index = WEIGHT_FILES[fmt]
+    stem, ext = single.rsplit(".", 1)
+    return re.compile(rf"^({re.escape(single)}|{re.escape(index)}|{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.{ext})$")
+
+
+def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max_shard_size=None) -> list[str]:
+    """Write Flax params as 4.x `save_pretrained` would (`flax_model.msgpack`, or Flax-format
+    `model.safetensors`; sharded with an index past `max_shard_size`). Each file appears
+    atomically; earlier weight files of the same format in `directory` are replaced."""
+    if format not in FORMATS["flax"]:
+        raise ConversionError(f"format {format!r}: Flax params are saved as one of {FORMATS['flax']}")
+    flat = {k: np.asarray(v) for k, v in _flax_input(params).items()}
+    directory = os.fspath(directory)
+    pattern = _weight_file_pattern(format)
+    stale = tuple(n for n in (os.listdir(directory) if os.path.isdir(directory) else ()) if pattern.match(n))
+    with StagedOutput(directory, merge=True) as staged:
+        writer = CheckpointWriter(staged.path, format, "flax", [(k, a.shape, a.dtype) for k, a in flat.items()],
+                                  max_shard_size)
+        try:
+            for key in writer.order:
+                writer.write(key, flat[key])
+        except BaseException:
+            writer.abort()
+            raise
+        files = writer.close()
+        staged.commit(stale=stale, last=(WEIGHT_FILES[format][1], WEIGHT_FILES[format][0]))
+    return [os.path.join(directory, f) for f in files]
+
+
+def _check_not_overlapping(src_path: str, source_files: list[str], dst: str) -> None:
+    dst_real = os.path.realpath(dst)
+    for p in [src_path] + source_files:
+        real = os.path.realpath(p)
+        if real == dst_real or os.path.commonpath([real, dst_real]) == dst_real:
+            raise ConversionError(f"output {dst} is the source or contains it ({p}); choose another DST")
+
+
+def _copy_side_files(src_dir: str, out_dir: str, dtype: np.dtype | None) -> list[str]:
+    copied = []
+    for name in SIDE_FILES:
+        p = os.path.join(src_dir, name)
+        if not os.path.isfile(p):
+            continue
+        if name == CONFIG_NAME and dtype is not None:
+            with open(p, "rb") as f:
+                cfg = json.loads(f.read().decode("utf-8"))
+            cfg["dtype"] = dtype.name
+            if "torch_dtype" in cfg:
+                cfg["torch_dtype"] = dtype.name
+            with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+                f.write(json.dumps(cfg, indent=2) + "\n")
+        else:
+            shutil.copyfile(p, os.path.join(out_dir, name))
+        copied.append(name)
+    return copied
+
+
+def convert_checkpoint(src, dst, *, to: str, format: str | None = None, head: str | None = None,
+                       dtype=None, max_shard_size=None, overwrite: bool = False,
+                       allow_unexpected: bool = False, allow_missing_head: bool = False,
+                       config: str | None = None, quiet: bool = True, cache_dir: str | None = None,
+                       revision: str | None = None) -> Summary:
+    """Convert the checkpoint at `src` (directory, weights file or hub id) to `dst`, a new directory
+    holding the weights in `format`, config/generation/tokenizer files and `conversion_summary.json`."""
+    t0 = time.perf_counter()
+    target = {"flax": "flax", "pytorch": "pt", "pt": "pt"}.get(to)
+    if target is None:
+        raise ConversionError(f"--to {to!r}: expected 'flax' or 'pytorch'")
+    format = format or FORMATS[target][0]
+    if format not in FORMATS[target]:
+        raise ConversionError(f"--format {format!r} cannot hold a {to} checkpoint; expected one of {list(FORMATS[target])}")
+    dtype = parse_dtype(dtype)
+    src_path = resolve_source(os.fspath(src), cache_dir=cache_dir, revision=revision)
+    src_dir = src_path if os.path.isdir(src_path) else os.path.dirname(os.path.abspath(src_path))
+    source = open_source(src_path, prefer="pt" if target == "flax" else "flax")
+    cfg = _config_for(src_path, config)
+    head = rules.check_head(head) if head else infer_head(source.infos, source.framework)
+    plan = make_plan(
+        source.infos, source.framework, cfg, head, target,
+        tied="drop" if format == "safetensors" else "all",
+        allow_missing=rules.head_only_prefixes(cfg, head) if allow_missing_head else (),
+        allow_unexpected=allow_unexpected, describe=f"checkpoint {src_path}",
+    )
+    _check_not_overlapping(src_path, source.files, os.fspath(dst))
+    specs = []
+    for step in plan.steps:
+        src_dtype = source.infos[step.source].dtype
+        specs.append((step.target, step.shape, dtype if dtype is not None and is_float(src_dtype) else src_dtype))
+    summary = engine.start_summary(plan, source)
+    with StagedOutput(os.fspath(dst), overwrite=overwrite) as staged:
+        writer = CheckpointWriter(staged.path, format, target, specs, max_shard_size)
+        try:
+            engine.run(plan, source, writer.order, writer.write, summary, dtype=dtype, quiet=quiet)
+        except BaseException:
+            writer.abort()
+            raise
+        files = writer.close()
+        side = _copy_side_files(src_dir, staged.path, dtype)
+        summary.target = {"framework": target, "format": format, "files": files, "side_files": side,
+                          "tensors": len(specs), "bytes": writer.total_size,
+                          "directory": os.path.abspath(os.fspath(dst))}
+        summary.seconds = time.perf_counter() - t0
+        with open(os.path.join(staged.path, SUMMARY_NAME), "w", encoding="utf-8") as f:
+            f.write(summary.to_json())
+        staged.commit()
+    return summary

@@ -1,0 +1,93 @@
+"""`flax-bart convert SRC DST --to flax|pytorch ...` (also `python -m convert`).
+
+Exit codes: 0 converted; 2 bad input (checkpoint, config, arguments, or an output that cannot be
+written) with a one-paragraph error; 1 an unexpected internal error. No traceback unless --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from convert.errors import ConversionError
+from convert.rules import HEADS
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # report through main() (exit code 2) instead of sys.exit
+        self.print_usage(sys.stderr)
+        raise _BadArgs(message)
+
+
+class _BadArgs(Exception):
+    pass
+
+
+def build_parser(prog: str = "flax-bart convert") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Convert a BART checkpoint between PyTorch and Flax formats.")
+    p.add_argument("src", metavar="SRC", help="checkpoint directory, weights/index file, or hub id (offline cache)")
+    p.add_argument("dst", metavar="DST", help="output directory (created; must not exist unless --overwrite)")
+    p.add_argument("--to", required=True, choices=["flax", "pytorch"], help="target framework")
+    p.add_argument("--format", choices=["msgpack", "safetensors", "bin"],
+                   help="weights format (default: msgpack for flax, safetensors for pytorch)")
+    p.add_argument("--head", choices=HEADS, help="model class of the output (default: that of SRC)")
+    p.add_argument("--dtype", help="cast floating tensors: float32, float16 or bfloat16 (default: keep)")
+    p.add_argument("--max-shard-size", help="split weights into shards of at most this size, e.g. 2GB, 500MiB")
+    p.add_argument("--config", help="config.json to use (default: the one beside SRC)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--allow-unexpected", action="store_true", help="drop (and report) keys that are not BART tensors")
+    p.add_argument("--allow-missing-head", action="store_true",
+                   help="accept a source without the parameters only --head has (they are left out)")
+    p.add_argument("--cache-dir", help="huggingface_hub cache for hub ids")
+    p.add_argument("--revision", help="hub revision for hub ids")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "flax-bart convert") -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser(prog).parse_args(argv)
+    except _BadArgs as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    from convert.api import SUMMARY_NAME, convert_checkpoint
+
+    try:
+        summary = convert_checkpoint(
+            args.src, args.dst, to=args.to, format=args.format, head=args.head, dtype=args.dtype,
+            max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+            allow_unexpected=args.allow_unexpected, allow_missing_head=args.allow_missing_head,
+            config=args.config, quiet=args.quiet, cache_dir=args.cache_dir, revision=args.revision,
+        )
+    except (ConversionError, ValueError, OSError) as e:
+        if debug:
+            traceback.print_exc()
+        kind = "cannot write the output" if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else "error"
+        print(f"{prog}: {kind}: {e}", file=sys.stderr)
+        print("DST was left as it was; the source was not modified.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written to DST.", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as e:  # a bug: say so, briefly
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: internal error ({type(e).__name__}: {e}); rerun with --debug for a traceback",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    if not args.quiet:
+        print(f"converted {args.src} -> {args.dst}: {summary.one_line()}")
+        print(f"summary: {args.dst}/{SUMMARY_NAME}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
