@@ -96,7 +96,7 @@ def test_out_of_vocab_under_jit_is_nan_not_a_number(qa):
 
 def test_train_mode_dropout_and_layerdrop():
     cfg = CFG.replace(dropout=0.2, attention_dropout=0.1, activation_dropout=0.1, encoder_layerdrop=0.5,
-                      decoder_layerdrop=0.5)
+                      decoder_layerdrop=0.5, encoder_layers=1, decoder_layers=2)
     m = FlaxBartForConditionalGeneration(cfg, seed=1)
     ids, mask = batch()
     with pytest.raises(InputError, match="dropout_rng"):
