@@ -142,3 +142,19 @@ def test_encoder_outputs_batch_mismatch_in_decode(qa):
         m.decode(np.ones((2, 1), np.int32), enc)
     with pytest.raises(InputError, match="max_length"):
         m.init_cache(3, 41, enc)
+
+
+def test_no_retrace_for_encode_and_cached_decode():
+    m = FlaxBartForConditionalGeneration(CFG, seed=3)
+    ids, mask = batch()
+    enc = m.encode(ids, attention_mask=mask)
+    past = m.init_cache(3, 6, enc)
+    out = m.decode(np.full((3, 1), 2, np.int32), enc, encoder_attention_mask=mask, past_key_values=past)
+    sizes = {k: f._cache_size() for k, f in m._compiled.items()}
+    assert all(v == 1 for v in sizes.values()), sizes
+    for step in range(3):  # new values, same shapes: no new trace or compile
+        enc = m.encode(ids + step, attention_mask=mask)
+        out = m.decode(np.full((3, 1), 5 + step, np.int32), enc, encoder_attention_mask=mask,
+                       past_key_values=out.past_key_values)
+    m.init_cache(3, 6, enc)
+    assert {k: f._cache_size() for k, f in m._compiled.items()} == sizes

@@ -1,0 +1,66 @@
+"""`flax-bart` dispatcher and the `qa` task end to end on a tiny checkpoint with a trained tokenizer."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from flax_bart.cli import main
+from tests.bart_helpers import torch_model
+from tests.tokenizer_utils import write_bart_tokenizer
+
+CONTEXT = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+@pytest.fixture(scope="module")
+def qa_ckpt(tmp_path_factory):
+    from flax_bart import BartTokenizer
+
+    d = tmp_path_factory.mktemp("qa")
+    write_bart_tokenizer(d)
+    vocab = len(BartTokenizer.from_pretrained(d))
+    torch_model("qa", seed=1, vocab_size=vocab, max_position_embeddings=64).save_pretrained(d)
+    return d
+
+
+def test_qa_cli_answers_with_a_span_of_the_context(qa_ckpt, capsys):
+    code = main(["qa", str(qa_ckpt), "--question", "Who jumps?", "--context", CONTEXT, "--json",
+                 "--max-length", "48", "--stride", "8"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert CONTEXT[out["start"]:out["end"]] == out["answer"] and out["answer"]
+    assert 0.0 < out["score"] <= 1.0
+    # Same answer as the Python API on the same checkpoint.
+    from flax_bart import BartTokenizer, FlaxBartForQuestionAnswering, answer_question
+
+    model = FlaxBartForQuestionAnswering.from_pretrained(qa_ckpt)
+    api = answer_question(model, BartTokenizer.from_pretrained(qa_ckpt), "Who jumps?", CONTEXT,
+                          max_length=48, stride=8)
+    assert (api["start"], api["end"], api["answer"]) == (out["start"], out["end"], out["answer"])
+    np.testing.assert_allclose(api["score"], out["score"], rtol=1e-5)
+
+
+def test_qa_cli_bad_inputs_exit_2_without_traceback(qa_ckpt, tmp_path, capsys):
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(qa_ckpt / f, no_tok)
+    cases = [
+        (["qa", str(tmp_path / "missing"), "--question", "q", "--context", "c"], "missing"),
+        (["qa", str(no_tok), "--question", "q", "--context", CONTEXT], "tokenizer"),
+        (["qa", str(qa_ckpt), "--question", "  ", "--context", CONTEXT], "--question is empty"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+
+
+def test_dispatcher_usage_and_unknown_command(capsys):
+    assert main(["--help"]) == 0
+    assert "commands:" in capsys.readouterr().out
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    assert main(["qa", "--bogus-flag"]) == 2
