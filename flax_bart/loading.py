@@ -3,7 +3,6 @@ fit them to the class: new head weights are drawn (with a warning naming them), 
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -82,9 +81,10 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
     extra = sorted(k for k in flat if k not in want)
     for k in extra:  # e.g. a head of another size the converter already reported as unused
         del flat[k]
+    for k in list(flat):  # onto the device once, leaf by leaf (one host copy at a time), not per call
+        leaf = flat[k] if param_dtype is None else np.asarray(flat[k]).astype(param_dtype)
+        flat[k] = jax.device_put(leaf)
     params = traverse_util.unflatten_dict(flat)
-    if param_dtype is not None:
-        params = model._cast(params, jnp.dtype(param_dtype))
     if _do_init:
         model.params = params
         return model
@@ -118,12 +118,13 @@ def _note_missing(cls, path, missing, mismatched, seed) -> None:
 
 
 def _draw_sharded(keys, shapes: dict, shardings: dict, config: BartConfig, seed: int) -> dict:
-    """`_draw`, but each new leaf is created on its devices by a jitted initialiser (same values)."""
+    """`_draw` (same values), each new leaf then placed into its sharding; one leaf on the host at a time."""
     out = {}
     for i, k in enumerate(sorted(keys)):
         spec = shapes[k]
-        init = functools.partial(_fresh_leaf, k, spec.shape, spec.dtype, config)
-        out[k] = jax.jit(init, out_shardings=shardings[k])(jax.random.PRNGKey(seed + i))
+        host = np.asarray(_fresh_leaf(k, spec.shape, spec.dtype, config, jax.random.PRNGKey(seed + i)))
+        out[k] = jax.make_array_from_callback(host.shape, shardings[k], lambda idx, h=host: h[idx])
+        del host
     return out
 
 

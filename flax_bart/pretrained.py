@@ -55,6 +55,7 @@ class FlaxBartPreTrainedModel:
         self.module = self.module_class(config=config, dtype=self.dtype, param_dtype=self.param_dtype,
                                         precision=precision)
         self._compiled: dict = {}
+        self._mesh = None
         self._shapes = None
         self._params = None
         self._is_initialized = _do_init
@@ -136,6 +137,21 @@ class FlaxBartPreTrainedModel:
     def to_fp32(self, params, mask=None):
         return self._cast(params, jnp.float32, mask)
 
+    @property
+    def mesh(self):
+        """The `jax.sharding.Mesh` the model runs on (None: one device). With a mesh, every batch is
+        split over its `dp`/`fsdp` axes and decoding caches follow the params (see `flax_bart.sharding`)."""
+        return self._mesh
+
+    @mesh.setter
+    def mesh(self, mesh) -> None:
+        if mesh is not None:
+            from flax_bart.sharding import auto_mesh
+
+            mesh = auto_mesh(mesh)
+        self._mesh = mesh
+        self._compiled.clear()
+
     # ---- running the module -------------------------------------------------------------------
     def _resolve_params(self, params):
         if params is not None:
@@ -159,6 +175,11 @@ class FlaxBartPreTrainedModel:
         key = (method, tuple(sorted(static.items())), cache is not None, bool(mutable), rngs is not None,
                tuple(sorted(k for k, v in arrays.items() if v is not None)))
         fn = self._compiled.get(key)
+        mesh = self._mesh
+        if mesh is not None:
+            from flax_bart.sharding import cache_shardings, shard_batch
+
+            arrays = shard_batch(arrays, mesh)
         if fn is None:
             module = self.module
 
@@ -170,7 +191,10 @@ class FlaxBartPreTrainedModel:
                                    mutable=["cache"] if mutable else False)
                 if mutable:
                     out, state = res
-                    return out, state["cache"]
+                    new_cache = state["cache"]
+                    if mesh is not None:  # keep the cache where the heads and the batch are
+                        new_cache = jax.lax.with_sharding_constraint(new_cache, cache_shardings(new_cache, mesh))
+                    return out, new_cache
                 return res, None
 
             fn = jax.jit(run)
@@ -187,7 +211,12 @@ class FlaxBartPreTrainedModel:
             return cache
         variables = jax.jit(lambda a: self.module.init(jax.random.PRNGKey(0), **a, **static, method=method))(arrays)
         flat = traverse_util.flatten_dict(variables["cache"])
-        return traverse_util.unflatten_dict({k: v for k, v in flat.items() if "encoder_attn" not in k})
+        cache = traverse_util.unflatten_dict({k: v for k, v in flat.items() if "encoder_attn" not in k})
+        if self._mesh is not None:
+            from flax_bart.sharding import cache_shardings, place
+
+            cache = jax.tree_util.tree_map(place, cache, cache_shardings(cache, self._mesh))
+        return cache
 
     def _flags(self, output_attentions, output_hidden_states, return_dict):
         c = self.config
@@ -203,11 +232,15 @@ class FlaxBartPreTrainedModel:
                         _do_init: bool = True, from_pt: bool = False, ignore_mismatched_sizes: bool = False,
                         cache_dir=None, revision=None, local_files_only: bool = False, force_download=False,
                         token=None, use_auth_token=None, seed: int = 0, param_dtype=None, precision=None,
-                        **config_overrides):
+                        mesh=None, partition_rules=None, **config_overrides):
         """Load a checkpoint: Flax msgpack (sharded too), Flax or PyTorch safetensors, pytorch_model.bin.
 
         PyTorch weights are recognised without `from_pt`; `from_pt=True` prefers them when both exist.
-        Returns the model, or `(model, params)` when `_do_init=False` (like 4.x)."""
+        Returns the model, or `(model, params)` when `_do_init=False` (like 4.x).
+
+        With `mesh` (a `jax.sharding.Mesh`), each parameter is read slice by slice straight into its
+        sharding, from `partition_rules` (a preset name or (regex, PartitionSpec) pairs; default:
+        `flax_bart.sharding.DEFAULT_RULES`, axes `dp`, `fsdp`, `tp`), and the model then runs on the mesh."""
         from flax_bart.loading import load_pretrained
 
         if model_args:
@@ -217,7 +250,7 @@ class FlaxBartPreTrainedModel:
             ignore_mismatched_sizes=ignore_mismatched_sizes, cache_dir=cache_dir, revision=revision,
             local_files_only=local_files_only, force_download=force_download,
             token=token if token is not None else use_auth_token, seed=seed, param_dtype=param_dtype,
-            precision=precision, config_overrides=config_overrides,
+            precision=precision, config_overrides=config_overrides, mesh=mesh, partition_rules=partition_rules,
         )
 
     def save_pretrained(self, save_directory, params=None, push_to_hub: bool = False,
