@@ -7,6 +7,7 @@ written) with a one-paragraph error; 1 an unexpected internal error. No tracebac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -30,7 +31,9 @@ def build_parser(prog: str = "flax-bart convert") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Convert a BART checkpoint between PyTorch and Flax formats.")
     p.add_argument("src", metavar="SRC", help="checkpoint directory, weights/index file, or hub id (offline cache)")
     p.add_argument("dst", metavar="DST", help="output directory (created; must not exist unless --overwrite)")
-    p.add_argument("--to", required=True, choices=["flax", "pytorch"], help="target framework")
+    p.add_argument("--to", required=True, choices=["flax", "pytorch", "orbax"],
+                   help="target: flax, pytorch, or orbax (an orbax-checkpoint directory for training stacks); "
+                        "SRC may itself be an orbax directory written by --to orbax")
     p.add_argument("--format", choices=["msgpack", "safetensors", "bin"],
                    help="weights format (default: msgpack for flax, safetensors for pytorch)")
     p.add_argument("--head", choices=HEADS, help="model class of the output (default: that of SRC)")
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None, prog: str = "flax-bart convert") -> int:
     from convert.api import SUMMARY_NAME, convert_checkpoint
 
     try:
+        if args.to == "orbax" or _is_orbax_dir(args.src):
+            return _orbax(args, prog)
         summary = convert_checkpoint(
             args.src, args.dst, to=args.to, format=args.format, head=args.head, dtype=args.dtype,
             max_shard_size=args.max_shard_size, overwrite=args.overwrite,
@@ -86,6 +91,33 @@ def main(argv: list[str] | None = None, prog: str = "flax-bart convert") -> int:
     if not args.quiet:
         print(f"converted {args.src} -> {args.dst}: {summary.one_line()}")
         print(f"summary: {args.dst}/{SUMMARY_NAME}")
+    return EXIT_OK
+
+
+def _is_orbax_dir(src: str) -> bool:
+    return os.path.isfile(os.path.join(src, "flax_bart_orbax.json"))
+
+
+def _orbax(args, prog: str) -> int:
+    """--to orbax, or an orbax SRC: through flax_bart.orbax_io (imports jax + orbax only here)."""
+    from flax_bart.orbax_io import OrbaxError, convert_from_orbax, convert_to_orbax
+
+    try:
+        if args.to == "orbax":
+            if _is_orbax_dir(args.src):
+                raise ConversionError(f"{args.src} is already an orbax directory")
+            info = convert_to_orbax(args.src, args.dst, head=args.head, config=args.config, dtype=args.dtype,
+                                    overwrite=args.overwrite, cache_dir=args.cache_dir, revision=args.revision)
+            done = f"{info.get('head', '')} params as orbax"
+        else:
+            summary = convert_from_orbax(args.src, args.dst, to=args.to, format=args.format, dtype=args.dtype,
+                                         max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+                                         quiet=args.quiet)
+            done = summary.one_line()
+    except OrbaxError as e:
+        raise ConversionError(str(e)) from None
+    if not args.quiet:
+        print(f"converted {args.src} -> {args.dst}: {done}")
     return EXIT_OK
 
 
