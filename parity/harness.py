@@ -1,0 +1,246 @@
+"""The parity harness: run the PyTorch reference and flax_bart on the same inputs and judge every tensor.
+
+For each head, dtype and (Flax device, PyTorch device) pair, the column of the report lists, in
+forward order: every hidden state, attention and cross-attention of each input case and the head's
+outputs; then teacher-forced cached decoding (per step logits and last hidden state, Flax vs PyTorch,
+and cached vs uncached inside each framework); then greedy decoded token ids. Cached decoding and
+greedy ids exist for the heads that decode ("lm", "causal"; "base" decodes hidden states only).
+
+fp32 compares Flax fp32 with PyTorch fp32 under `jax.default_matmul_precision("highest")`. fp16/bf16
+also run the reference in float64 as the gold yardstick (see `parity.tolerance`). Low-precision greedy
+ids are compared only while the float64 run's top-1/top-2 margin exceeds twice the error bound the
+policy allows there: closer calls are near-ties that either framework may break either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+from parity.checkpoint import Checkpoint, ParityInputError, open_checkpoint
+from parity.judge import GREEDY_NOTE, gold_margins, judge_head
+from parity.options import (
+    FLAX_DEVICES, HEADS, REFERENCES, Options, check_dtypes, choose, flax_device, input_cases, torch_device,
+)
+from parity.report import Environment, RunReport
+from parity.runners import DECODING_HEADS, GREEDY_HEADS, FlaxRunner, TorchRunner, new_tokens
+from parity.tolerance import LOW_PRECISION
+
+MATMUL_PRECISION = "highest"
+
+
+@dataclass
+class Outcome:
+    report: RunReport
+    checkpoint: Checkpoint
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def nan_weights(self) -> list[str]:
+        return self.checkpoint.nan_messages()
+
+
+# ---- building the two models ----------------------------------------------------------------------
+def _reference(checkpoint: Checkpoint, head: str, sd, opts: Options):
+    import torch
+
+    if opts.reference == "transformers":
+        from parity.reference import load_transformers_reference
+
+        return load_transformers_reference(checkpoint.config, head, sd, dtype=torch.float32, attn_impl="eager")
+    from parity.reference import build_reference
+
+    return build_reference(checkpoint.config, head, sd, dtype=torch.float32, attn_impl="eager")
+
+
+def _cast_reference(base, dtype: str, device):
+    """A copy of the float32 reference in `dtype` on `device` (casting, as `model.to(dtype)` does)."""
+    import torch
+
+    tdtype = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+              "bfloat16": torch.bfloat16}[dtype]
+    ref = copy.deepcopy(base)
+    module = getattr(ref, "model", None) if not isinstance(ref, torch.nn.Module) else ref
+    module.to(device=device, dtype=tdtype)
+    return ref
+
+
+# Flax models by (config, head, dtype), so that repeated runs in one process (tests, a notebook, the
+# demo after a gate) reuse their compiled functions. Models hold no weights; a few entries suffice.
+_MODELS: dict = {}
+_MODELS_MAX = 12
+
+
+def flax_model(config, head: str, dtype: str):
+    import jax.numpy as jnp
+
+    from flax_bart.models import MODEL_CLASSES
+
+    fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f != "extra"}
+    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype)
+    model = _MODELS.pop(key, None)
+    if model is None:
+        jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
+        model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False)
+    _MODELS[key] = model  # most recently used last
+    while len(_MODELS) > _MODELS_MAX:
+        _MODELS.pop(next(iter(_MODELS)))
+    return model
+
+
+def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device) -> FlaxRunner:
+    import jax
+
+    model = flax_model(checkpoint.config, head, dtype)
+    cast = {"float32": model.to_fp32, "float16": model.to_fp16, "bfloat16": model.to_bf16}[dtype](params)
+    return FlaxRunner(model, jax.device_put(cast, device), head, checkpoint.config)
+
+
+# ---- running one framework ------------------------------------------------------------------------
+def _run_torch(runner: TorchRunner, head: str, cases: dict, steps: int) -> dict:
+    out = {}
+    for name, case in cases.items():
+        fwd, enc = runner.forward(case)
+        res = {"forward": fwd}
+        if steps and head in DECODING_HEADS:
+            res["steps"] = runner.cached_steps(case, enc, steps)
+        if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
+            res["greedy"] = runner.greedy(case, steps)
+        out[name] = res
+    return out
+
+
+def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device) -> dict:
+    import jax
+
+    out = {}
+    with jax.default_device(device):
+        for name, case in cases.items():
+            fwd, enc = runner.forward(case)
+            res = {"forward": fwd}
+            if steps and head in DECODING_HEADS:
+                res["steps"] = runner.cached_steps(case, enc, steps)
+            if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
+                res["greedy"] = runner.greedy(case, enc, steps)
+            out[name] = res
+    return out
+
+
+# ---- the run --------------------------------------------------------------------------------------
+def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=None) -> Outcome:
+    """Run the whole matrix and return the report (not yet written). Bad input: ParityInputError."""
+    import jax
+    import torch
+
+    t_start = time.perf_counter()
+    say = log or (lambda msg: None)
+    dtypes = check_dtypes(opts.dtypes)
+    if opts.reference not in REFERENCES:
+        raise ParityInputError(f"--reference {opts.reference!r}: expected one of {', '.join(REFERENCES)}")
+    if opts.steps < 0:
+        raise ParityInputError(f"--steps {opts.steps}: expected a number >= 0")
+    fdevs = {name: flax_device(name) for name in choose(opts.flax_devices, FLAX_DEVICES, "--flax-device")}
+    tdevs = {name: torch_device(name) for name in dict.fromkeys(opts.torch_devices)}
+    if not tdevs:
+        raise ParityInputError("--torch-device: nothing given")
+    if opts.reference == "transformers":
+        from parity.reference import _import_transformers
+
+        try:
+            _import_transformers()
+        except ImportError as e:
+            raise ParityInputError(str(e)) from None
+
+    ckpt = open_checkpoint(checkpoint_path, flax_path)
+    heads = choose(opts.heads or (ckpt.source_head,), HEADS, "--heads")
+    cases = input_cases(ckpt, heads, opts)
+    cfg = ckpt.config
+    say(f"checkpoint {ckpt.path} ({ckpt.source_head}); Flax weights {ckpt.flax_origin}")
+    env_extra = {
+        "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
+        "heads": ",".join(heads), "dtypes": ",".join(dtypes), "seed": opts.seed, "steps": opts.steps,
+        "cases": ";".join(f"{h}:{','.join(c)}" for h, c in cases.items()),
+        "torch_threads": torch.get_num_threads(), "gold": "PyTorch reference in float64 on cpu",
+    }
+    devices = [f"jax {d} ({getattr(d, 'device_kind', d.platform)})" for d in fdevs.values()]
+    devices += [f"torch {d}" + (f" ({torch.cuda.get_device_name(d)})" if d.type == "cuda" else "")
+                for d in tdevs.values()]
+    report = RunReport(opts.run_name, Environment.collect(devices=devices,
+                                                          matmul_precision=MATMUL_PRECISION, extra=env_extra),
+                       policy=opts.policy, config_hash=ckpt.config_hash(), checkpoint_hash=ckpt.checkpoint_hash())
+    for dtype in dtypes:
+        for fd in fdevs:
+            for td in tdevs:
+                report.column(dtype, fd, td)
+    if any(d in LOW_PRECISION for d in dtypes) and any(h in GREEDY_HEADS for h in heads) and opts.steps:
+        report.notes.append(GREEDY_NOTE)
+    timings = {"torch_s": 0.0, "flax_s": 0.0, "compare_s": 0.0}
+    greedy_paths = set()
+
+    with jax.default_matmul_precision(MATMUL_PRECISION):
+        for head in heads:
+            sd = ckpt.reference_weights(head, opts.seed)
+            params = ckpt.flax_weights(head, sd)
+            base = _reference(ckpt, head, sd, opts)
+            gold = None
+            if any(d in LOW_PRECISION for d in dtypes):
+                t0 = time.perf_counter()
+                gold_runner = TorchRunner(_cast_reference(base, "float64", torch.device("cpu")), head, cfg)
+                gold = _run_torch(gold_runner, head, cases[head], opts.steps)
+                for cname, case in cases[head].items():
+                    if "greedy" in gold[cname]:
+                        gold[cname]["margins"] = gold_margins(gold_runner, head, case, gold[cname]["greedy"])
+                del gold_runner
+                timings["torch_s"] += time.perf_counter() - t0
+                say(f"[{head} float64 gold] PyTorch cpu: {time.perf_counter() - t0:.1f} s")
+            for dtype in dtypes:
+                g = gold if dtype in LOW_PRECISION else None
+                torch_out, flax_out = {}, {}
+                for td, tdev in tdevs.items():
+                    t0 = time.perf_counter()
+                    runner = TorchRunner(base if (dtype == "float32" and td == "cpu") else
+                                         _cast_reference(base, dtype, tdev), head, cfg)
+                    torch_out[td] = _run_torch(runner, head, cases[head], opts.steps)
+                    del runner
+                    timings["torch_s"] += time.perf_counter() - t0
+                    say(f"[{head} {dtype}] PyTorch {td}: {time.perf_counter() - t0:.1f} s")
+                for fd, fdev in fdevs.items():
+                    t0 = time.perf_counter()
+                    runner = _flax_runner(ckpt, head, params, dtype, fdev)
+                    if head in GREEDY_HEADS and opts.steps:
+                        greedy_paths.add(f"{head}: {runner.greedy_path}")
+                    flax_out[fd] = _run_flax(runner, head, cases[head], opts.steps, fdev)
+                    del runner
+                    timings["flax_s"] += time.perf_counter() - t0
+                    say(f"[{head} {dtype}] Flax {fd}: {time.perf_counter() - t0:.1f} s")
+                t0 = time.perf_counter()
+                for fd in fdevs:
+                    for td in tdevs:
+                        col = {"dtype": dtype, "flax_device": fd, "torch_device": td}
+                        judge_head(report, col, head, cases[head], cfg, torch_out[td], flax_out[fd], g, opts)
+                timings["compare_s"] += time.perf_counter() - t0
+            del base, gold
+
+    if ckpt.drawn:
+        report.notes.append("Head weights absent from the checkpoint were drawn from seed "
+                            f"{opts.seed} (same values in both frameworks): " +
+                            "; ".join(f"{h}: {', '.join(keys)}" for h, keys in ckpt.drawn.items()))
+    nan = ckpt.nan_messages()
+    if nan:
+        report.notes.append("The checkpoint's weights hold NaN (" + "; ".join(nan[:10]) +
+                            (f"; and {len(nan) - 10} more" if len(nan) > 10 else "") +
+                            "): every metric they reach is NaN and fails.")
+    seconds = time.perf_counter() - t_start
+    report.environment = Environment.collect(
+        devices=report.environment.devices, matmul_precision=MATMUL_PRECISION,
+        extra={**env_extra, "flax_greedy": "; ".join(sorted(greedy_paths)) or "none",
+               **{k: round(v, 2) for k, v in timings.items()}, "seconds": round(seconds, 2)})
+    return Outcome(report, ckpt, seconds, timings)
+
+
+def print_progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,143 @@
+"""Options of a parity run, their checks, and the input cases (bad input raises ParityInputError)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parity.checkpoint import Checkpoint, ParityInputError
+from parity.tolerance import DEFAULT_POLICY, Policy, normalize_dtype
+
+HEADS = ("base", "lm", "cls", "qa", "causal")
+FLAX_DEVICES = ("cpu", "gpu", "tpu")
+REFERENCES = ("builtin", "transformers")
+
+
+@dataclass(frozen=True)
+class Options:
+    heads: tuple[str, ...] | None = None          # None: the checkpoint's own head
+    dtypes: tuple[str, ...] = ("float32",)
+    steps: int = 4
+    seed: int = 0
+    batch_size: int = 3
+    seq_len: int | None = None
+    cases: tuple[str, ...] | None = None          # None: every case of parity.inputs
+    flax_devices: tuple[str, ...] = ("cpu",)
+    torch_devices: tuple[str, ...] = ("cpu",)
+    reference: str = "builtin"
+    texts: tuple[str, ...] = ()
+    policy: Policy = DEFAULT_POLICY
+    run_name: str = "parity"
+
+
+# ---- checking the options -------------------------------------------------------------------------
+def choose(values, allowed, what: str) -> tuple[str, ...]:
+    values = tuple(values)
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise ParityInputError(f"{what}: {', '.join(map(repr, bad)) or 'nothing given'}; expected some of "
+                               f"{', '.join(allowed)}")
+    return tuple(dict.fromkeys(values))
+
+
+def check_dtypes(dtypes) -> tuple[str, ...]:
+    out = []
+    for d in dtypes:
+        try:
+            name = normalize_dtype(d)
+        except ValueError:
+            raise ParityInputError(f"--dtypes: unknown dtype {d!r}; expected some of float32, bfloat16, float16") \
+                from None
+        if name == "float64":
+            raise ParityInputError("--dtypes: float64 is the gold yardstick, not a compared dtype; "
+                                   "expected some of float32, bfloat16, float16")
+        out.append(name)
+    if not out:
+        raise ParityInputError("--dtypes: no dtype given")
+    return tuple(dict.fromkeys(out))
+
+
+def flax_device(name: str):
+    import jax
+
+    if name not in FLAX_DEVICES:
+        raise ParityInputError(f"--flax-device {name!r}: expected one of {', '.join(FLAX_DEVICES)}")
+    try:
+        devices = jax.devices(name)
+    except RuntimeError:
+        devices = []
+    if not devices:
+        have = sorted({d.platform for d in jax.devices()})
+        raise ParityInputError(f"--flax-device {name}: JAX finds no {name} device on this machine "
+                               f"(available: {', '.join(have)})")
+    return devices[0]
+
+
+def torch_device(name: str):
+    import torch
+
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ParityInputError(f"--torch-device {name}: PyTorch finds no CUDA device on this machine")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as e:
+            raise ParityInputError(f"--torch-device {name}: {e}") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ParityInputError(f"--torch-device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise ParityInputError(f"--torch-device {name!r}: expected cpu or cuda[:N]")
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+def text_case(checkpoint: Checkpoint, head: str, texts) -> dict:
+    """One case from user text, tokenized with the checkpoint's tokenizer (right padded)."""
+    from flax_bart.tokenizer import BartTokenizer
+    from parity.inputs import decoder_inputs
+
+    try:
+        tok = BartTokenizer.from_pretrained(checkpoint.directory)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise ParityInputError(f"--text needs the checkpoint's tokenizer, but none can be loaded from "
+                               f"{checkpoint.directory}: {e}") from None
+    cfg = checkpoint.config
+    enc = tok(list(texts), padding=True, truncation=True, max_length=cfg.max_position_embeddings, return_tensors="np")
+    ids = np.asarray(enc["input_ids"], np.int32)
+    if ids.size == 0 or ids.shape[1] == 0:
+        raise ParityInputError("--text: the texts tokenize to nothing")
+    if int(ids.max()) >= cfg.vocab_size:
+        raise ParityInputError(f"--text: the tokenizer produced id {int(ids.max())}, outside the model's vocabulary "
+                               f"(vocab_size={cfg.vocab_size}): tokenizer and checkpoint do not belong together")
+    case = {"input_ids": ids, "attention_mask": np.asarray(enc["attention_mask"], np.int32)}
+    if head != "causal":
+        case["decoder_input_ids"] = decoder_inputs(ids, cfg)
+    return case
+
+
+def input_cases(checkpoint: Checkpoint, heads, opts: Options) -> dict[str, dict[str, dict]]:
+    """head -> {case name: inputs}, filtered by `opts.cases`."""
+    from parity.inputs import cases_for_head
+
+    out = {}
+    for head in heads:
+        if opts.texts:
+            out[head] = {"text": text_case(checkpoint, head, opts.texts)}
+            continue
+        try:
+            out[head] = cases_for_head(checkpoint.config, head, opts.seed, opts.batch_size, opts.seq_len)
+        except ValueError as e:
+            raise ParityInputError(f"inputs for head {head!r}: {e}") from None
+    if opts.cases is not None and not opts.texts:
+        known = sorted({c for cases in out.values() for c in cases})
+        unknown = [c for c in opts.cases if c not in known]
+        if unknown:
+            raise ParityInputError(f"--cases: unknown case(s) {unknown}; the chosen heads have {known}")
+        out = {h: {c: cases[c] for c in opts.cases if c in cases} for h, cases in out.items()}
+        empty = [h for h, cases in out.items() if not cases]
+        if empty:
+            raise ParityInputError(f"--cases {','.join(opts.cases)} selects no input case for head(s) {empty}")
+    return out
+

@@ -1,0 +1,253 @@
+"""`flax-bart parity` / `python -m parity` / `flax-bart demo`: exit codes, reports, baselines, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bart_helpers import torch_model
+from parity.cli import demo_main, main
+from parity.demo import QUICK_SHAPE, ensure_checkpoint
+from parity.report import load_report
+from tokenizer_utils import write_bart_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--heads", "qa", "--cases", "right_padding", "--steps", "2", "--batch-size", "2", "--seq-len", "12"]
+REPORT_FILES = ["junit.xml", "report.html", "report.json", "report.md"]
+
+
+def save_checkpoint(directory, head="lm", **overrides):
+    torch_model(head, **{**QUICK_SHAPE, **overrides}).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def passing_run(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports") / "gate"
+    code = main([checkpoint, *FAST, "--out", str(out), "--quiet"])
+    return code, out
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_pass_writes_four_valid_reports(passing_run):
+    code, out = passing_run
+    assert code == 0
+    assert sorted(os.listdir(out)) == REPORT_FILES
+    report = load_report(out / "report.json")  # validates against the schema
+    assert report.passed and report.run_name == "gate"
+    root = ET.parse(out / "junit.xml").getroot()
+    assert root.tag == "testsuites" and root.get("failures") == "0" and int(root.get("tests")) == 4
+    assert "PASSED" in (out / "report.md").read_text()
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_table_and_verdict_are_printed(checkpoint, tmp_path, capsys):
+    code, out, _ = run([checkpoint, *FAST, "--out", str(tmp_path)], capsys)
+    assert code == 0
+    assert "float32/cpu/cpu" in out and "first failure" in out and out.strip().splitlines()[-1].startswith("PASS")
+
+
+def test_perturbed_flax_checkpoint_fails_naming_decoder_layer_2(checkpoint, tmp_path, capsys):
+    from convert import load_flax_params, save_flax_params
+    from flax_bart.config import BartConfig
+
+    flax_dir = tmp_path / "flax"
+    params, _ = load_flax_params(checkpoint, BartConfig.from_json_file(os.path.join(checkpoint, "config.json")), "lm")
+    fc1 = params["model"]["decoder"]["layers"]["2"]["fc1"]
+    fc1["kernel"] = (fc1["kernel"].astype(np.float64) * 1.001).astype(np.float32)
+    save_flax_params(params, flax_dir)
+    code, out, _ = run([checkpoint, "--flax", str(flax_dir), *FAST, "--out", str(tmp_path / "r")], capsys)
+    assert code == 1
+    assert out.strip().splitlines()[-1].startswith("FAIL")
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    first = data["columns"][0]["first_failure"]
+    assert (first["group"], first["layer"], first["name"]) == ("decoder", 2, "qa/right_padding/decoder_hidden_states[3]")
+    assert "decoder layer 2" in (tmp_path / "r" / "report.md").read_text()
+    failures = ET.parse(tmp_path / "r" / "junit.xml").getroot().findall(".//failure")
+    assert failures and "decoder layer 2" in failures[0].get("message")
+
+
+def test_baseline_regression_fails_and_an_equal_baseline_passes(checkpoint, passing_run, tmp_path, capsys):
+    _, out = passing_run
+    same = main([checkpoint, *FAST, "--out", str(tmp_path / "same"), "--quiet", "--baseline", str(out / "report.json")])
+    assert same == 0
+    data = json.loads((out / "report.json").read_text())
+    target = next(r for r in data["columns"][0]["results"] if r["name"] == "qa/right_padding/start_logits")
+    for metric in ("max_abs_err", "max_rel_err", "mean_abs_err"):
+        target["metrics"][metric] = target["metrics"][metric] / 1000.0
+    better = tmp_path / "better_baseline.json"
+    better.write_text(json.dumps(data))
+    code, printed, _ = run([checkpoint, *FAST, "--out", str(tmp_path / "worse"), "--baseline", str(better)], capsys)
+    assert code == 1
+    assert "REGRESSION" in printed and "start_logits" in printed
+    report = load_report(tmp_path / "worse" / "report.json")
+    assert report.passed  # within tolerance, but worse than the baseline
+    assert any("REGRESSION" in note for note in report.notes)
+
+
+def test_nan_weights_exit_2_with_nan_report(tmp_path, capsys):
+    model = torch_model("lm", **QUICK_SHAPE)
+    with torch.no_grad():
+        model.model.decoder.layers[1].fc2.bias[3] = float("nan")
+    model.save_pretrained(tmp_path / "ckpt")
+    code, _, err = run([str(tmp_path / "ckpt"), *FAST, "--out", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert "NaN" in err and "model.decoder.layers.1.fc2.bias" in err and "Traceback" not in err
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["passed"] is False
+    hit = next(r for r in data["columns"][0]["results"] if r["name"] == "qa/right_padding/decoder_hidden_states[2]")
+    assert hit["metrics"]["max_rel_err"] == "NaN" and not hit["verdict"]["passed"]
+
+
+def _no_traceback(code, err):
+    assert code == 2, err
+    assert err.startswith("flax-bart parity: error:") or "error:" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--dtypes", "float8"], "unknown dtype"),
+    (["--heads", "summarize"], "--heads"),
+    (["--cases", "nope"], "--cases"),
+    (["--reference", "onnx"], "--reference"),
+    (["--baseline", "/no/such/report.json"], "no such file"),
+    (["--baseline-factor", "0.5"], "--baseline-factor"),
+    (["--batch-size", "1"], "batch_size=1"),
+])
+def test_bad_arguments_exit_2(checkpoint, tmp_path, capsys, extra, words):
+    code, _, err = run([checkpoint, *FAST, "--out", str(tmp_path), *extra], capsys)
+    _no_traceback(code, err)
+    assert words in err
+
+
+def test_missing_checkpoint_exit_2(tmp_path, capsys):
+    code, _, err = run([str(tmp_path / "missing"), "--out", str(tmp_path / "r")], capsys)
+    _no_traceback(code, err)
+    assert "no such file or directory" in err and not (tmp_path / "r").exists()
+
+
+def test_text_without_tokenizer_exit_2(checkpoint, tmp_path, capsys):
+    code, _, err = run([checkpoint, "--text", "Hello there", "--heads", "qa", "--out", str(tmp_path)], capsys)
+    _no_traceback(code, err)
+    assert "--text needs the checkpoint's tokenizer" in err
+
+
+def test_text_from_the_checkpoint_tokenizer(tmp_path):
+    from parity.options import text_case
+
+    write_bart_tokenizer(tmp_path)
+    ckpt = type("Ckpt", (), {"directory": str(tmp_path)})()
+    from flax_bart.config import BartConfig
+
+    ckpt.config = BartConfig.from_dict({**QUICK_SHAPE, "vocab_size": 500})
+    case = text_case(ckpt, "lm", ["Paris is the capital of France.", "The quick brown fox."])
+    ids, mask = case["input_ids"], case["attention_mask"]
+    assert ids.shape == mask.shape and ids.shape[0] == 2 and mask[1, -1] == 0
+    assert ids[0, 0] == 0 and (ids == 2).sum(axis=1).tolist() == [1, 1]  # <s> ... </s>, one </s> per row
+    assert case["decoder_input_ids"][0, 0] == ckpt.config.decoder_start_token_id
+    ckpt.config = BartConfig.from_dict(QUICK_SHAPE)  # 99 ids: the tokenizer does not belong to it
+    with pytest.raises(ValueError, match="do not belong together"):
+        text_case(ckpt, "lm", ["Paris is the capital of France."])
+
+
+def test_config_that_does_not_fit_the_weights_exit_2(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    cfg["decoder_ffn_dim"] = 32
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run([path, *FAST, "--out", str(tmp_path / "r")], capsys)
+    _no_traceback(code, err)
+    assert "fc1" in err
+
+
+def test_flax_only_checkpoint_exit_2(checkpoint, tmp_path, capsys):
+    from convert import convert_checkpoint
+
+    convert_checkpoint(checkpoint, tmp_path / "flax", to="flax")
+    code, _, err = run([str(tmp_path / "flax"), *FAST, "--out", str(tmp_path / "r")], capsys)
+    _no_traceback(code, err)
+    assert "Flax weights only" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_unavailable_device_exit_2(checkpoint, tmp_path, capsys):
+    code, _, err = run([checkpoint, *FAST, "--torch-device", "cuda", "--out", str(tmp_path)], capsys)
+    _no_traceback(code, err)
+    assert "no CUDA device" in err
+
+
+def test_unavailable_flax_device_exit_2(checkpoint, tmp_path, capsys):
+    import jax
+
+    if any(d.platform == "tpu" for d in jax.devices()):
+        pytest.skip("a TPU is present")
+    code, _, err = run([checkpoint, *FAST, "--flax-device", "tpu", "--out", str(tmp_path)], capsys)
+    _no_traceback(code, err)
+    assert "no tpu device" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from parity.checkpoint import ParityInputError
+
+    with pytest.raises(ParityInputError):
+        main([str(tmp_path / "missing"), "--debug"])
+
+
+def test_python_dash_m_parity_help():
+    res = subprocess.run([sys.executable, "-m", "parity", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "usage: flax-bart parity" in res.stdout and "--baseline" in res.stdout and "--flax" in res.stdout
+
+
+def test_flax_bart_dispatches_to_parity(tmp_path, capsys):
+    from flax_bart.cli import main as flax_bart_main
+
+    assert flax_bart_main(["parity", str(tmp_path / "missing")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    # --no-compile-cache: the persistent compilation cache is process-wide JAX state, not for a test process
+    code = demo_main(["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-compile-cache"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert sorted(os.listdir(out)) == REPORT_FILES
+    report = load_report(out / "report.json")
+    assert [c.key for c in report.columns] == ["float32/cpu/cpu", "bfloat16/cpu/cpu", "float16/cpu/cpu"]
+    assert report.environment.extra["heads"] == "qa,lm,cls"
+    assert any("demo-quick.json: no regression" in note for note in report.notes)
+    checkpoint = tmp_path / "cache" / "bart-quick-random"
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "config.json").is_file()
+    stamp = (checkpoint / "model.safetensors").stat().st_mtime_ns
+    built = []
+    assert ensure_checkpoint(True, tmp_path / "cache", log=built.append) == checkpoint
+    assert not built and (checkpoint / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary left over
+
+
+def test_demo_checkpoint_is_rebuilt_when_its_recipe_changes(tmp_path):
+    first = ensure_checkpoint(True, tmp_path, log=lambda msg: None)
+    (first / "demo_recipe.json").write_text("{}")
+    built = []
+    assert ensure_checkpoint(True, tmp_path, log=built.append) == first and built
+    assert json.loads((first / "demo_recipe.json").read_text())["config"] == QUICK_SHAPE

@@ -1,0 +1,226 @@
+"""The parity harness on tiny checkpoints: passes on a correct conversion, fails and names the layer
+when the Flax weights are perturbed, judges fp16/bf16 against a float64 gold run, reports NaN.
+
+The checkpoints use the `flax-bart demo --quick` config, so that the Flax models compiled here are
+reused by the demo test (the harness caches models per config, head and dtype).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bart_helpers import torch_model
+from parity.checkpoint import ParityInputError, open_checkpoint
+from parity.collect import case_masks, forward_specs
+from parity.demo import QUICK_SHAPE, demo_config
+from parity.harness import Options, flax_model, run_parity
+from parity.report import load_report, write_reports
+from parity.tolerance import LOW_PRECISION
+
+# The demo's quick config, as a transformers checkpoint (the unlisted fields are both defaults).
+OVERRIDES = {k: v for k, v in QUICK_SHAPE.items()}
+SMALL = dict(batch_size=2, seq_len=12, steps=2)
+ALL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def save_checkpoint(directory, head="lm", seed=0):
+    torch_model(head, seed=seed, **OVERRIDES).save_pretrained(directory)
+    return directory
+
+
+def save_flax_next_to_it(directory, head="lm", scale=None):
+    """Convert the PyTorch weights in `directory` and save the Flax params there too (optionally perturbed)."""
+    from convert import load_flax_params, save_flax_params
+
+    ckpt = open_checkpoint(directory)
+    params, _ = load_flax_params(directory, ckpt.config, head)
+    if scale is not None:
+        path, factor = scale
+        node = params
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = (np.asarray(node[path[-1]], np.float64) * factor).astype(np.float32)
+    save_flax_params(params, directory)
+
+
+FC1_DECODER_2 = ("model", "decoder", "layers", "2", "fc1", "kernel")
+
+
+@pytest.fixture(scope="module")
+def correct(tmp_path_factory):
+    """One run over qa and lm in every dtype on a PyTorch-only checkpoint (converted on the fly)."""
+    path = save_checkpoint(tmp_path_factory.mktemp("lm_pt"))
+    opts = Options(heads=("qa", "lm"), dtypes=ALL_DTYPES, cases=("right_padding", "fully_padded_row", "qa_pairs"),
+                   **SMALL)
+    return run_parity(path, opts=opts)
+
+
+def test_config_matches_the_quick_demo(tmp_path):
+    ckpt = open_checkpoint(save_checkpoint(tmp_path))
+    assert flax_model(ckpt.config, "qa", "float32") is flax_model(demo_config(quick=True), "qa", "float32")
+
+
+def test_correct_conversion_passes_every_column(correct):
+    report = correct.report
+    assert report.passed, report.first_failures()
+    assert [c.key for c in report.columns] == [f"{d}/cpu/cpu" for d in ALL_DTYPES]
+    assert correct.checkpoint.flax_path is None  # PyTorch weights only: converted on the fly
+    assert "converted on the fly" in report.environment.extra["flax_weights"]
+    assert report.environment.matmul_precision == "highest"
+    assert report.checkpoint_hash.startswith("sha256:") and report.config_hash.startswith("sha256:")
+    for col in report.columns:
+        assert col.groups() == ["embeddings", "encoder", "decoder", "heads", "cached_decoding", "generate"]
+        names = [r.name for r in col.results]
+        assert len(names) == len(set(names))
+        assert names.index("lm/right_padding/greedy_ids") > names.index("lm/right_padding/cached_steps.logits")
+        assert any(n.endswith("flax_cached_vs_uncached") for n in names)
+        assert any(n.endswith("torch_cached_vs_uncached") for n in names)
+    assert any("qa_outputs" in note for note in report.notes)  # the qa head weights were drawn
+
+
+def test_results_are_in_forward_order_with_layers(correct):
+    col = correct.report.column("float32")
+    qa = [r for r in col.results if r.name.startswith("qa/right_padding/")]
+    assert [r.name.split("/")[-1] for r in qa[:5]] == [
+        "encoder_hidden_states[0]", "encoder_attentions[0]", "encoder_hidden_states[1]",
+        "encoder_last_hidden_state", "decoder_hidden_states[0]"]
+    by_name = {r.name.split("/")[-1]: r for r in qa}
+    assert (by_name["encoder_hidden_states[0]"].group, by_name["encoder_hidden_states[0]"].layer) == ("embeddings", None)
+    assert (by_name["decoder_hidden_states[3]"].group, by_name["decoder_hidden_states[3]"].layer) == ("decoder", 2)
+    assert (by_name["cross_attentions[1]"].group, by_name["cross_attentions[1]"].layer) == ("decoder", 1)
+    assert [r.name.split("/")[-1] for r in qa[-2:]] == ["start_logits", "end_logits"]
+
+
+def test_padded_positions_are_not_compared(correct):
+    cfg = correct.checkpoint.config
+    case = {"input_ids": np.full((2, 4), 5, np.int32), "attention_mask": np.array([[1, 1, 1, 0], [0, 0, 0, 0]]),
+            "decoder_input_ids": np.full((2, 4), 5, np.int32)}
+    m = case_masks("qa", case)
+    assert m.rows.tolist() == [True, False]
+    assert m.dec.tolist() == [[True, True, True, True], [False] * 4]
+    specs = {s.name: s for s in forward_specs(cfg, "qa", "", case)}
+    assert specs["encoder_attentions[0]"].mask.shape == (2, 1, 4, 4)
+    assert not specs["encoder_attentions[0]"].mask[0, 0, 3].any()
+    col = correct.report.column("float32")
+    r = next(r for r in col.results if r.name == "qa/fully_padded_row/encoder_hidden_states[1]")
+    assert r.metrics.count == 12 * cfg.d_model  # only the full first row of the two
+
+
+def test_low_precision_is_judged_against_the_float64_gold(correct):
+    policy = correct.report.policy
+    for dtype in LOW_PRECISION:
+        col = correct.report.column(dtype)
+        floats = [r for r in col.results if r.metrics.kind != "ids"]
+        assert floats and all(r.metrics.gold_ratio is not None for r in floats)
+        for r in floats:
+            m = r.metrics
+            bound = policy.k * m.gold_err_ref_max + policy.floor(dtype, m.gold_rms)
+            assert r.verdict.passed and m.gold_err_cand_max <= bound, r.name
+        ratios = [r.metrics.gold_ratio for r in floats]
+        assert np.median(ratios) <= policy.k
+        greedy = next(r for r in col.results if r.name == "lm/right_padding/greedy_ids")
+        assert greedy.metrics.count >= 2  # the decisive part of the greedy path is compared
+
+
+def test_fp32_decoding_is_consistent(correct):
+    col = correct.report.column("float32")
+    for name in ("lm/right_padding/cached_steps.logits", "lm/right_padding/cached_steps.flax_cached_vs_uncached",
+                 "lm/right_padding/cached_steps.torch_cached_vs_uncached"):
+        r = next(r for r in col.results if r.name == name)
+        assert r.verdict.passed and r.metrics.max_rel_err < 1e-5 and r.metrics.argmax_agreement == 1.0
+    greedy = next(r for r in col.results if r.name == "lm/right_padding/greedy_ids")
+    assert greedy.metrics.mismatches == 0 and greedy.metrics.count == 2 * 3  # start token + 2 new, 2 rows
+
+
+def test_report_files_validate(correct, tmp_path):
+    paths = write_reports(correct.report, tmp_path)
+    assert sorted(p.name for p in paths.values()) == ["junit.xml", "report.html", "report.json", "report.md"]
+    again = load_report(paths["json"])
+    assert again.passed and len(again.columns) == 3
+
+
+def test_perturbed_flax_weights_fail_at_decoder_layer_2(tmp_path):
+    path = save_checkpoint(tmp_path)
+    save_flax_next_to_it(path, scale=(FC1_DECODER_2, 1.001))
+    out = run_parity(path, opts=Options(heads=("qa",), cases=("right_padding",), **SMALL))
+    assert out.checkpoint.flax_path == str(path)  # the Flax weights next to the PyTorch ones, as they are
+    col = out.report.column("float32")
+    first = col.first_failure
+    assert (first.group, first.layer, first.name) == ("decoder", 2, "qa/right_padding/decoder_hidden_states[3]")
+    assert first.metric == "max_rel_err" and first.value > first.tolerance
+    assert all(r.verdict.passed for r in col.results if r.group in ("embeddings", "encoder"))
+
+
+def test_unperturbed_flax_weights_next_to_pytorch_pass(tmp_path):
+    path = save_checkpoint(tmp_path)
+    save_flax_next_to_it(path)
+    out = run_parity(path, opts=Options(heads=("qa",), cases=("right_padding",), **SMALL))
+    assert out.checkpoint.flax_path == str(path) and out.report.passed
+
+
+def test_nan_weights_give_nan_metrics_that_fail(tmp_path):
+    model = torch_model("lm", **OVERRIDES)
+    with torch.no_grad():
+        model.model.encoder.layers[0].fc1.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path)
+    out = run_parity(tmp_path, opts=Options(heads=("qa",), cases=("right_padding",), **SMALL))
+    assert out.nan_weights and "model.encoder.layers.0.fc1.weight" in out.nan_weights[0]
+    col = out.report.column("float32")
+    assert not col.passed
+    hit = next(r for r in col.results if r.name == "qa/right_padding/encoder_hidden_states[1]")
+    assert math.isnan(hit.metrics.max_rel_err) and not hit.verdict.passed
+    downstream = [r for r in col.results if r.group == "heads" or "cross_attentions" in r.name
+                  or "encoder_hidden_states[1]" in r.name or "decoder_hidden_states[1]" in r.name]
+    assert len(downstream) == 2 + 3 + 2 and not any(r.verdict.passed for r in downstream)
+    assert all(math.isnan(r.metrics.max_abs_err) for r in downstream)
+
+
+def test_causal_head_decodes(tmp_path):
+    path = save_checkpoint(tmp_path, head="causal")
+    out = run_parity(path, opts=Options(cases=("right_padding",), **SMALL))
+    col = out.report.column("float32")
+    assert col.passed, col.first_failure
+    names = [r.name for r in col.results]
+    assert "causal/right_padding/hidden_states[3]" in names and "causal/right_padding/greedy_ids" in names
+
+
+@pytest.mark.parametrize("opts, words", [
+    (Options(dtypes=("float8",)), "unknown dtype"),
+    (Options(dtypes=("float64",)), "gold yardstick"),
+    (Options(heads=("seq2seq",)), "--heads"),
+    (Options(cases=("nope",)), "--cases"),
+    (Options(steps=-1), "--steps"),
+    (Options(torch_devices=("tpu",)), "--torch-device"),
+])
+def test_bad_options_are_input_errors(tmp_path_factory, opts, words):
+    path = tmp_path_factory.getbasetemp() / "bad_opts_ckpt"
+    if not path.exists():
+        save_checkpoint(path)
+    with pytest.raises(ParityInputError, match=words):
+        run_parity(path, opts=opts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_gpu_columns(tmp_path):
+    import jax
+
+    path = save_checkpoint(tmp_path)
+    devices = ("cpu", "gpu") if any(d.platform == "gpu" for d in jax.devices()) else ("cpu",)
+    out = run_parity(path, opts=Options(heads=("qa",), cases=("right_padding",), flax_devices=devices,
+                                        torch_devices=("cpu", "cuda"), **SMALL))
+    assert [c.key for c in out.report.columns][-1].endswith("/cuda")
+    assert out.report.passed, out.report.first_failures()
+
+
+def test_transformers_reference_behind_the_same_harness(tmp_path):
+    pytest.importorskip("transformers")
+    path = save_checkpoint(tmp_path)
+    out = run_parity(path, opts=Options(heads=("lm",), dtypes=("float32", "bfloat16"), reference="transformers",
+                                        cases=("right_padding",), **SMALL))
+    assert out.report.environment.extra["reference"] == "transformers"
+    assert out.report.passed, out.report.first_failures()
+    assert any(r.name == "lm/right_padding/greedy_ids" for r in out.report.column("bfloat16").results)
