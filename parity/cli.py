@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="PATH", help="earlier report.json: fail on a metric worse by more than "
                                                       "--baseline-factor, or newly out of tolerance")
     p.add_argument("--baseline-factor", type=float, default=2.0, help="allowed worsening factor (default 2)")
+    p.add_argument("--baseline-noise", type=float, default=0.0, metavar="FRACTION",
+                   help="ignore worsening on tensors still under FRACTION of their tolerance (default 0: strict; "
+                        "e.g. 0.1 for a baseline recorded on another CPU type)")
     p.add_argument("--out", metavar="DIR", help="report directory (default reports/parity-<checkpoint name>)")
     p.add_argument("--compile-cache", metavar="DIR", help="keep compiled XLA programs in DIR for later runs "
                                                           "(JAX's persistent compilation cache)")
@@ -111,7 +114,8 @@ def options_from_args(args: argparse.Namespace, run_name: str):
                    texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name)
 
 
-def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, quiet=False) -> int:
+def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, baseline_noise=0.0,
+             quiet=False) -> int:
     """Run the harness, write the four reports, check the baseline, print; returns the exit code."""
     from parity.harness import print_progress, run_parity
     from parity.regression import check_baseline, format_diff
@@ -126,9 +130,10 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
     report = outcome.report
     regression = None
     if baseline is not None:
-        regression = check_baseline(baseline, report, baseline_factor)
+        regression = check_baseline(baseline, report, baseline_factor, baseline_noise)
         verdict = "no regression" if regression.passed else "REGRESSION"
-        report.notes.append(f"Baseline {baseline}: {verdict} (factor {baseline_factor:g}, {regression.compared} "
+        noise = f", ignoring changes under {baseline_noise:g} of a tolerance" if baseline_noise else ""
+        report.notes.append(f"Baseline {baseline}: {verdict} (factor {baseline_factor:g}{noise}, {regression.compared} "
                             f"tensors compared, {len(regression.regressions)} worse, "
                             f"{len(regression.newly_failing)} newly failing).")
     try:
@@ -169,12 +174,16 @@ def _main(argv: list[str]) -> int:
         from parity.checkpoint import ParityInputError
 
         raise ParityInputError(f"--baseline-factor {args.baseline_factor:g}: expected a number >= 1")
+    if not 0 <= args.baseline_noise < 1:
+        from parity.checkpoint import ParityInputError
+
+        raise ParityInputError(f"--baseline-noise {args.baseline_noise:g}: expected a fraction in [0, 1)")
     out = args.out or os.path.join("reports", "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
     opts = options_from_args(args, Path(os.path.abspath(out)).name)
     if args.compile_cache:
         enable_compile_cache(args.compile_cache)
     return run_gate(args.checkpoint, args.flax, opts, out, baseline=args.baseline,
-                    baseline_factor=args.baseline_factor, quiet=args.quiet)
+                    baseline_factor=args.baseline_factor, baseline_noise=args.baseline_noise, quiet=args.quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

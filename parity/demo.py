@@ -46,6 +46,9 @@ def default_cache() -> Path:
     return Path(root) / "demo"
 
 
+DEMO_BASELINE_NOISE = 0.1
+
+
 def default_baseline(quick: bool) -> Path:
     return REPO_ROOT / "reports" / "baselines" / ("demo-quick.json" if quick else "demo.json")
 
@@ -146,7 +149,10 @@ def run_demo(out_dir, *, quick: bool = False, cache: Path | None = None, baselin
     opts = Options(heads=MATRIX["heads"], dtypes=MATRIX["dtypes"], steps=inputs["steps"], seed=SEED,
                    batch_size=inputs["batch_size"], seq_len=inputs["seq_len"], cases=inputs["cases"],
                    run_name=Path(os.path.abspath(out_dir)).name)
-    code = run_gate(str(checkpoint), str(flax_dir), opts, out_dir, baseline=baseline or None, quiet=quiet)
+    # The committed baseline was recorded on one CPU type: ulp-level differences on tensors far inside
+    # their tolerance are not regressions (DEMO_BASELINE_NOISE); real regressions still fail.
+    code = run_gate(str(checkpoint), str(flax_dir), opts, out_dir, baseline=baseline or None,
+                    baseline_noise=DEMO_BASELINE_NOISE, quiet=quiet)
     if update_baseline:
         target = default_baseline(quick)
         if code != 0:

@@ -88,10 +88,18 @@ class RegressionResult:
 
 
 def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunReport | Mapping[str, Any],
-                        factor: float = DEFAULT_FACTOR, *, slack: float = DEFAULT_SLACK) -> RegressionResult:
-    """Compare ``current`` with ``baseline`` (reports or their validated JSON dicts)."""
+                        factor: float = DEFAULT_FACTOR, *, slack: float = DEFAULT_SLACK,
+                        noise_fraction: float = 0.0) -> RegressionResult:
+    """Compare ``current`` with ``baseline`` (reports or their validated JSON dicts).
+
+    ``noise_fraction`` (default 0: strict) ignores metrics that got worse on tensors whose judged
+    value still uses less than that fraction of their tolerance (e.g. 0.1: under 10% of the budget).
+    A baseline recorded on another CPU type differs at the ulp level; this keeps such noise from
+    failing the gate while any real regression, and any newly crossed tolerance, still fails it."""
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor >= 1):
         raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
+    if not (isinstance(noise_fraction, (int, float)) and 0 <= noise_fraction < 1):
+        raise ValueError(f"noise_fraction must be a number in [0, 1), got {noise_fraction!r}")
     if not (isinstance(slack, (int, float)) and math.isfinite(slack) and slack >= 0):
         raise ValueError(f"slack must be a finite number >= 0, got {slack!r}")
     base = _as_report(baseline, "baseline")
@@ -117,6 +125,8 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
                 if change is None:
                     continue
                 kind, item = change
+                if kind == "worse" and _within_noise(r.verdict, noise_fraction):
+                    continue
                 (result.regressions if kind == "worse" else result.improvements).append(item)
     result.missing = [key for key in base_index if key not in cur_keys]
     return result
@@ -141,6 +151,16 @@ def _compare_metric(column, name, metric, old_m, new_m, factor, slack):
     if old_b > factor * new_b + allowance:
         return "better", change
     return None
+
+
+def _within_noise(verdict, noise_fraction: float) -> bool:
+    """The tensor passes with its judged value under `noise_fraction` of a positive tolerance."""
+    if noise_fraction <= 0 or not verdict.passed:
+        return False
+    value, tol = verdict.value, verdict.tolerance
+    if value is None or tol is None or not (math.isfinite(value) and math.isfinite(tol)) or tol <= 0:
+        return False
+    return value <= noise_fraction * tol
 
 
 def _badness(metric: str, value: float) -> float:
@@ -198,9 +218,10 @@ def format_diff(result: RegressionResult, *, baseline_label: str = "baseline",
     return "\n".join(lines) + "\n"
 
 
-def check_baseline(baseline_path: str | Path, current: RunReport, factor: float = DEFAULT_FACTOR) -> RegressionResult:
+def check_baseline(baseline_path: str | Path, current: RunReport, factor: float = DEFAULT_FACTOR,
+                   noise_fraction: float = 0.0) -> RegressionResult:
     """Load ``baseline_path`` (ReportError on a bad file) and compare ``current`` with it."""
-    return compare_to_baseline(load_report(baseline_path), current, factor)
+    return compare_to_baseline(load_report(baseline_path), current, factor, noise_fraction=noise_fraction)
 
 
 def main_diff(argv: Sequence[str] | None = None) -> int:

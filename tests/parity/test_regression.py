@@ -109,3 +109,15 @@ def test_main_diff_exit_codes(tmp_path, capsys):
     assert "report.columns[0].results[0].verdict: required field is missing" in err and err.count("\n") == 1
 
     assert main_diff([str(a)]) == 2  # argparse: missing argument
+
+
+def test_noise_fraction_ignores_ulp_noise_far_inside_tolerance_only():
+    worse = report({**BASE, "h[1]": 5e-7})  # 2.5x worse, but 5% of the 1e-5 tolerance
+    assert not compare_to_baseline(report(BASE), worse).passed  # strict by default
+    assert compare_to_baseline(report(BASE), worse, noise_fraction=0.1).passed
+    big = report({**BASE, "h[1]": 4e-6})  # 20x worse and 40% of the tolerance: a real regression
+    assert not compare_to_baseline(report(BASE), big, noise_fraction=0.1).passed
+    crossing = compare_to_baseline(report(BASE), report({**BASE, "h[2]": 1.1e-5}), noise_fraction=0.1)
+    assert crossing.newly_failing and not crossing.passed
+    with pytest.raises(ValueError, match="noise_fraction"):
+        compare_to_baseline(report(BASE), worse, noise_fraction=1.5)
