@@ -12,9 +12,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from flax_bart.config import CONFIG_NAME, BartConfig, ConfigError
+from flax_bart.config import CONFIG_NAME, BartConfig, ConfigError, read_json_file
 
 from convert import engine, rules
+from convert.containment import contained
 from convert.dtypes import is_float, parse_dtype
 from convert.errors import ConversionError
 from convert.plan import infer_head, make_plan
@@ -35,7 +36,10 @@ FORMATS = {"flax": ("msgpack", "safetensors"), "pt": ("safetensors", "bin")}
 def _config_for(path: str, config) -> BartConfig:
     if isinstance(config, BartConfig):
         return config
-    cfg_path = config or os.path.join(path if os.path.isdir(path) else os.path.dirname(path) or ".", CONFIG_NAME)
+    directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    cfg_path = config or os.path.join(directory, CONFIG_NAME)
+    if config is None and os.path.lexists(cfg_path):
+        contained(directory, CONFIG_NAME, "config file")  # the checkpoint's own, not a symlink out of it
     if not os.path.isfile(cfg_path):
         raise ConversionError(f"no {CONFIG_NAME} at {cfg_path}: the config is needed to check shapes (pass one explicitly)")
     try:
@@ -109,15 +113,28 @@ def _check_not_overlapping(src_path: str, source_files: list[str], dst: str) -> 
             raise ConversionError(f"output {dst} is the source or contains it ({p}); choose another DST")
 
 
-def _copy_side_files(src_dir: str, out_dir: str, dtype: np.dtype | None) -> list[str]:
-    copied = []
+def _side_files(src_dir: str) -> list[str]:
+    """The side files to copy, checked before anything is written: each must be a regular file of
+    the checkpoint itself (a symlink to e.g. ~/.ssh/id_rsa must not be copied into an output that
+    may be published)."""
+    names = []
     for name in SIDE_FILES:
         p = os.path.join(src_dir, name)
-        if not os.path.isfile(p):
+        if not os.path.lexists(p):
             continue
+        real = contained(src_dir, name, "side file")
+        if not os.path.isfile(real):
+            raise ConversionError(f"{p}: side file {name!r} is not a regular file")
+        names.append(name)
+    return names
+
+
+def _copy_side_files(src_dir: str, out_dir: str, names: list[str], dtype: np.dtype | None) -> list[str]:
+    copied = []
+    for name in names:
+        p = os.path.join(src_dir, name)
         if name == CONFIG_NAME and dtype is not None:
-            with open(p, "rb") as f:
-                cfg = json.loads(f.read().decode("utf-8"))
+            cfg = read_json_file(p, "config", ConversionError)
             cfg["dtype"] = dtype.name
             if "torch_dtype" in cfg:
                 cfg["torch_dtype"] = dtype.name
@@ -156,6 +173,7 @@ def convert_checkpoint(src, dst, *, to: str, format: str | None = None, head: st
         allow_unexpected=allow_unexpected, describe=f"checkpoint {src_path}",
     )
     _check_not_overlapping(src_path, source.files, os.fspath(dst))
+    side_names = _side_files(src_dir)
     specs = []
     for step in plan.steps:
         src_dtype = source.infos[step.source].dtype
@@ -169,7 +187,7 @@ def convert_checkpoint(src, dst, *, to: str, format: str | None = None, head: st
             writer.abort()
             raise
         files = writer.close()
-        side = _copy_side_files(src_dir, staged.path, dtype)
+        side = _copy_side_files(src_dir, staged.path, side_names, dtype)
         summary.target = {"framework": target, "format": format, "files": files, "side_files": side,
                           "tensors": len(specs), "bytes": writer.total_size,
                           "directory": os.path.abspath(os.fspath(dst))}

@@ -133,7 +133,7 @@ class _Scanner:
             self.fail("an array payload is not a (shape, dtype, data) triple")
         shape = self.value(_MAX_DEPTH - 1)
         dtype_name = self.value(_MAX_DEPTH - 1)
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
             self.fail(f"array shape {shape!r} is not a list of non-negative integers")
         if dtype_name not in MSGPACK_DTYPES:
             self.fail(f"array dtype {dtype_name!r} is not one of {sorted(MSGPACK_DTYPES)}")
@@ -169,6 +169,8 @@ def _chunked(path, prefix, node) -> _Chunked:
         chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
     except (KeyError, TypeError):
         raise ConversionError(f"{path}: chunked array {name!r} is malformed") from None
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise ConversionError(f"{path}: chunked array {name!r} has shape {list(shape)!r}, not non-negative integers")
     if not chunks or not all(isinstance(c, _Leaf) and c.dtype == chunks[0].dtype for c in chunks):
         raise ConversionError(f"{path}: chunked array {name!r} has no chunks or chunks of mixed dtype")
     if sum(math.prod(c.shape) for c in chunks) != math.prod(shape):

@@ -103,6 +103,7 @@ def make_plan(
 ) -> Plan:
     rules.check_head(head)
     allow_missing = [allow_missing] if isinstance(allow_missing, str) else list(allow_missing)
+    _check_layer_counts(infos, source_framework, config, head, describe)
     table = _lookup(config, source_framework)
     found: dict[rules.Param, list[tuple[int, Any]]] = {}
     unexpected, problems = [], []
@@ -154,6 +155,27 @@ def make_plan(
         raise ConversionError.collect(problems, f"cannot convert the {describe} to head {head!r}")
     return Plan(source_framework, target_framework, head, infer_head(infos, source_framework),
                 steps, [m[0] for m in missing], unused, sorted(unexpected))
+
+
+def _check_layer_counts(infos, framework: str, config: BartConfig, head: str, describe: str) -> None:
+    """Refuse, naming the field, a config with more layers than the checkpoint holds, before the plan
+    lists every layer the config implies (BartConfig caps the count; this names the culprit)."""
+    seen = {"encoder": -1, "decoder": -1}
+    for key in infos:
+        m = _LAYER.match(display_name(canonical(key, framework)))
+        if m:
+            seen[m.group(1)] = max(seen[m.group(1)], int(m.group(2)))
+    sides = ("decoder",) if head == "causal" else ("encoder", "decoder")
+    problems = []
+    for side in sides:
+        n = getattr(config, f"{side}_layers")
+        held = seen[side] + 1
+        if n > held > 0:  # (a checkpoint without that side is reported below as missing it)
+            problems.append(f"config.json has {side}_layers={n}, but the {describe} holds {side} weights for "
+                            f"layers 0..{held - 1} ({held} layer{'s' if held != 1 else ''})")
+    if problems:
+        raise ConversionError.collect(problems, f"cannot convert the {describe} to head {head!r}: config.json "
+                                      f"and the weights disagree")
 
 
 def _target_keys(p: rules.Param, config: BartConfig, head: str, framework: str, tied: str) -> list:

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from flax_bart.config import parse_json
+
 from convert.dtypes import SAFETENSORS_DTYPES, safetensors_name
 from convert.errors import ConversionError
 
@@ -43,10 +45,7 @@ class SafetensorsFile:
                     f"{path}: safetensors header of {n} bytes points past the end of the file ({size} bytes): truncated or corrupted"
                 )
             raw = f.read(n)
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConversionError(f"{path}: safetensors header is not valid UTF-8 JSON ({e})") from None
+        header = parse_json(raw, path, "safetensors header", ConversionError)
         if not isinstance(header, dict):
             raise ConversionError(f"{path}: safetensors header must be a JSON object, got {type(header).__name__}")
         meta = header.pop("__metadata__", None)

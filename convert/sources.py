@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from flax_bart.config import read_json_file
+
+from convert.containment import check_not_staging, contained
 from convert.errors import ConversionError
 
 # format -> (single file, index of shards)
@@ -173,34 +175,28 @@ _SOURCES = {"safetensors": SafetensorsSource, "msgpack": MsgpackSource, "bin": T
 # ---- indexes ----------------------------------------------------------------------------------
 def read_index(index_path: str) -> dict[str, str]:
     """weight_map of a sharded checkpoint index: tensor name -> shard path (checked to exist and
-    to stay inside the checkpoint directory, symlinks resolved)."""
-    try:
-        with open(index_path, "rb") as f:
-            index = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{index_path}: index is not valid UTF-8 JSON ({e})") from None
+    to stay inside the checkpoint directory, symlinks resolved; see `containment`)."""
+    index = read_json_file(index_path, "index", ConversionError)
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
         raise ConversionError(f"{index_path}: index must be an object with a 'weight_map' of name -> shard file")
-    root = os.path.realpath(os.path.dirname(os.path.abspath(index_path)))
+    directory = os.path.dirname(os.path.abspath(index_path))
     out, checked = {}, {}
     for key, shard in wmap.items():
         if shard not in checked:
-            checked[shard] = _shard_path(index_path, root, shard)
+            checked[shard] = _shard_path(index_path, directory, shard)
         out[key] = checked[shard]
     return out
 
 
-def _shard_path(index_path: str, root: str, shard: str) -> str:
-    parts = shard.replace("\\", "/").split("/")
-    if not shard or os.path.isabs(shard) or ".." in parts:
-        raise ConversionError(f"{index_path}: shard path {shard!r} escapes the checkpoint directory {root}")
-    path = os.path.join(root, shard)
-    real = os.path.realpath(path)
-    if os.path.commonpath([real, root]) != root:
-        raise ConversionError(f"{index_path}: shard {shard!r} resolves to {real}, outside the checkpoint directory {root}")
+def _shard_path(index_path: str, directory: str, shard: str) -> str:
+    try:
+        real = contained(directory, shard, "shard path")
+    except ConversionError as e:
+        raise ConversionError(f"{index_path}: {e}") from None
     if not os.path.isfile(real):
-        raise ConversionError(f"{index_path}: shard {shard!r} named in the index is missing ({path})")
+        raise ConversionError(f"{index_path}: shard {shard!r} named in the index is missing or not a file "
+                              f"({os.path.join(directory, shard)})")
     return real
 
 
@@ -255,19 +251,23 @@ def open_file(path: str) -> Source:
 
 
 def candidates(directory: str) -> list[str]:
-    """Weight files present in `directory`, in the default order (Flax, safetensors, .bin)."""
+    """Weight files present in `directory`, in the default order (Flax, safetensors, .bin); a
+    symlink leading out of the checkpoint (see `containment`) is refused, not followed."""
     found = []
     for fmt, (single, index) in WEIGHT_FILES.items():
         for name in (single, index):
-            if os.path.isfile(os.path.join(directory, name)):
-                found.append(os.path.join(directory, name))
-                break
+            if os.path.lexists(os.path.join(directory, name)):
+                real = contained(directory, name, "weights file")
+                if os.path.isfile(real):
+                    found.append(os.path.join(directory, name))
+                    break
     return found
 
 
 def open_source(path: str, prefer: str | None = None) -> Source:
     """Open the checkpoint at `path` (a directory or a weights/index file). In a directory holding
     several formats, one of framework `prefer` ("pt" or "flax") wins when there is one."""
+    check_not_staging(path)
     if os.path.isdir(path):
         found = candidates(path)
         if not found:

@@ -2,11 +2,14 @@
 
 A failure or interruption before `commit` leaves the target as it was (absent or the old
 checkpoint) and removes the temporary directory. Staging names start with "." and end in
-".partial", so no loader mistakes one for a checkpoint.
+".partial", and loaders refuse such directories (`containment.check_not_staging`), so one left by a
+killed process (or a replaced target whose deletion failed) is never mistaken for a checkpoint.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
@@ -68,10 +71,17 @@ class StagedOutput:
         self.committed = True
 
     def _swap(self) -> None:
+        """Publish the staging directory as the target. An existing target is exchanged with it in
+        one atomic step where the OS can (Linux renameat2), so the target is never absent; the old
+        one then sits under the staging name (never loadable, see `containment`) until deleted."""
         parent = os.path.dirname(self.target)
+        if os.path.lexists(self.target) and exchange(self.path, self.target):
+            _fsync_dir(parent)
+            _discard(self.path)
+            return
         old = None
-        if os.path.lexists(self.target):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.", suffix=".old", dir=parent)
+        if os.path.lexists(self.target):  # fallback: two renames, the old target kept until the second
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.", suffix=".old.partial", dir=parent)
             os.rmdir(old)
             os.rename(self.target, old)
         try:
@@ -82,22 +92,68 @@ class StagedOutput:
             raise
         _fsync_dir(parent)
         if old is not None:
-            if os.path.isdir(old) and not os.path.islink(old):
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.unlink(old)
+            _discard(old)
 
     def _merge(self, stale, last) -> None:
+        """Move the staged files in so that a reader (or a crash) never sees old and new files mixed:
+        `last` names the entry files (an index, a single weights file). First the old entries go,
+        except a single file that a new single file replaces atomically, so the old checkpoint is
+        either whole or unloadable; then the new shards, then the new entries, then stale leftovers."""
         os.makedirs(self.target, exist_ok=True)
         names = os.listdir(self.path)
+        atomic = {n for n in names if n in last and not n.endswith(".json")}
+        for name in stale:
+            p = os.path.join(self.target, name)
+            if name in last and name not in atomic and os.path.isfile(p):
+                os.unlink(p)
+        _fsync_dir(self.target)
+        for name in sorted(names, key=lambda n: n in last):
+            os.replace(os.path.join(self.path, name), os.path.join(self.target, name))
+        # published; what follows is cleanup, which may fail without making the save a failure
         for name in stale:
             p = os.path.join(self.target, name)
             if name not in names and os.path.isfile(p):
-                os.unlink(p)
-        for name in sorted(names, key=lambda n: n in last):
-            os.replace(os.path.join(self.path, name), os.path.join(self.target, name))
+                _discard(p)
         _fsync_dir(self.target)
-        os.rmdir(self.path)
+        _discard(self.path)
+
+
+def _discard(path: str) -> None:
+    """Best-effort removal of what a published output replaced (a directory, or a file or symlink
+    that was at the target path): a failure leaves a `.partial` name no loader accepts, and does not
+    turn the finished conversion into a failure."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`); False where the OS or the
+    file system cannot, so that the caller falls back to two renames."""
+    global _RENAMEAT2
+    if _RENAMEAT2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+            _RENAMEAT2 = fn
+        except (OSError, AttributeError):
+            _RENAMEAT2 = False
+    if _RENAMEAT2 is False:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if _RENAMEAT2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+_RENAMEAT2 = None
 
 
 def _fsync_file(path: str) -> None:

@@ -1,11 +1,19 @@
 """PyTorch `.bin` checkpoints. Read only through `torch.load(weights_only=True, mmap=True)`: a
 pickle that names anything but tensors and plain containers is refused before it can run code.
-torch is imported here and nowhere else at module level of this package's readers."""
+torch is imported here and nowhere else at module level of this package's readers.
+
+Before torch sees a file, the archive itself is checked (`check_archive`): every member stored
+uncompressed, as `torch.save` writes them (a compressed member could be a decompression bomb that
+the zip reader would expand in memory), exactly one `data.pkl`, and that pickle's opcodes name no
+global outside `TORCH_GLOBALS` (so even a widened `torch.serialization.add_safe_globals` allowlist in
+the same process cannot let a checkpoint's pickle call anything else).
+"""
 
 from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import zipfile
 
 import numpy as np
@@ -24,6 +32,7 @@ def load_state_dict(path: str) -> dict:
             f"{path}: not a PyTorch zip checkpoint (legacy or corrupted file); only files written by "
             f"torch.save with the default zip format are read"
         )
+    check_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
@@ -46,13 +55,107 @@ def load_state_dict(path: str) -> dict:
     return obj
 
 
+# What a state dict's pickle may name: containers, tensor rebuilders, storages and dtypes (besides
+# these, `torch.<X>Storage` classes and `torch.<dtype>` objects).
+TORCH_GLOBALS = frozenset({
+    ("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"), ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"), ("torch.storage", "UntypedStorage"),
+})
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_MEMO_OPS = {"MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"}
+
+
+def _allowed_global(module: str, name: str) -> bool:
+    if (module, name) in TORCH_GLOBALS:
+        return True
+    if module != "torch" or not name.isidentifier():
+        return False
+    if name.endswith("Storage") and name[:1].isupper():
+        return True
+    import torch
+
+    return isinstance(getattr(torch, name, None), torch.dtype)
+
+
+def check_archive(path: str) -> None:
+    """Refuse a `.bin` whose zip members are compressed, oversized or not one checkpoint, or whose
+    pickle names a global outside TORCH_GLOBALS; nothing is unpickled here."""
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            for info in infos:
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ConversionError(
+                        f"{path}: archive member {info.filename!r} is compressed (method {info.compress_type}); "
+                        f"torch.save stores members uncompressed, and a compressed one could expand to "
+                        f"{info.file_size} bytes in memory, so the file is refused"
+                    )
+                if info.file_size > size or info.compress_size > size:
+                    raise ConversionError(
+                        f"{path}: archive member {info.filename!r} declares {info.file_size} bytes, more than "
+                        f"the {size}-byte file: corrupted or hostile"
+                    )
+            pickles = [i for i in infos if i.filename.rsplit("/", 1)[-1] == "data.pkl"]
+            if len(pickles) != 1:
+                raise ConversionError(
+                    f"{path}: not a torch.save checkpoint: expected one data.pkl in the archive, found {len(pickles)}"
+                )
+            data = z.read(pickles[0])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"{path}: not a readable zip archive ({type(e).__name__}: {e})") from None
+    scan_pickle(data, f"{path}: {pickles[0].filename}")
+
+
+def scan_pickle(data: bytes, where: str) -> None:
+    """Walk a pickle's opcodes (without executing them) and refuse any global it would import that
+    a tensor state dict does not need; also refuse the ways to import one that a scan cannot name."""
+    recent: list = []  # string literals pushed lately (operands of STACK_GLOBAL)
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                module, _, name = str(arg).partition(" ")
+                if not _allowed_global(module, name):
+                    raise ConversionError(
+                        f"{where}: the pickle imports {module}.{name} (byte {pos}), which a tensor state dict never "
+                        f"needs: refused to unpickle it (unpickling it could run code)"
+                    )
+            elif op.name == "STACK_GLOBAL":
+                if len(recent) < 2 or not _allowed_global(recent[-2], recent[-1]):
+                    named = f"{recent[-2]}.{recent[-1]}" if len(recent) >= 2 else "a computed name"
+                    raise ConversionError(
+                        f"{where}: the pickle imports {named} (byte {pos}), which a tensor state dict never needs; "
+                        f"refused to unpickle it (unpickling it could run code)"
+                    )
+            elif op.name in ("EXT1", "EXT2", "EXT4"):
+                raise ConversionError(f"{where}: the pickle imports through the copyreg extension registry "
+                                      f"(byte {pos}): refused to unpickle it")
+            if op.name in _STRING_OPS:
+                recent = (recent + [arg if isinstance(arg, str) else str(arg)])[-2:]
+            elif op.name not in _MEMO_OPS:
+                recent = []
+    except ConversionError:
+        raise
+    except Exception as e:  # pickletools raises ValueError and friends on malformed input
+        raise ConversionError(f"{where}: malformed pickle ({type(e).__name__}: {e})") from None
+
+
 def save_state_dict(state: dict[str, np.ndarray], path: str) -> None:
-    """torch.save of numpy arrays as tensors (same bits; bf16 through an integer view)."""
+    """torch.save of numpy arrays as tensors (same bits; bf16 through an integer view). A failed
+    write raises OSError (torch's zip writer would otherwise mask it behind a RuntimeError)."""
     import torch
 
     from convert.dtypes import numpy_to_torch
 
-    with open(path, "wb") as f:
-        torch.save({k: numpy_to_torch(v) for k, v in state.items()}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "wb") as f:
+            torch.save({k: numpy_to_torch(v) for k, v in state.items()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise OSError(f"{path}: torch.save failed ({e})") from e

@@ -29,8 +29,9 @@ def _input_errors() -> tuple:
     from flax_bart.hub import CheckpointNotFoundError
     from flax_bart.validation import InputError
 
+    # ValueError too: in these commands it means an argument or file the tools refused with a message.
     errors = [ConfigError, CheckpointNotFoundError, InputError, FileNotFoundError, NotADirectoryError,
-              IsADirectoryError, PermissionError]
+              IsADirectoryError, PermissionError, ValueError]
     try:
         from convert.errors import ConversionError
 

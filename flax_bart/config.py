@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
+import stat
 from typing import Any, Mapping
 
 from flax_bart.activations import ACTIVATIONS
@@ -28,6 +30,11 @@ _LEGACY_REQUIRED = {
     "add_bias_logits": (False, "an extra logits bias layer is not part of BART"),
 }
 
+
+class ConfigError(ValueError):
+    """A config.json value this implementation cannot honour."""
+
+
 _INT_FIELDS = (
     "vocab_size", "max_position_embeddings", "d_model", "encoder_layers", "decoder_layers",
     "encoder_ffn_dim", "decoder_ffn_dim", "encoder_attention_heads", "decoder_attention_heads",
@@ -36,10 +43,87 @@ _PROB_FIELDS = (
     "dropout", "attention_dropout", "activation_dropout", "classifier_dropout",
     "encoder_layerdrop", "decoder_layerdrop",
 )
+_BOOL_FIELDS = (
+    "scale_embedding", "use_cache", "tie_word_embeddings", "is_encoder_decoder", "output_attentions",
+    "output_hidden_states", "return_dict",
+)
+
+# Ceilings on what a config.json can make this code build. They sit far above any BART (large: 406M
+# parameters, 12 + 12 layers) and exist for untrusted configs: a model is laid out from the config
+# alone (parameter shape trees, conversion plans, traced programs) before any weight is read, so a
+# config must not be able to ask for unbounded work or memory. Loaders also check every size against
+# the weights' actual shapes; these are the backstop where there are no weights yet.
+MAX_DIM = 2**31 - 1          # sizes index int32 arrays (token ids, positions) in JAX
+MAX_LAYERS = 1024            # layers are unrolled: trees, plans and traced programs grow per layer
+MAX_LABELS = 2**16           # id2label is built in memory
+MAX_PARAMETERS = 2**40       # every tensor of every head, counted in closed form
+MAX_JSON_BYTES = 16 * 2**20  # config.json and index files (hub configs are a few KB)
+MAX_JSON_DEPTH = 64          # nesting of JSON objects/arrays accepted from a file
 
 
-class ConfigError(ValueError):
-    """A config.json value this implementation cannot honour."""
+def parse_json(raw: bytes, where: str, what: str = "JSON", error: type[Exception] = None) -> Any:
+    """JSON from untrusted bytes: UTF-8, at most MAX_JSON_DEPTH levels deep; anything else raises
+    `error` (default ConfigError) naming `where` and `what`. Python's own json module would raise
+    RecursionError or a bare ValueError (e.g. for integers of more than 4300 digits)."""
+    error = error or ConfigError
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{where}: {what} is not valid UTF-8 JSON (not UTF-8 text: {e})") from None
+    too_deep = f"{where}: {what} nests JSON deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise error(too_deep) from None
+    except ValueError as e:  # JSONDecodeError, and e.g. the 4300-digit limit on integers
+        raise error(f"{where}: {what} is not valid UTF-8 JSON (not valid JSON: {e})") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise error(too_deep)
+    return value
+
+
+def _depth(value) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, d)
+            if d > MAX_JSON_DEPTH:
+                break
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def read_json_file(path: str | os.PathLike, what: str = "JSON file", error: type[Exception] = None,
+                   max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """`parse_json` of a regular file of at most `max_bytes` (checked before reading: a FIFO or a
+    device would block or never end, a huge file would be read into memory)."""
+    error = error or ConfigError
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: {what} is not a regular file")
+        if st.st_size > max_bytes:
+            raise error(f"{path}: {what} is {st.st_size} bytes, more than the {max_bytes}-byte limit")
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            raw = f.read(max_bytes + 1)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if len(raw) > max_bytes:
+        raise error(f"{path}: {what} is more than {max_bytes} bytes")
+    return parse_json(raw, path, what, error)
+
+
+def _default_labels(num_labels) -> dict[int, str]:
+    """id2label for `num_labels` ("LABEL_0", ...), checked before anything is built."""
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or not 0 < num_labels <= MAX_LABELS:
+        raise ConfigError(f"config field 'num_labels' must be an integer in [1, {MAX_LABELS}], got {num_labels!r}")
+    return {i: f"LABEL_{i}" for i in range(num_labels)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +164,7 @@ class BartConfig:
     def __post_init__(self):
         id2label = self.id2label
         if id2label is None:
-            n = int(self.extra.get("num_labels", 3))
-            id2label = {i: f"LABEL_{i}" for i in range(n)}
+            id2label = _default_labels(self.extra.get("num_labels", 3))
         else:
             try:
                 id2label = {int(k): str(v) for k, v in dict(id2label).items()}
@@ -97,6 +180,18 @@ class BartConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"config field {name!r} must be a positive integer, got {v!r}")
+            limit = MAX_LAYERS if name.endswith("_layers") else MAX_DIM
+            if v > limit:
+                raise ConfigError(f"config field {name!r}={v} is larger than this implementation builds (at most {limit})")
+        for name in _BOOL_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ConfigError(f"config field {name!r} must be true or false, got {v!r}")
+        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) \
+                or not math.isfinite(self.init_std) or self.init_std < 0:
+            raise ConfigError(f"config field 'init_std' must be a finite number >= 0, got {self.init_std!r}")
+        if self.num_labels > MAX_LABELS:
+            raise ConfigError(f"config field 'id2label' has {self.num_labels} labels, more than {MAX_LABELS}")
         for side in ("encoder", "decoder"):
             heads = getattr(self, f"{side}_attention_heads")
             if self.d_model % heads:
@@ -109,7 +204,7 @@ class BartConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"config field {name!r} must be a probability in [0, 1], got {v!r}")
-        if self.activation_function not in ACTIVATIONS:
+        if not isinstance(self.activation_function, str) or self.activation_function not in ACTIVATIONS:
             raise ConfigError(
                 f"config field 'activation_function'={self.activation_function!r} is not supported; "
                 f"supported: {sorted(ACTIVATIONS)}"
@@ -136,6 +231,37 @@ class BartConfig:
                 )
         if self.extra.get("model_type", "bart") != "bart":
             raise ConfigError(f"config field 'model_type'={self.extra['model_type']!r}: expected 'bart'")
+        total, parts = self._parameter_parts()
+        if total > MAX_PARAMETERS:
+            what, n = max(parts.items(), key=lambda kv: kv[1])
+            raise ConfigError(
+                f"config describes a model of {total:.3g} parameters, more than this implementation builds "
+                f"({MAX_PARAMETERS:.3g}); the largest part is {what} = {n:.3g} parameters"
+            )
+
+    def _parameter_parts(self) -> tuple[int, dict[str, int]]:
+        """Closed-form parameter counts (every tensor of every head) by the fields that set them."""
+        d, v, p = self.d_model, self.vocab_size, self.max_position_embeddings
+
+        def layers(side: str, attn: int) -> int:
+            ffn = getattr(self, f"{side}_ffn_dim")
+            per = attn * (4 * d * d + 6 * d) + 2 * d * ffn + ffn + 3 * d
+            return getattr(self, f"{side}_layers") * per
+
+        parts = {
+            f"the word embedding (vocab_size={v} x d_model={d})": v * d * (1 if self.tie_word_embeddings else 2) + v,
+            f"the position embeddings ((max_position_embeddings={p} + 2) x d_model={d}, twice)": 2 * (p + 2) * d + 4 * d,
+            f"the encoder layers (encoder_layers={self.encoder_layers}, d_model={d}, "
+            f"encoder_ffn_dim={self.encoder_ffn_dim})": layers("encoder", 1),
+            f"the decoder layers (decoder_layers={self.decoder_layers}, d_model={d}, "
+            f"decoder_ffn_dim={self.decoder_ffn_dim})": layers("decoder", 2),
+            f"the heads (d_model={d}, num_labels={self.num_labels})": d * d + d + (d + 1) * self.num_labels + 2 * d + 2,
+        }
+        return sum(parts.values()), parts
+
+    def num_parameters(self) -> int:
+        """Parameters of every tensor any head of this config can have (an upper bound for one head)."""
+        return self._parameter_parts()[0]
 
     # ---- derived ----------------------------------------------------------------------------
     @property
@@ -168,7 +294,7 @@ class BartConfig:
         kw = {}
         for k, v in changes.items():
             if k == "num_labels":
-                kw["id2label"] = {i: f"LABEL_{i}" for i in range(int(v))}
+                kw["id2label"] = _default_labels(v)
             elif k in known:
                 kw[k] = v
             else:
@@ -184,36 +310,40 @@ class BartConfig:
     def from_dict(cls, d: Mapping[str, Any], **overrides) -> "BartConfig":
         if not isinstance(d, Mapping):
             raise ConfigError(f"a BART config must be a JSON object, got {type(d).__name__}")
+        if _depth(d) > MAX_JSON_DEPTH:
+            raise ConfigError(f"a BART config may nest at most {MAX_JSON_DEPTH} levels deep")
         d = copy.deepcopy(dict(d))
         d.update(overrides)
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: d.pop(k) for k in list(d) if k in known}
         label2id = d.pop("label2id", None)
         num_labels = d.pop("num_labels", None)
-        if kwargs.get("id2label") is None and num_labels is not None:
-            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(int(num_labels))}
+        id2label = kwargs.get("id2label")
+        if id2label is not None and not isinstance(id2label, Mapping):
+            raise ConfigError(f"config field 'id2label' must be an object of id -> label, got {id2label!r}")
+        if id2label is not None and len(id2label) > MAX_LABELS:
+            raise ConfigError(f"config field 'id2label' has {len(id2label)} labels, more than {MAX_LABELS}")
+        if id2label is None and num_labels is not None:
+            kwargs["id2label"] = _default_labels(num_labels)
         if label2id is not None and kwargs.get("id2label") is not None:
-            inv = {str(v): int(k) for k, v in dict(kwargs["id2label"]).items()}
-            if {str(k): int(v) for k, v in dict(label2id).items()} != inv:
+            try:
+                inv = {str(v): int(k) for k, v in dict(kwargs["id2label"]).items()}
+                given = {str(k): int(v) for k, v in dict(label2id).items()}
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"config fields 'id2label'/'label2id' must map ids and labels ({e})") from None
+            if given != inv:
                 raise ConfigError(f"label2id {label2id!r} does not invert id2label {kwargs['id2label']!r}")
         return cls(**kwargs, extra=d)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "BartConfig":
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-            d = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: config is not UTF-8 text ({e})") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        d = read_json_file(path, "config")
         try:
             return cls.from_dict(d)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-        except TypeError as e:
-            raise ConfigError(f"{path}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs) -> "BartConfig":
