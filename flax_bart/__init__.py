@@ -1,6 +1,7 @@
 """Flax BART with the transformers-4.x Flax API. Imports no PyTorch."""
 
 from flax_bart.config import BartConfig, ConfigError
+from flax_bart.generation_config import GenerationConfig
 from flax_bart.models import (
     FlaxBartForCausalLM,
     FlaxBartForConditionalGeneration,
@@ -17,7 +18,7 @@ from flax_bart.validation import InputError
 __version__ = "0.1.0"
 
 __all__ = [
-    "BartConfig", "ConfigError", "InputError", "BartTokenizer", "FlaxBartPreTrainedModel", "FlaxBartModel",
+    "BartConfig", "ConfigError", "GenerationConfig", "InputError", "BartTokenizer", "FlaxBartPreTrainedModel", "FlaxBartModel",
     "FlaxBartForConditionalGeneration", "FlaxBartForSequenceClassification", "FlaxBartForQuestionAnswering",
     "FlaxBartForCausalLM", "shift_tokens_right", "answer_question", "best_spans",
 ]

@@ -1,0 +1,134 @@
+"""Greedy generation side by side: flax_bart `generate` vs transformers' PyTorch `generate`.
+
+BART-base shape with random weights (the same weights on both sides), batch 4, source length 256,
+exactly 32 new tokens (min_new_tokens = max_new_tokens, identically on both sides), torch threads 2.
+Reports tokens per second (batch * new tokens / wall time of one `generate` call, encoder
+included), the median of several calls after warm-up (the two sides interleaved, so that load from
+other processes hits both alike; CPU seconds per call are reported too), and flax's first call
+(compile + run) in a fresh process. Also checks that both sides produced the same token ids.
+
+    python -m benchmarks.generate_bench [--quick] [--repeats N] [--out reports/bench/generate.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.common import SHAPES, environment, write_json
+
+FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
+QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
+
+
+def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: int, torch_threads: int = 2) -> dict:
+    import jax
+    import torch
+    import transformers
+
+    from convert import pt_to_flax
+    from flax_bart import BartConfig, FlaxBartForConditionalGeneration
+
+    torch.set_num_threads(torch_threads)
+    cfg_kwargs = SHAPES[shape]
+    torch.manual_seed(0)
+    tmodel = transformers.BartForConditionalGeneration(transformers.BartConfig(**cfg_kwargs)).eval()
+    config = BartConfig(**cfg_kwargs)
+    params = jax.block_until_ready(jax.device_put(pt_to_flax(tmodel.state_dict(), config, head="lm")))
+    model = FlaxBartForConditionalGeneration(config, _do_init=False)
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, config.vocab_size, size=(batch, source_length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1, do_sample=False)
+
+    def flax_generate():
+        out = model.generate(ids, attention_mask=mask, params=params, **settings)
+        return np.asarray(jax.block_until_ready(out.sequences))
+
+    ti, tm = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+    def torch_generate():
+        with torch.inference_mode():
+            return tmodel.generate(input_ids=ti, attention_mask=tm, **settings).numpy()
+
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    flax_ids = flax_generate()
+    first_call_s = time.perf_counter() - t0
+    torch_ids = torch_generate()  # warm-up
+    flax_generate()
+    # interleaved, so that changes in the machine's load hit both sides alike
+    samples = {"flax": [], "transformers": []}
+    cpu = {"flax": [], "transformers": []}
+    for _ in range(repeats):
+        for name, fn in (("flax", flax_generate), ("transformers", torch_generate)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    flax_t, torch_t = ({"median_s": statistics.median(samples[k]), "min_s": min(samples[k]), "samples_s": samples[k],
+                        "median_cpu_s": statistics.median(cpu[k])} for k in ("flax", "transformers"))
+
+    tokens = batch * new_tokens
+    flax_tps, torch_tps = tokens / flax_t["median_s"], tokens / torch_t["median_s"]
+    return {
+        "case": dict(shape=shape, batch=batch, source_length=source_length, new_tokens=new_tokens, dtype="float32",
+                     decoding="greedy", repeats=repeats, torch_threads=torch_threads),
+        "flax": dict(first_call_s=first_call_s, tokens_per_s=flax_tps, **flax_t),
+        "transformers": dict(tokens_per_s=torch_tps, **torch_t),
+        "speedup": flax_tps / torch_tps,
+        # fastest call of each side: what an uncontended machine gives when other processes come and go
+        "speedup_best": torch_t["min_s"] / flax_t["min_s"],
+        "first_call_s": first_call_s,
+        "tokens_equal": bool(flax_ids.shape == torch_ids.shape and (flax_ids == torch_ids).all()),
+        "generated_shape": list(flax_ids.shape),
+        # a shared machine: other processes' load skews both sides (PyTorch's OpenMP threads most)
+        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
+        "targets": {"speedup": ">= 3", "first_call_s": "<= 5"},
+    }
+
+
+def render(result: dict) -> str:
+    f, t = result["flax"], result["transformers"]
+    c = result["case"]
+    return "\n".join([
+        f"greedy generate, BART-{c['shape']}, batch {c['batch']}, source {c['source_length']}, "
+        f"{c['new_tokens']} new tokens, fp32, torch threads {c['torch_threads']}",
+        "| implementation | median s | fastest s | tokens/s (median) | median CPU s | first call s |",
+        "|---|---|---|---|---|---|",
+        f"| flax_bart | {f['median_s']:.3f} | {f['min_s']:.3f} | {f['tokens_per_s']:.1f} | {f['median_cpu_s']:.2f} | "
+        f"{f['first_call_s']:.2f} |",
+        f"| transformers (PyTorch) | {t['median_s']:.3f} | {t['min_s']:.3f} | {t['tokens_per_s']:.1f} | "
+        f"{t['median_cpu_s']:.2f} | |",
+        f"speedup (flax / transformers tokens/s): {result['speedup']:.2f} from medians, "
+        f"{result['speedup_best']:.2f} from the fastest calls (target >= 3); "
+        f"first call {result['first_call_s']:.2f} s (target <= 5); same token ids: {result['tokens_equal']}; "
+        f"load average {result['load_average_1min']['start']:.1f} -> {result['load_average_1min']['end']:.1f}",
+    ])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.generate_bench")
+    p.add_argument("--quick", action="store_true", help="tiny model: a smoke run, not a measurement")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--out", default="reports/bench/generate.json")
+    args = p.parse_args(argv)
+    case = dict(QUICK if args.quick else FULL)
+    if args.repeats is not None:
+        case["repeats"] = args.repeats
+    result = run(**case)
+    result["quick"] = args.quick
+    result["environment"] = environment()
+    write_json(args.out, result)
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

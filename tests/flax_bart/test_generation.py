@@ -1,0 +1,174 @@
+"""generate(): settings, compile reuse, sampling, errors, generation_config.json (no PyTorch needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from bart_helpers import TINY, batch
+from flax_bart import BartConfig, FlaxBartForCausalLM, FlaxBartForConditionalGeneration, InputError
+from flax_bart.generation import GenerationConfig, bucket_length
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _random_model(cls, seed):
+    """A model with random N(0, 0.2) weights, made without compiling an initialiser."""
+    model = cls(BartConfig(**TINY, tie_word_embeddings=False), _do_init=False)
+    rng = np.random.default_rng(seed)
+    flat = {k: rng.normal(0, 0.2, s.shape).astype(s.dtype) for k, s in model.params_shape_tree().items()}
+    model.params = traverse_util.unflatten_dict(flat)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _random_model(FlaxBartForConditionalGeneration, 3)
+
+
+def test_second_call_and_same_bucket_do_not_recompile(model):
+    ids, mask = batch(seed=0, b=2, t=9)
+    first = model.generate(ids, max_new_tokens=6)
+    traces = model._generate_traces
+    again = model.generate(ids, max_new_tokens=6)
+    np.testing.assert_array_equal(np.asarray(first.sequences), np.asarray(again.sequences))
+    longer, longer_mask = batch(seed=1, b=2, t=14)  # 9 and 14 share the bucket of 16
+    model.generate(longer, attention_mask=longer_mask, max_new_tokens=6)
+    assert model._generate_traces == traces
+    program = model._generate_programs[next(iter(model._generate_programs))]
+    assert program._cache_size() == 1
+    assert first.sequences.shape[0] == 2 and first.scores is None
+
+
+def test_padding_to_a_bucket_changes_nothing(model):
+    """Right-padding the source (masked) gives the same tokens as the unpadded batch."""
+    ids, _ = batch(seed=2, b=2, t=9)
+    ids[:, -1] = 2
+    plain = model.generate(ids, max_new_tokens=6)
+    padded = np.concatenate([ids, np.ones((2, 3), ids.dtype)], axis=1)
+    mask = np.concatenate([np.ones_like(ids), np.zeros((2, 3), ids.dtype)], axis=1)
+    np.testing.assert_array_equal(np.asarray(model.generate(padded, attention_mask=mask, max_new_tokens=6).sequences),
+                                  np.asarray(plain.sequences))
+
+
+def test_bucket_lengths():
+    assert [bucket_length(n) for n in (1, 16, 17, 100, 128, 129, 256, 257)] == [16, 16, 32, 128, 128, 256, 256, 384]
+
+
+def test_sampling(model):
+    ids, mask = batch(seed=0, b=2, t=9)
+    key = jax.random.PRNGKey(7)
+    kw = dict(do_sample=True, max_new_tokens=6, temperature=2.0, top_p=0.9, num_return_sequences=2)
+    a = model.generate(ids, attention_mask=mask, prng_key=key, **kw)
+    b = model.generate(ids, attention_mask=mask, prng_key=key, **kw)
+    c = model.generate(ids, attention_mask=mask, prng_key=jax.random.PRNGKey(8), **kw)
+    assert a.sequences.shape[0] == 4
+    np.testing.assert_array_equal(np.asarray(a.sequences), np.asarray(b.sequences))
+    assert not np.array_equal(np.asarray(a.sequences), np.asarray(c.sequences))
+    # top_k=1 leaves one candidate: every sample is the greedy sequence
+    greedy = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=6).sequences)
+    top1 = model.generate(ids, attention_mask=mask, prng_key=key, **dict(kw, max_new_tokens=6, top_k=1))
+    np.testing.assert_array_equal(np.asarray(top1.sequences), np.repeat(greedy, 2, axis=0))
+
+
+def test_beam_sampling_is_deterministic_per_key(model):
+    ids, mask = batch(seed=0, b=2, t=9)
+    kw = dict(do_sample=True, num_beams=3, num_return_sequences=2, max_new_tokens=5, prng_key=jax.random.PRNGKey(1))
+    a = model.generate(ids, attention_mask=mask, **kw)
+    b = model.generate(ids, attention_mask=mask, **kw)
+    assert a.sequences.shape[0] == 4 and a.sequences_scores.shape == (4,)
+    np.testing.assert_array_equal(np.asarray(a.sequences), np.asarray(b.sequences))
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(max_new_tokens=3, num_beamz=2), TypeError, ["num_beamz"]),
+    (dict(max_new_tokens=3, typical_p=0.5), InputError, ["typical_p"]),
+    (dict(max_length=41), InputError, ["max_length", "max_position_embeddings=40"]),
+    (dict(max_new_tokens=40), InputError, ["max_new_tokens", "max_position_embeddings=40"]),
+    (dict(max_length=1), InputError, ["max_length=1"]),
+    (dict(max_new_tokens=3, num_return_sequences=2), InputError, ["num_return_sequences"]),
+    (dict(max_new_tokens=3, num_beams=2, num_return_sequences=3), InputError, ["num_return_sequences=3", "num_beams=2"]),
+    (dict(max_new_tokens=3, early_stopping="sometimes"), InputError, ["early_stopping"]),
+    (dict(max_new_tokens=3, bad_words_ids=[[999]]), InputError, ["bad_words_ids"]),
+    (dict(max_new_tokens=3, repetition_penalty=0.0), InputError, ["repetition_penalty"]),
+], ids=lambda x: str(x) if not isinstance(x, dict) else "-".join(x))
+def test_bad_settings(model, kwargs, error, words):
+    ids, mask = batch(seed=0, b=2, t=9)
+    with pytest.raises(error) as e:
+        model.generate(ids, attention_mask=mask, **kwargs)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_bad_inputs(model):
+    with pytest.raises(InputError, match="input_ids is empty"):
+        model.generate(np.zeros((2, 0), np.int32))
+    with pytest.raises(InputError, match="input_ids holds token id 500"):
+        model.generate(np.full((1, 3), 500, np.int32))
+    with pytest.raises(InputError, match="attention_mask has shape"):
+        model.generate(np.ones((1, 3), np.int32), attention_mask=np.ones((1, 4), np.int32))
+    with pytest.raises(InputError, match="prng_key must be"):
+        model.generate(np.ones((1, 3), np.int32), do_sample=True, prng_key=5)
+    with pytest.raises(InputError, match="outside jax.jit"):
+        jax.jit(lambda x: model.generate(x).sequences)(np.ones((1, 3), np.int32))
+
+
+def test_generation_config_round_trip_and_priority(tmp_path):
+    cfg = GenerationConfig.from_dict({"num_beams": 4, "max_length": 30, "custom_key": [1, 2]})
+    assert cfg.extra == {"custom_key": [1, 2]}
+    path = cfg.save_pretrained(tmp_path)
+    assert json.load(open(path))["custom_key"] == [1, 2]
+    again = GenerationConfig.from_pretrained(tmp_path)
+    assert again == cfg
+    merged = GenerationConfig(num_beams=2).merged_over(cfg)
+    assert (merged.num_beams, merged.max_length) == (2, 30)
+    model_cfg = BartConfig(**TINY).replace(num_beams=3, no_repeat_ngram_size=2,
+                                           task_specific_params={"summarization": {"num_beams": 5, "min_length": 4}})
+    from_model = GenerationConfig.from_model_config(model_cfg)
+    assert (from_model.num_beams, from_model.no_repeat_ngram_size, from_model.forced_eos_token_id) == (3, 2, 2)
+    task = GenerationConfig.from_model_config(model_cfg, task="summarization")
+    assert (task.num_beams, task.min_length) == (5, 4)
+
+
+def test_checkpoint_generation_config_is_honoured(tmp_path, model):
+    path = model.save_pretrained(tmp_path / "ckpt")
+    with open(os.path.join(path, "generation_config.json")) as f:
+        written = json.load(f)
+    assert written["decoder_start_token_id"] == 2
+    GenerationConfig.from_dict(dict(written, max_new_tokens=3, forced_eos_token_id=None)).save_pretrained(path)
+    loaded = FlaxBartForConditionalGeneration.from_pretrained(path)
+    assert loaded.generation_config.max_new_tokens == 3
+    ids, mask = batch(seed=0, b=2, t=9)
+    out = loaded.generate(ids, attention_mask=mask)
+    assert out.sequences.shape == (2, 4)
+    # keyword arguments win over the file, an explicit None included; generation_config= fills the rest
+    cfg, _ = loaded._resolve_generation_config(GenerationConfig(num_beams=2), dict(max_new_tokens=5, pad_token_id=None))
+    assert (cfg.max_new_tokens, cfg.num_beams, cfg.pad_token_id, cfg.decoder_start_token_id) == (5, 2, None, 2)
+
+
+def test_causal_lm_generates_after_its_prompt():
+    model = _random_model(FlaxBartForCausalLM, 1)
+    ids = np.array([[0, 5, 6, 7], [0, 8, 9, 10]], np.int32)
+    out = model.generate(ids, max_new_tokens=4, forced_eos_token_id=None, eos_token_id=None)
+    seqs = np.asarray(out.sequences)
+    assert seqs.shape == (2, 8)
+    np.testing.assert_array_equal(seqs[:, :4], ids)
+
+
+def test_bench_quick_mode_writes_valid_json(tmp_path):
+    out = tmp_path / "generate.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.generate_bench", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["quick"] is True and result["tokens_equal"] is True
+    for side in ("flax", "transformers"):
+        assert result[side]["tokens_per_s"] > 0 and len(result[side]["samples_s"]) == result["case"]["repeats"]
+    assert result["speedup"] > 0 and result["first_call_s"] > 0
