@@ -49,6 +49,17 @@ def cache_info(past_key_values):
     return index, length
 
 
+def cache_room(past_key_values, new_tokens: int, name: str):
+    """(cache_index, max_length), after checking (when concrete) that `new_tokens` still fit."""
+    start, max_len = cache_info(past_key_values)
+    if is_concrete(start) and int(start) + new_tokens > max_len:
+        raise InputError(
+            f"{name}: {new_tokens} new tokens at cache_index {int(start)} exceed the cache's max_length "
+            f"{max_len}; call init_cache with a larger max_length"
+        )
+    return start, max_len
+
+
 class _Seq2SeqAPI(FlaxBartPreTrainedModel):
     """`__call__`, `encode`, `decode`, `init_cache` of the encoder-decoder classes."""
 
@@ -95,20 +106,14 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
             position_ids=pos,
             decoder_position_ids=_positions(b, t) if decoder_position_ids is None else jnp.asarray(decoder_position_ids),
         )
-        out, _ = self._run("__call__", self._resolve_params(params), arrays,
-                           dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
-                           rngs=self._rngs(train, dropout_rng))
-        return out if ret else out.to_tuple()
+        return self._apply("__call__", params, arrays, attn, hid, ret, train, dropout_rng)
 
     def encode(self, input_ids, attention_mask=None, position_ids=None, output_attentions=None,
                output_hidden_states=None, return_dict=None, train: bool = False, params=None, dropout_rng=None):
         attn, hid, ret = self._flags(output_attentions, output_hidden_states, return_dict)
         mask, pos = self._check_encoder_inputs(input_ids, attention_mask, position_ids)
-        out, _ = self._run("encode", self._resolve_params(params),
-                           dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=pos),
-                           dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
-                           rngs=self._rngs(train, dropout_rng))
-        return out if ret else out.to_tuple()
+        arrays = dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=pos)
+        return self._apply("encode", params, arrays, attn, hid, ret, train, dropout_rng)
 
     def decode(self, decoder_input_ids, encoder_outputs, encoder_attention_mask=None, decoder_attention_mask=None,
                decoder_position_ids=None, past_key_values: dict = None, output_attentions=None,
@@ -130,12 +135,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
         enc_mask = jnp.ones((b, s), jnp.int32) if encoder_attention_mask is None else jnp.asarray(encoder_attention_mask)
         start = 0
         if past_key_values is not None:
-            start, max_len = cache_info(past_key_values)
-            if is_concrete(start) and int(start) + t > max_len:
-                raise InputError(
-                    f"decoder_input_ids: {t} new tokens at cache_index {int(start)} exceed the cache's "
-                    f"max_length {max_len}; call init_cache with a larger max_length"
-                )
+            start, max_len = cache_room(past_key_values, t, "decoder_input_ids")
             check_mask("decoder_attention_mask", decoder_attention_mask, (b, max_len), alternatives=[(b, 1)])
         else:
             check_length("decoder_input_ids", t, c.max_position_embeddings)
@@ -150,13 +150,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
             decoder_attention_mask=None if decoder_attention_mask is None else jnp.asarray(decoder_attention_mask),
             decoder_position_ids=jnp.asarray(decoder_position_ids),
         )
-        out, cache = self._run("decode", self._resolve_params(params), arrays,
-                               dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
-                               rngs=self._rngs(train, dropout_rng), cache=past_key_values,
-                               mutable=past_key_values is not None)
-        if cache is not None:
-            out = out.replace(past_key_values=cache)
-        return out if ret else out.to_tuple()
+        return self._apply("decode", params, arrays, attn, hid, ret, train, dropout_rng, past_key_values)
 
     def init_cache(self, batch_size: int, max_length: int, encoder_outputs=None, params=None):
         """A decoding cache: self-attention K/V of size `max_length`, and the cross-attention K/V of
@@ -217,9 +211,7 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
         b, t = input_ids.shape
         start = 0
         if past_key_values is not None:
-            start, max_len = cache_info(past_key_values)
-            if is_concrete(start) and int(start) + t > max_len:
-                raise InputError(f"input_ids: {t} new tokens at cache_index {int(start)} exceed max_length {max_len}")
+            start, max_len = cache_room(past_key_values, t, "input_ids")
             check_mask("attention_mask", attention_mask, (b, max_len), alternatives=[(b, 1)])
             mask = None if attention_mask is None else jnp.asarray(attention_mask)
         else:
@@ -238,13 +230,7 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
             encoder_hidden_states = jnp.asarray(encoder_hidden_states)
         arrays = dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=jnp.asarray(position_ids),
                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=enc_mask)
-        out, cache = self._run("__call__", self._resolve_params(params), arrays,
-                               dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
-                               rngs=self._rngs(train, dropout_rng), cache=past_key_values,
-                               mutable=past_key_values is not None)
-        if cache is not None:
-            out = out.replace(past_key_values=cache)
-        return out if ret else out.to_tuple()
+        return self._apply("__call__", params, arrays, attn, hid, ret, train, dropout_rng, past_key_values)
 
     def init_cache(self, batch_size: int, max_length: int, params=None):
         check_length("max_length", max_length, self.config.max_position_embeddings)

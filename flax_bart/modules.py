@@ -168,7 +168,25 @@ class BartAttention(nn.Module):
         return out, probs_BxHxTxS
 
 
-class BartEncoderLayer(nn.Module):
+class _PostLNLayer(nn.Module):
+    """What encoder and decoder layers share: dropout and the post-LN feed-forward block."""
+
+    def _setup_ffn(self, ffn_dim: int):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.fc1 = _dense(c, ffn_dim, self.dtype, self.param_dtype, self.precision, "fc1")
+        self.fc2 = _dense(c, c.d_model, self.dtype, self.param_dtype, self.precision, "fc2")
+        self.final_layer_norm = _layer_norm(name="final_layer_norm", **kw)
+        self.dropout = nn.Dropout(rate=c.dropout)
+        self.act_dropout = nn.Dropout(rate=c.activation_dropout)
+        self.act = get_activation(c.activation_function)
+
+    def _ffn(self, h_BxTxD, deterministic: bool):
+        h = self.act_dropout(self.act(self.fc1(h_BxTxD)), deterministic=deterministic)
+        h = self.dropout(self.fc2(h), deterministic=deterministic)
+        return self.final_layer_norm(h_BxTxD + h)
+
+
+class BartEncoderLayer(_PostLNLayer):
     config: BartConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -178,21 +196,13 @@ class BartEncoderLayer(nn.Module):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.self_attn = BartAttention(c, c.encoder_attention_heads, precision=self.precision, **kw)
         self.self_attn_layer_norm = _layer_norm(name="self_attn_layer_norm", **kw)
-        self.fc1 = _dense(c, c.encoder_ffn_dim, self.dtype, self.param_dtype, self.precision, "fc1")
-        self.fc2 = _dense(c, c.d_model, self.dtype, self.param_dtype, self.precision, "fc2")
-        self.final_layer_norm = _layer_norm(name="final_layer_norm", **kw)
-        self.dropout = nn.Dropout(rate=c.dropout)
-        self.act_dropout = nn.Dropout(rate=c.activation_dropout)
-        self.act = get_activation(c.activation_function)
+        self._setup_ffn(c.encoder_ffn_dim)
 
     def __call__(self, h_BxTxD, mask_BxT, deterministic: bool = True):
         residual = h_BxTxD
         h, attn = self.self_attn(h_BxTxD, key_mask_BxS=mask_BxT, deterministic=deterministic)
         h = self.self_attn_layer_norm(residual + self.dropout(h, deterministic=deterministic))
-        residual = h
-        h = self.act_dropout(self.act(self.fc1(h)), deterministic=deterministic)
-        h = self.dropout(self.fc2(h), deterministic=deterministic)
-        h = self.final_layer_norm(residual + h)
+        h = self._ffn(h, deterministic)
         if h.dtype == jnp.float16:
             # PyTorch BART: once anything overflowed, clamp to finite (NaN stays NaN).
             bound = jnp.finfo(jnp.float16).max - 1000
@@ -200,7 +210,7 @@ class BartEncoderLayer(nn.Module):
         return h, attn
 
 
-class BartDecoderLayer(nn.Module):
+class BartDecoderLayer(_PostLNLayer):
     config: BartConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -213,12 +223,7 @@ class BartDecoderLayer(nn.Module):
         self.self_attn_layer_norm = _layer_norm(name="self_attn_layer_norm", **kw)
         self.encoder_attn = BartAttention(c, heads, is_cross=True, precision=self.precision, **kw)
         self.encoder_attn_layer_norm = _layer_norm(name="encoder_attn_layer_norm", **kw)
-        self.fc1 = _dense(c, c.decoder_ffn_dim, self.dtype, self.param_dtype, self.precision, "fc1")
-        self.fc2 = _dense(c, c.d_model, self.dtype, self.param_dtype, self.precision, "fc2")
-        self.final_layer_norm = _layer_norm(name="final_layer_norm", **kw)
-        self.dropout = nn.Dropout(rate=c.dropout)
-        self.act_dropout = nn.Dropout(rate=c.activation_dropout)
-        self.act = get_activation(c.activation_function)
+        self._setup_ffn(c.decoder_ffn_dim)
 
     def __call__(self, h_BxTxD, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=False, cache_length=0,
                  deterministic: bool = True):
@@ -236,11 +241,7 @@ class BartDecoderLayer(nn.Module):
                 deterministic=deterministic,
             )
             h = self.encoder_attn_layer_norm(residual + self.dropout(h, deterministic=deterministic))
-        residual = h
-        h = self.act_dropout(self.act(self.fc1(h)), deterministic=deterministic)
-        h = self.dropout(self.fc2(h), deterministic=deterministic)
-        h = self.final_layer_norm(residual + h)
-        return h, self_attn, cross_attn
+        return self._ffn(h, deterministic), self_attn, cross_attn
 
 
 def _layerdrop(module: nn.Module, rate: float, deterministic: bool, before, after):

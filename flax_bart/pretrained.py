@@ -170,6 +170,17 @@ class FlaxBartPreTrainedModel:
             return None
         return {"dropout": dropout_rng}
 
+    def _apply(self, method: str, params, arrays: dict, attn: bool, hid: bool, ret: bool, train: bool,
+               dropout_rng, past_key_values=None):
+        """Run `method` with the output flags; a cache is updated and returned in `past_key_values`."""
+        out, cache = self._run(method, self._resolve_params(params), arrays,
+                               dict(output_attentions=attn, output_hidden_states=hid, deterministic=not train),
+                               rngs=self._rngs(train, dropout_rng), cache=past_key_values,
+                               mutable=past_key_values is not None)
+        if cache is not None:
+            out = out.replace(past_key_values=cache)
+        return out if ret else out.to_tuple()
+
     def _run(self, method: str, params, arrays: dict, static: dict, rngs=None, cache=None, mutable=False):
         """Apply `module.<method>` through a cached `jax.jit`; returns (output, cache or None)."""
         key = (method, tuple(sorted(static.items())), cache is not None, bool(mutable), rngs is not None,
