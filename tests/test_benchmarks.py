@@ -5,18 +5,23 @@ import subprocess
 import sys
 
 
-def test_forward_bench_quick_writes_results(tmp_path):
-    out = tmp_path / "forward.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.forward_bench", "--quick", "--repeats", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+def test_suite_quick_mode_writes_reports(tmp_path):
+    """`python -m benchmarks --quick` (here: the forward and convert benchmarks) writes every report."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "forward,convert",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "forward.json").read_text())
     assert data["benchmark"] == "forward" and data["quick"] is True
     assert {r["head"] for r in data["results"]} == {"qa", "cls", "lm"}
     for r in data["results"]:
         assert set(r["timings"]) == {"reference", "transformers", "flax"}
         assert all(v["median_s"] > 0 for v in r["timings"].values())
         assert r["ratios"]["flax/transformers"] > 0
+    suite = json.loads((tmp_path / "bench.json").read_text())
+    assert set(suite["runs"]) == {"forward", "convert"} and all(r["exit_code"] == 0 for r in suite["runs"].values())
+    assert "versions" in suite["environment"] and "torch_threads" in suite["environment"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "| measurement | value | target |" in md and "forward tiny qa float32" in md
 
 
 def test_aggregator_rejects_unknown_benchmark(tmp_path):

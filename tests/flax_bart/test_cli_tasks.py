@@ -64,3 +64,37 @@ def test_dispatcher_usage_and_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
     assert main(["qa", "--bogus-flag"]) == 2
+
+
+@pytest.fixture(scope="module")
+def lm_ckpt(tmp_path_factory):
+    from flax_bart import BartTokenizer
+
+    d = tmp_path_factory.mktemp("lm")
+    write_bart_tokenizer(d)
+    vocab = len(BartTokenizer.from_pretrained(d))
+    torch_model("lm", seed=2, vocab_size=vocab, max_position_embeddings=64).save_pretrained(d)
+    return d
+
+
+def test_generate_cli_prints_the_decoded_generation(lm_ckpt, capsys):
+    text = "The quick brown fox jumps over the lazy dog."
+    code = main(["generate", str(lm_ckpt), "--text", text, "--max-new-tokens", "6", "--num-beams", "2", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)["texts"]
+    from flax_bart import BartTokenizer, FlaxBartForConditionalGeneration
+
+    tok = BartTokenizer.from_pretrained(lm_ckpt)
+    model = FlaxBartForConditionalGeneration.from_pretrained(lm_ckpt)
+    enc = tok([text], return_tensors="np")
+    ids = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=6,
+                         num_beams=2).sequences
+    assert printed == tok.batch_decode(np.asarray(ids).tolist(), skip_special_tokens=True)
+
+
+def test_generate_cli_bad_flags_exit_2(lm_ckpt, capsys):
+    assert main(["generate", str(lm_ckpt), "--text", "hi", "--max-length", "500"]) == 2
+    err = capsys.readouterr().err
+    assert "max_length" in err and "Traceback" not in err
+    assert main(["generate", str(lm_ckpt), "--text", ""]) == 2
+    assert "--text is empty" in capsys.readouterr().err
