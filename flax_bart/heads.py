@@ -6,26 +6,16 @@ Each module has `__call__` (full forward), `encode` and `decode` (used by the wr
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
 from flax_bart import outputs as O
-from flax_bart.config import BartConfig
-from flax_bart.modules import BartDecoder, BartEncoder, Embed, _dense
-
-Dtype = Any
+from flax_bart.modules import BartDecoder, BartEncoder, BartModuleBase, Embed, _dense
 
 
-class BartModule(nn.Module):
+class BartModule(BartModuleBase):
     """Encoder + decoder around one `shared` embedding (BartModel)."""
-
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
@@ -76,13 +66,8 @@ def _seq2seq_fields(out: O.FlaxSeq2SeqModelOutput) -> dict:
         "encoder_hidden_states", "encoder_attentions")}
 
 
-class _HeadBase(nn.Module):
+class _HeadBase(BartModuleBase):
     """A head model: the backbone under `model/`; `encode` and (plain) `decode` pass through."""
-
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     def _backbone(self):
         return BartModule(self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
@@ -126,12 +111,7 @@ class BartForConditionalGenerationModule(_HeadBase):
         return O.FlaxSeq2SeqLMOutput(logits=self.logits(out.last_hidden_state), **_seq2seq_fields(out))
 
 
-class BartClassificationHead(nn.Module):
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-
+class BartClassificationHead(BartModuleBase):
     def setup(self):
         c = self.config
         self.dense = _dense(c, c.d_model, self.dtype, self.param_dtype, self.precision, "dense")
@@ -188,13 +168,8 @@ class BartForQuestionAnsweringModule(_HeadBase):
         )
 
 
-class BartDecoderWrapper(nn.Module):
+class BartDecoderWrapper(BartModuleBase):
     """Holds the decoder (with its own `embed_tokens`) under `model/decoder` for ForCausalLM."""
-
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     def setup(self):
         self.decoder = BartDecoder(self.config, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -204,12 +179,7 @@ class BartDecoderWrapper(nn.Module):
         return self.decoder(*args, **kwargs)
 
 
-class BartForCausalLMModule(nn.Module):
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-
+class BartForCausalLMModule(BartModuleBase):
     def setup(self):
         c = self.config
         self.model = BartDecoderWrapper(c, dtype=self.dtype, param_dtype=self.param_dtype,

@@ -168,7 +168,16 @@ class BartAttention(nn.Module):
         return out, probs_BxHxTxS
 
 
-class _PostLNLayer(nn.Module):
+class BartModuleBase(nn.Module):
+    """The fields every BART layer shares: the config, compute dtype, storage dtype, matmul precision."""
+
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+
+class _PostLNLayer(BartModuleBase):
     """What encoder and decoder layers share: dropout and the post-LN feed-forward block."""
 
     def _setup_ffn(self, ffn_dim: int):
@@ -187,11 +196,6 @@ class _PostLNLayer(nn.Module):
 
 
 class BartEncoderLayer(_PostLNLayer):
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.self_attn = BartAttention(c, c.encoder_attention_heads, precision=self.precision, **kw)
@@ -211,11 +215,6 @@ class BartEncoderLayer(_PostLNLayer):
 
 
 class BartDecoderLayer(_PostLNLayer):
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         heads = c.decoder_attention_heads
@@ -260,12 +259,7 @@ def _embed(module, embed_tokens, embed_positions, ids_BxT, positions_BxT):
     return module.layernorm_embedding(h)
 
 
-class BartEncoderLayerCollection(nn.Module):
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-
+class BartEncoderLayerCollection(BartModuleBase):
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         self.layers = [BartEncoderLayer(self.config, name=str(i), **kw) for i in range(self.config.encoder_layers)]
@@ -283,12 +277,7 @@ class BartEncoderLayerCollection(nn.Module):
         return h, (states if output_hidden_states else None), (attns if output_attentions else None)
 
 
-class BartDecoderLayerCollection(nn.Module):
-    config: BartConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-
+class BartDecoderLayerCollection(BartModuleBase):
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         self.layers = [BartDecoderLayer(self.config, name=str(i), **kw) for i in range(self.config.decoder_layers)]
@@ -312,12 +301,8 @@ class BartDecoderLayerCollection(nn.Module):
         return h, (states if output_hidden_states else None), (attns if output_attentions else None), cross
 
 
-class BartEncoder(nn.Module):
-    config: BartConfig
+class BartEncoder(BartModuleBase):
     embed_tokens: Optional[Embed] = None
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -335,14 +320,10 @@ class BartEncoder(nn.Module):
         return self.layers(h, attention_mask, output_attentions, output_hidden_states, deterministic)
 
 
-class BartDecoder(nn.Module):
+class BartDecoder(BartModuleBase):
     """The decoder stack. Owns `embed_tokens` itself when none is shared (ForCausalLM)."""
 
-    config: BartConfig
     embed_tokens: Optional[Embed] = None
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)

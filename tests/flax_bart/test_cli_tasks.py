@@ -13,15 +13,20 @@ from tests.tokenizer_utils import write_bart_tokenizer
 CONTEXT = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
-@pytest.fixture(scope="module")
-def qa_ckpt(tmp_path_factory):
+def _checkpoint_with_tokenizer(tmp_path_factory, head, seed):
+    """A tiny transformers-written checkpoint of `head` beside a tokenizer trained in the test."""
     from flax_bart import BartTokenizer
 
-    d = tmp_path_factory.mktemp("qa")
+    d = tmp_path_factory.mktemp(head)
     write_bart_tokenizer(d)
     vocab = len(BartTokenizer.from_pretrained(d))
-    torch_model("qa", seed=1, vocab_size=vocab, max_position_embeddings=64).save_pretrained(d)
+    torch_model(head, seed=seed, vocab_size=vocab, max_position_embeddings=64).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def qa_ckpt(tmp_path_factory):
+    return _checkpoint_with_tokenizer(tmp_path_factory, "qa", seed=1)
 
 
 def test_qa_cli_answers_with_a_span_of_the_context(qa_ckpt, capsys):
@@ -68,13 +73,7 @@ def test_dispatcher_usage_and_unknown_command(capsys):
 
 @pytest.fixture(scope="module")
 def lm_ckpt(tmp_path_factory):
-    from flax_bart import BartTokenizer
-
-    d = tmp_path_factory.mktemp("lm")
-    write_bart_tokenizer(d)
-    vocab = len(BartTokenizer.from_pretrained(d))
-    torch_model("lm", seed=2, vocab_size=vocab, max_position_embeddings=64).save_pretrained(d)
-    return d
+    return _checkpoint_with_tokenizer(tmp_path_factory, "lm", seed=2)
 
 
 def test_generate_cli_prints_the_decoded_generation(lm_ckpt, capsys):
