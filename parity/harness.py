@@ -3,8 +3,9 @@
 For each head, dtype and (Flax device, PyTorch device) pair, the column of the report lists, in
 forward order: every hidden state, attention and cross-attention of each input case and the head's
 outputs; then teacher-forced cached decoding (per step logits and last hidden state, Flax vs PyTorch,
-and cached vs uncached inside each framework); then greedy decoded token ids. Cached decoding and
-greedy ids exist for the heads that decode ("lm", "causal"; "base" decodes hidden states only).
+and cached vs uncached inside each framework); then greedy decoding: token ids and per-step processed
+scores (generate's `output_scores`). Cached decoding exists for the heads that decode ("lm",
+"causal", "base": hidden states only), greedy decoding for "lm" and "causal".
 
 fp32 compares Flax fp32 with PyTorch fp32 under `jax.default_matmul_precision("highest")`. fp16/bf16
 also run the reference in float64 as the gold yardstick (see `parity.tolerance`). Low-precision greedy
@@ -101,6 +102,10 @@ def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device) 
 
 
 # ---- running one framework ------------------------------------------------------------------------
+def _greedy_result(greedy: dict) -> dict:
+    return {"greedy": greedy["ids"], "greedy_scores": greedy["scores"], "greedy_steps": greedy["steps"]}
+
+
 def _run_torch(runner: TorchRunner, head: str, cases: dict, steps: int) -> dict:
     out = {}
     for name, case in cases.items():
@@ -109,7 +114,7 @@ def _run_torch(runner: TorchRunner, head: str, cases: dict, steps: int) -> dict:
         if steps and head in DECODING_HEADS:
             res["steps"] = runner.cached_steps(case, enc, steps)
         if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
-            res["greedy"] = runner.greedy(case, steps)
+            res.update(_greedy_result(runner.greedy(case, steps)))
         out[name] = res
     return out
 
@@ -125,7 +130,7 @@ def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device) ->
             if steps and head in DECODING_HEADS:
                 res["steps"] = runner.cached_steps(case, enc, steps)
             if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
-                res["greedy"] = runner.greedy(case, enc, steps)
+                res.update(_greedy_result(runner.greedy(case, enc, steps)))
             out[name] = res
     return out
 

@@ -89,7 +89,7 @@ def _add_steps(report, col, head, cname, case, t, f, g):
                            kind="logits" if use_logits else "hidden"), group="cached_decoding", **col)
 
 
-def _add_greedy(report, col, head, cname, case, t, f, g, dtype, policy):
+def _add_greedy(report, col, head, cname, case, cfg, t, f, g, dtype, policy):
     rows = case_masks(head, case).rows
     mask = np.broadcast_to(rows[:, None], t["greedy"].shape).copy()
     if g is not None:  # low precision: compare while the gold run's choice is clear (module doc)
@@ -113,6 +113,28 @@ def _add_greedy(report, col, head, cname, case, t, f, g, dtype, policy):
         verdict = Verdict(False, "nonfinite", float(bad), 0.0,
                           "greedy ids are not judged when the decoding logits hold NaN/inf")
     report.add(m, group="generate", verdict=verdict, **col)
+    _add_greedy_scores(report, col, head, cname, case, cfg, t, f, g, mask)
+
+
+def _add_greedy_scores(report, col, head, cname, case, cfg, t, f, g, ids_mask):
+    """Per-step processed scores of greedy decoding, (B, steps, V). Step i chooses the token at position
+    `start + i`; it is compared where its ids are (`ids_mask`), while both frameworks (and the gold run)
+    had fed the same tokens, for the steps both ran, and not at forced steps (one 0, the rest -inf:
+    the forced token itself is judged by the ids)."""
+    ts, fs = t["greedy_scores"], f["greedy_scores"]
+    n = ts.shape[1]
+    start = case["input_ids"].shape[1] if head == "causal" else 1
+    same = np.cumprod(t["greedy"][:, :start + n] == f["greedy"][:, :start + n], axis=1).astype(bool)
+    mask = ids_mask[:, start:start + n] & same[:, start - 1:start - 1 + n]
+    ran = min(t["greedy_steps"], f["greedy_steps"], g["greedy_steps"] if g is not None else n)
+    mask[:, ran:] = False
+    settings = greedy_settings(cfg, head)
+    if start == 1 and settings["forced_bos_token_id"] is not None:  # forced while the sequence has length 1
+        mask[:, 0] = False
+    if settings["forced_eos_token_id"]:
+        mask[:, n - 1] = False  # max_length - 1 is always reached after `n` steps
+    report.add(compare(f"{head}/{cname}/greedy_scores", ts, fs, mask=mask, kind="logits",
+                       gold=None if g is None else g["greedy_scores"]), group="generate", **col)
 
 
 def _devices(col: dict) -> dict:
@@ -130,6 +152,6 @@ def judge_head(report, col, head, cases, cfg, t_all, f_all, g_all, opts):
                        None if g_all is None else g_all[cname])
     for cname, case in cases.items():
         if "greedy" in t_all[cname]:
-            _add_greedy(report, col, head, cname, case, t_all[cname], f_all[cname],
+            _add_greedy(report, col, head, cname, case, cfg, t_all[cname], f_all[cname],
                         None if g_all is None else g_all[cname], dtype, opts.policy)
 

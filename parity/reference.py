@@ -239,11 +239,14 @@ def greedy_generate(model: ReferenceBart, input_ids, attention_mask=None, max_ne
     `forced_eos_token_id` (forced at `max_length - 1`). Each defaults to the config's value; pass None
     to switch one off. Without `attention_mask`, pad tokens are masked when pad differs from eos (as
     transformers infers it). Returns the sequences: `decoder_start + generated` for "lm",
-    `prompt + generated` for "causal". Scores are compared in float32.
+    `prompt + generated` for "causal"; with `output_scores=True`, `(sequences, scores)` where `scores`
+    holds one (batch, vocab) float32 tensor of processed scores per generated token, as transformers'
+    `output_scores` (forced steps: 0 at the forced token, -inf elsewhere). Scores are compared in float32.
     """
     if model.head not in ("lm", "causal"):
         raise ValueError(f"greedy_generate needs head 'lm' or 'causal', got {model.head!r}")
     max_length = kwargs.pop("max_length", None)
+    output_scores = bool(kwargs.pop("output_scores", False))
     s = _generation_settings(model.config, model.head, kwargs)
     dev = model.device
     ids = check_token_ids(input_ids, "input_ids", model.config.vocab_size, dev)
@@ -263,7 +266,7 @@ def greedy_generate(model: ReferenceBart, input_ids, attention_mask=None, max_ne
     max_length = seq.shape[1] + max_new_tokens if max_new_tokens is not None else max_length
     eos = torch.tensor(s["eos_token_id"], dtype=torch.long, device=dev)
     unfinished = torch.ones(batch, dtype=torch.bool, device=dev)
-    past, step = None, seq
+    past, step, all_scores = None, seq, []
     while seq.shape[1] < max_length:
         out = model.decode(step, enc, mask if enc is not None else None, dec_mask, past, use_cache=True)
         past, scores = out.past_key_values, out.logits[:, -1, :].float()
@@ -273,6 +276,7 @@ def greedy_generate(model: ReferenceBart, input_ids, attention_mask=None, max_ne
         if s["forced_eos_token_id"] and seq.shape[1] == max_length - 1:
             scores = torch.full_like(scores, -float("inf"))
             scores[:, s["forced_eos_token_id"]] = 0.0
+        all_scores.append(scores)
         nxt = scores.argmax(dim=-1)
         if eos.numel():
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, s["pad_token_id"]))
@@ -282,7 +286,7 @@ def greedy_generate(model: ReferenceBart, input_ids, attention_mask=None, max_ne
             dec_mask = torch.cat([dec_mask, dec_mask.new_ones(batch, 1)], dim=1)
         if not bool(unfinished.any()):
             break
-    return seq
+    return (seq, tuple(all_scores)) if output_scores else seq
 
 
 def legacy_cache(past):
@@ -459,6 +463,7 @@ class TransformersReference:
         """transformers' generate(do_sample=False, num_beams=1) with `greedy_generate`'s settings."""
         tf = _import_transformers()
         max_length = kwargs.pop("max_length", None)
+        output_scores = bool(kwargs.pop("output_scores", False))
         if (max_new_tokens is None) == (max_length is None):
             raise ValueError("greedy_generate: pass exactly one of max_new_tokens and max_length")
         s = _generation_settings(self.config, self.head, kwargs)
@@ -472,9 +477,12 @@ class TransformersReference:
         if self.head == "lm":
             settings["decoder_start_token_id"] = s["decoder_start_token_id"]
         # generate() fills settings left at None from model.generation_config, so that is where ours go.
+        if output_scores:
+            settings.update(output_scores=True, return_dict_in_generate=True)
         saved, self.model.generation_config = self.model.generation_config, tf.GenerationConfig(**settings)
         try:
-            return self.model.generate(input_ids=self._ids(input_ids, "input_ids"),
-                                       attention_mask=self._mask(attention_mask), **extra)
+            out = self.model.generate(input_ids=self._ids(input_ids, "input_ids"),
+                                      attention_mask=self._mask(attention_mask), **extra)
+            return (out.sequences, tuple(t.float() for t in out.scores)) if output_scores else out
         finally:
             self.model.generation_config = saved

@@ -33,6 +33,17 @@ def _pad_to(seqs: np.ndarray, length: int, pad: int) -> np.ndarray:
     return seqs
 
 
+def stack_scores(scores, steps: int) -> tuple[np.ndarray, int]:
+    """((B, steps, V) float32 per-step scores, zero after the last step run; number of steps run)."""
+    arrays = [np.asarray(as_numpy(x), np.float32) for x in scores][:steps]
+    if not arrays:
+        return np.zeros((0, steps, 0), np.float32), 0
+    out = np.zeros((arrays[0].shape[0], steps, arrays[0].shape[-1]), np.float32)
+    for i, a in enumerate(arrays):
+        out[:, i] = a
+    return out, len(arrays)
+
+
 def new_tokens(head: str, case: dict, steps: int, config) -> int:
     """Greedy new tokens: `steps`, fewer where the positions run out (a causal prompt of max length)."""
     used = case["input_ids"].shape[1] if head == "causal" else 0
@@ -87,11 +98,15 @@ class TorchRunner:
                 out_steps.append({"logits": as_numpy(out["logits"]), "hidden": as_numpy(out["last_hidden_state"])})
         return out_steps
 
-    def greedy(self, case: dict, steps: int) -> np.ndarray:
+    def greedy(self, case: dict, steps: int) -> dict:
+        """{"ids": (B, L) sequences, "scores": (B, n, V) per-step scores, "steps": steps run}."""
         n = new_tokens(self.head, case, steps, self.config)
-        seqs = self.model.greedy_generate(case["input_ids"], case["attention_mask"], max_new_tokens=n)
-        return _pad_to(as_numpy(seqs), greedy_length(self.head, case, steps, self.config),
-                       greedy_settings(self.config, self.head)["pad_token_id"])
+        seqs, scores = self.model.greedy_generate(case["input_ids"], case["attention_mask"], max_new_tokens=n,
+                                                  output_scores=True)
+        ids = _pad_to(as_numpy(seqs), greedy_length(self.head, case, steps, self.config),
+                      greedy_settings(self.config, self.head)["pad_token_id"])
+        stacked, run = stack_scores(scores, n)
+        return {"ids": ids, "scores": stacked, "steps": run}
 
 
 class FlaxRunner:
@@ -157,7 +172,8 @@ class FlaxRunner:
             out_steps.append({"logits": as_numpy(logits), "hidden": as_numpy(hidden)})
         return out_steps
 
-    def greedy(self, case: dict, encoder_states, steps: int) -> np.ndarray:
+    def greedy(self, case: dict, encoder_states, steps: int) -> dict:
+        """As `TorchRunner.greedy`: ids, per-step processed scores and the number of steps run."""
         s = greedy_settings(self.config, self.head)
         length = greedy_length(self.head, case, steps, self.config)
         steps = new_tokens(self.head, case, steps, self.config)
@@ -172,12 +188,16 @@ class FlaxRunner:
             if self.head != "causal":
                 settings["decoder_start_token_id"] = s["decoder_start_token_id"]
             out = self.model.generate(case["input_ids"], attention_mask=case["attention_mask"], max_new_tokens=steps,
-                                      num_beams=1, do_sample=False, params=self.params, **settings)
-            return _pad_to(as_numpy(getattr(out, "sequences", out)), length, s["pad_token_id"])
-        return _pad_to(self._greedy_loop(case, encoder_states, steps, s), length, s["pad_token_id"])
+                                      num_beams=1, do_sample=False, output_scores=True, params=self.params,
+                                      **settings)
+            seqs, scores = out.sequences, out.scores
+        else:
+            seqs, scores = self._greedy_loop(case, encoder_states, steps, s)
+        stacked, run = stack_scores(scores, steps)
+        return {"ids": _pad_to(as_numpy(seqs), length, s["pad_token_id"]), "scores": stacked, "steps": run}
 
-    def _greedy_loop(self, case: dict, encoder_states, steps: int, s: dict) -> np.ndarray:
-        """Greedy decoding with the same rules as the reference's `greedy_generate`."""
+    def _greedy_loop(self, case: dict, encoder_states, steps: int, s: dict) -> tuple[np.ndarray, list]:
+        """Greedy decoding with the same rules as the reference's `greedy_generate`: (sequences, scores)."""
         ids, mask = case["input_ids"], case["attention_mask"]
         batch = ids.shape[0]
         length = self.cache_length(case, steps)
@@ -190,7 +210,7 @@ class FlaxRunner:
             full, enc_mask, feed = None, mask, seq
         max_length = seq.shape[1] + new_tokens(self.head, case, steps, self.config)
         eos = np.asarray(s["eos_token_id"], np.int64)
-        unfinished = np.ones(batch, bool)
+        unfinished, all_scores = np.ones(batch, bool), []
         while seq.shape[1] < max_length:
             logits, _, cache = self._step(feed.astype(np.int32), cache, encoder_states, enc_mask, full)
             scores = np.asarray(logits[:, -1, :], dtype=np.float32)
@@ -200,6 +220,7 @@ class FlaxRunner:
             if s["forced_eos_token_id"] and seq.shape[1] == max_length - 1:
                 scores = np.full_like(scores, -np.inf)
                 scores[:, s["forced_eos_token_id"]] = 0.0
+            all_scores.append(scores)
             nxt = scores.argmax(axis=-1).astype(np.int64)
             if eos.size:
                 nxt = np.where(unfinished, nxt, s["pad_token_id"])
@@ -208,4 +229,4 @@ class FlaxRunner:
             feed = nxt[:, None]
             if not unfinished.any():
                 break
-        return seq
+        return seq, all_scores

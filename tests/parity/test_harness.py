@@ -143,6 +143,34 @@ def test_report_files_validate(correct, tmp_path):
     assert again.passed and len(again.columns) == 3
 
 
+def test_greedy_scores_are_compared_per_step(correct):
+    for dtype in ALL_DTYPES:
+        col = correct.report.column(dtype)
+        names = [r.name for r in col.results]
+        assert names.index("lm/right_padding/greedy_scores") == names.index("lm/right_padding/greedy_ids") + 1
+        r = col.results[names.index("lm/right_padding/greedy_scores")]
+        assert r.group == "generate" and r.metrics.kind == "logits" and r.verdict.passed, (dtype, r.verdict)
+        assert r.metrics.count >= 1
+    fp32 = next(r for r in correct.report.column("float32").results if r.name == "lm/right_padding/greedy_scores")
+    assert fp32.metrics.max_rel_err < 1e-5 and fp32.metrics.argmax_agreement == 1.0
+
+
+def test_shifted_logits_fail_the_scores_not_the_ids(tmp_path):
+    """A constant added to every logit keeps each argmax (same ids) but moves every score: the scores fail."""
+    from convert import load_flax_params, save_flax_params
+
+    path = save_checkpoint(tmp_path)
+    params, _ = load_flax_params(path, open_checkpoint(path).config, "lm")
+    params["final_logits_bias"] = np.asarray(params["final_logits_bias"], np.float32) + np.float32(0.05)
+    save_flax_params(params, path)
+    out = run_parity(path, opts=Options(heads=("lm",), cases=("right_padding",), **SMALL))
+    by_name = {r.name: r for r in out.report.column("float32").results}
+    assert by_name["lm/right_padding/greedy_ids"].verdict.passed
+    scores = by_name["lm/right_padding/greedy_scores"]
+    assert not scores.verdict.passed and scores.metrics.count >= 2
+    assert not out.report.passed
+
+
 def test_perturbed_flax_weights_fail_at_decoder_layer_2(tmp_path):
     path = save_checkpoint(tmp_path)
     save_flax_next_to_it(path, scale=(FC1_DECODER_2, 1.001))

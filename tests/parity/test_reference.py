@@ -252,6 +252,13 @@ def test_greedy_equals_transformers_generate(config_name, head):
         assert got.tolist() == _hf_generate(model, head, ids, mask, **kw).tolist(), kw
     early = ref.greedy_generate(ids, mask, **settings[0])
     assert (early[0, start + 3:] == config.pad_token_id).all()
+    # per-step processed scores equal transformers' output_scores (forced steps included)
+    for kw in settings[:2]:
+        seqs, scores = ref.greedy_generate(ids, mask, output_scores=True, **kw)
+        hf = _hf_generate(model, head, ids, mask, output_scores=True, return_dict_in_generate=True, **kw)
+        assert seqs.tolist() == hf.sequences.tolist() and len(scores) == len(hf.scores) == seqs.shape[1] - start
+        for mine, theirs in zip(scores, hf.scores):
+            assert mine.dtype == torch.float32 and torch.allclose(mine, theirs.float(), atol=1e-5, rtol=1e-5), kw
     # switching forced <eos> off (transformers needs it set on its generation config)
     adapter = load_transformers_reference(config, head, model.state_dict())
     assert (greedy_generate(ref, ids, mask, 7, forced_eos_token_id=None).tolist()
