@@ -214,6 +214,9 @@ def _choose(path: str, shape, layout: Layout, sizes, heads) -> tuple[P | None, l
     return None, reasons
 
 
+_MISFITS_SHOWN = 6  # misfits named in the error (their count is always given)
+
+
 def partition_specs(shape_tree, mesh, rules=None, *, config=None) -> dict[tuple[str, ...], P]:
     """{path tuple: PartitionSpec} for every leaf of `shape_tree` (nested dict or {path tuple: leaf}
     of arrays / ShapeDtypeStructs). `mesh` is a Mesh, AbstractMesh or {axis: size}. With `config`
@@ -239,7 +242,9 @@ def partition_specs(shape_tree, mesh, rules=None, *, config=None) -> dict[tuple[
     if unmatched:
         problems.append(f"no partition rule matches {len(unmatched)} parameter(s): {unmatched}")
     if misfits:
-        problems.append(f"mesh {sizes} does not divide {len(misfits)} parameter(s): " + " | ".join(misfits))
+        shown = misfits[:_MISFITS_SHOWN]
+        more = f" | and {len(misfits) - len(shown)} more" if len(misfits) > len(shown) else ""
+        problems.append(f"mesh {sizes} does not divide {len(misfits)} parameter(s): " + " | ".join(shown) + more)
     if problems:
         raise ShardingError("; ".join(problems))
     return out

@@ -80,13 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=_csv, default=None,
                    help="input cases to run (default: all of right_padding, left_padding, fully_padded_row / "
                         "fully_masked_row, length_1, max_length, qa_pairs, classification)")
-    p.add_argument("--batch-size", type=int, default=3, help="rows per generated input case (default 3)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per generated input case (default 3, rounded up to a multiple of the mesh's dp x fsdp)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per generated row (default 12)")
     p.add_argument("--text", action="append", default=[], metavar="TEXT",
                    help="use this text as input (repeat for more rows); needs the checkpoint's tokenizer")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs and drawn head weights")
     p.add_argument("--flax-device", type=_csv, default=("cpu",), help="cpu, gpu or tpu (comma-separated for several)")
     p.add_argument("--torch-device", type=_csv, default=("cpu",), help="cpu or cuda[:N] (comma-separated for several)")
+    p.add_argument("--mesh", metavar="AXES", default=None,
+                   help="run the Flax side sharded over a device mesh, e.g. dp=2,tp=4 (axes dp, fsdp, tp; default "
+                        "partition rules); on CPU simulate devices with XLA_FLAGS=--xla_force_host_platform_device_"
+                        "count=N")
     p.add_argument("--reference", choices=("builtin", "transformers"), default="builtin",
                    help="PyTorch reference: the built-in one (torch only) or transformers' BART")
     add_cli_arguments(p)
@@ -111,7 +116,7 @@ def options_from_args(args: argparse.Namespace, run_name: str):
     return Options(heads=args.heads, dtypes=args.dtypes, steps=args.steps, seed=args.seed,
                    batch_size=args.batch_size, seq_len=args.seq_len, cases=args.cases,
                    flax_devices=args.flax_device, torch_devices=args.torch_device, reference=args.reference,
-                   texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name)
+                   texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh)
 
 
 def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, baseline_noise=0.0,

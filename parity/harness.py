@@ -26,6 +26,7 @@ from parity.judge import GREEDY_NOTE, gold_margins, judge_head
 from parity.options import (
     FLAX_DEVICES, HEADS, REFERENCES, Options, check_dtypes, choose, flax_device, input_cases, torch_device,
 )
+from parity.mesh import build_mesh, parse_mesh
 from parity.report import Environment, RunReport
 from parity.runners import DECODING_HEADS, GREEDY_HEADS, FlaxRunner, TorchRunner, new_tokens
 from parity.tolerance import LOW_PRECISION
@@ -76,29 +77,49 @@ _MODELS: dict = {}
 _MODELS_MAX = 12
 
 
-def flax_model(config, head: str, dtype: str):
+def flax_model(config, head: str, dtype: str, mesh=None, mesh_label: str = ""):
+    """The Flax model of (config, head, dtype), cached; with a mesh, one that runs on it (`model.mesh`)."""
     import jax.numpy as jnp
 
     from flax_bart.models import MODEL_CLASSES
 
     fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f != "extra"}
-    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype)
+    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_label if mesh is not None else "")
     model = _MODELS.pop(key, None)
-    if model is None:
+    if model is None or (mesh is not None and model.mesh != mesh):
         jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
         model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False)
+        model.mesh = mesh
     _MODELS[key] = model  # most recently used last
     while len(_MODELS) > _MODELS_MAX:
         _MODELS.pop(next(iter(_MODELS)))
     return model
 
 
-def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device) -> FlaxRunner:
+def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device, mesh=None,
+                 mesh_label: str = "") -> FlaxRunner:
     import jax
 
-    model = flax_model(checkpoint.config, head, dtype)
+    model = flax_model(checkpoint.config, head, dtype, mesh, mesh_label)
     cast = {"float32": model.to_fp32, "float16": model.to_fp16, "bfloat16": model.to_bf16}[dtype](params)
-    return FlaxRunner(model, jax.device_put(cast, device), head, checkpoint.config)
+    if mesh is None:
+        return FlaxRunner(model, jax.device_put(cast, device), head, checkpoint.config)
+    from flax_bart.sharding import ShardingError, shard_params
+
+    try:
+        placed = shard_params(cast, mesh, config=checkpoint.config)
+    except ShardingError as e:
+        raise ParityInputError(f"--mesh {mesh_label}: {e}") from None
+    return FlaxRunner(model, placed, head, checkpoint.config)
+
+
+def _check_mesh(config, head: str, spec) -> None:
+    from flax_bart.sharding import ShardingError, partition_specs
+
+    try:
+        partition_specs(flax_model(config, head, "float32").params_shape_tree(), dict(spec.axes), config=config)
+    except ShardingError as e:
+        raise ParityInputError(f"--mesh {spec.label} does not fit head {head!r}: {e}") from None
 
 
 # ---- running one framework ------------------------------------------------------------------------
@@ -119,20 +140,29 @@ def _run_torch(runner: TorchRunner, head: str, cases: dict, steps: int) -> dict:
     return out
 
 
-def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device) -> dict:
+def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device, mesh_label: str = "") -> dict:
     import jax
+
+    from flax_bart.sharding import ShardingError
 
     out = {}
     with jax.default_device(device):
         for name, case in cases.items():
-            fwd, enc = runner.forward(case)
-            res = {"forward": fwd}
-            if steps and head in DECODING_HEADS:
-                res["steps"] = runner.cached_steps(case, enc, steps)
-            if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
-                res.update(_greedy_result(runner.greedy(case, enc, steps)))
-            out[name] = res
+            try:
+                out[name] = _run_flax_case(runner, head, name, case, steps)
+            except ShardingError as e:
+                raise ParityInputError(f"--mesh {mesh_label}, input case {name!r}: {e}") from None
     return out
+
+
+def _run_flax_case(runner: FlaxRunner, head: str, name: str, case: dict, steps: int) -> dict:
+    fwd, enc = runner.forward(case)
+    res = {"forward": fwd}
+    if steps and head in DECODING_HEADS:
+        res["steps"] = runner.cached_steps(case, enc, steps)
+    if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
+        res.update(_greedy_result(runner.greedy(case, enc, steps)))
+    return res
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -148,7 +178,14 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         raise ParityInputError(f"--reference {opts.reference!r}: expected one of {', '.join(REFERENCES)}")
     if opts.steps < 0:
         raise ParityInputError(f"--steps {opts.steps}: expected a number >= 0")
-    fdevs = {name: flax_device(name) for name in choose(opts.flax_devices, FLAX_DEVICES, "--flax-device")}
+    mesh_spec = parse_mesh(opts.mesh) if opts.mesh is not None else None
+    fdevs = {}  # column label -> (first device, mesh or None)
+    for name in choose(opts.flax_devices, FLAX_DEVICES, "--flax-device"):
+        dev = flax_device(name)
+        if mesh_spec is None:
+            fdevs[name] = (dev, None)
+        else:
+            fdevs[mesh_spec.column_label(name)] = (dev, build_mesh(mesh_spec, name))
     tdevs = {name: torch_device(name) for name in dict.fromkeys(opts.torch_devices)}
     if not tdevs:
         raise ParityInputError("--torch-device: nothing given")
@@ -164,14 +201,21 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     heads = choose(opts.heads or (ckpt.source_head,), HEADS, "--heads")
     cases = input_cases(ckpt, heads, opts)
     cfg = ckpt.config
+    if mesh_spec is not None:  # before anything runs: the mesh must fit every head's parameters
+        for head in heads:
+            _check_mesh(cfg, head, mesh_spec)
     say(f"checkpoint {ckpt.path} ({ckpt.source_head}); Flax weights {ckpt.flax_origin}")
     env_extra = {
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
         "heads": ",".join(heads), "dtypes": ",".join(dtypes), "seed": opts.seed, "steps": opts.steps,
         "cases": ";".join(f"{h}:{','.join(c)}" for h, c in cases.items()),
         "torch_threads": torch.get_num_threads(), "gold": "PyTorch reference in float64 on cpu",
+        "mesh": "none" if mesh_spec is None else
+        f"{mesh_spec.label} ({mesh_spec.size} devices per platform, flax_bart.sharding.DEFAULT_RULES)",
     }
-    devices = [f"jax {d} ({getattr(d, 'device_kind', d.platform)})" for d in fdevs.values()]
+    devices = [f"jax {d} ({getattr(d, 'device_kind', d.platform)})" +
+               ("" if m is None else f" and the next {m.size - 1}, mesh {mesh_spec.label}")
+               for d, m in fdevs.values()]
     devices += [f"torch {d}" + (f" ({torch.cuda.get_device_name(d)})" if d.type == "cuda" else "")
                 for d in tdevs.values()]
     report = RunReport(opts.run_name, Environment.collect(devices=devices,
@@ -213,12 +257,13 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                     del runner
                     timings["torch_s"] += time.perf_counter() - t0
                     say(f"[{head} {dtype}] PyTorch {td}: {time.perf_counter() - t0:.1f} s")
-                for fd, fdev in fdevs.items():
+                for fd, (fdev, mesh) in fdevs.items():
                     t0 = time.perf_counter()
-                    runner = _flax_runner(ckpt, head, params, dtype, fdev)
+                    label = "" if mesh_spec is None else mesh_spec.label
+                    runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, label)
                     if head in GREEDY_HEADS and opts.steps:
                         greedy_paths.add(f"{head}: {runner.greedy_path}")
-                    flax_out[fd] = _run_flax(runner, head, cases[head], opts.steps, fdev)
+                    flax_out[fd] = _run_flax(runner, head, cases[head], opts.steps, fdev, label)
                     del runner
                     timings["flax_s"] += time.perf_counter() - t0
                     say(f"[{head} {dtype}] Flax {fd}: {time.perf_counter() - t0:.1f} s")

@@ -155,7 +155,7 @@ def _with_decoder_inputs(case: dict, config) -> dict:
 
 
 def cases_for_head(config, head: str, seed: int = 0, batch_size: int = DEFAULT_BATCH,
-                   seq_len: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+                   seq_len: int | None = None, row_multiple: int = 1) -> dict[str, dict[str, np.ndarray]]:
     """Named input cases for `head`, each a dict of model inputs (int32 arrays).
 
     Every head: right_padding, left_padding, length_1, max_length, and a row without any attended
@@ -163,7 +163,8 @@ def cases_for_head(config, head: str, seed: int = 0, batch_size: int = DEFAULT_B
     classification needs one `</s>` in every row. "qa" adds `qa_pairs`, "cls" `classification`.
     Seq2seq heads get `decoder_input_ids` = shift_tokens_right(input_ids); the left-padding case also
     gets `decoder_attention_mask` (the start token plus the shifted mask). "causal" gets input_ids and
-    attention_mask only.
+    attention_mask only. `max_length` has 2 rows (rounded up to a multiple of `row_multiple`, for a
+    batch split over devices), the other cases `batch_size`.
     """
     if head not in HEADS:
         raise ValueError(f"head={head!r} is not one of {HEADS}")
@@ -183,7 +184,7 @@ def cases_for_head(config, head: str, seed: int = 0, batch_size: int = DEFAULT_B
         cases["fully_padded_row"] = padded_batch(config, seed, batch_size, n, lengths=[n, *middle, 0],
                                                  case="empty_row")
     cases["length_1"] = single_token_batch(config, seed, batch_size, token="eos" if head == "cls" else "random")
-    cases["max_length"] = max_length_batch(config, seed)
+    cases["max_length"] = max_length_batch(config, seed, -(-2 // row_multiple) * row_multiple)
     if head == "qa":
         cases["qa_pairs"] = qa_batch(config, seed, batch_size, max(n, 6))
     if head == "cls":

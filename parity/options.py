@@ -20,7 +20,7 @@ class Options:
     dtypes: tuple[str, ...] = ("float32",)
     steps: int = 4
     seed: int = 0
-    batch_size: int = 3
+    batch_size: int | None = None                 # None: 3, rounded up to a multiple of the mesh's batch axes
     seq_len: int | None = None
     cases: tuple[str, ...] | None = None          # None: every case of parity.inputs
     flax_devices: tuple[str, ...] = ("cpu",)
@@ -29,6 +29,7 @@ class Options:
     texts: tuple[str, ...] = ()
     policy: Policy = DEFAULT_POLICY
     run_name: str = "parity"
+    mesh: str | None = None                       # "dp=2,tp=4": run the Flax side sharded (parity.mesh)
 
 
 # ---- checking the options -------------------------------------------------------------------------
@@ -120,14 +121,22 @@ def text_case(checkpoint: Checkpoint, head: str, texts) -> dict:
 def input_cases(checkpoint: Checkpoint, heads, opts: Options) -> dict[str, dict[str, dict]]:
     """head -> {case name: inputs}, filtered by `opts.cases`."""
     from parity.inputs import cases_for_head
+    from parity.mesh import check_batch, default_batch_size, parse_mesh
 
+    mesh = parse_mesh(opts.mesh) if opts.mesh is not None else None
+    batch_size = default_batch_size(mesh) if opts.batch_size is None else opts.batch_size
+    if opts.texts:
+        check_batch(mesh, len(opts.texts), f"--text (given {len(opts.texts)} times)")
+    elif opts.batch_size is not None:
+        check_batch(mesh, batch_size, f"--batch-size {batch_size}")
     out = {}
     for head in heads:
         if opts.texts:
             out[head] = {"text": text_case(checkpoint, head, opts.texts)}
             continue
         try:
-            out[head] = cases_for_head(checkpoint.config, head, opts.seed, opts.batch_size, opts.seq_len)
+            out[head] = cases_for_head(checkpoint.config, head, opts.seed, batch_size, opts.seq_len,
+                                       row_multiple=1 if mesh is None else mesh.batch_shards)
         except ValueError as e:
             raise ParityInputError(f"inputs for head {head!r}: {e}") from None
     if opts.cases is not None and not opts.texts:

@@ -81,3 +81,33 @@ def batch(seed=0, b=3, t=9, vocab=99, pad=1, eos=2, bos=0):
         ids[i, n:] = pad
         mask[i, n:] = 0
     return ids, mask
+
+
+# ---- subprocesses with simulated devices ---------------------------------------------------------
+# Fast CPU compiles for the many multi-device programs of the worker subprocesses.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def simulated_devices_env(n_devices: int, root: str) -> dict:
+    """Environment of a subprocess in which JAX starts with `n_devices` CPU devices (never set in the
+    test process itself) and `root` (the repository) is importable."""
+    import os
+
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices} {FAST_COMPILE_FLAGS}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def run_json_worker(argv: list, out_path, n_devices: int, root: str, timeout: int = 900):
+    """Run `python *argv` with `n_devices` simulated devices; it must exit 0 and write JSON to `out_path`."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, *map(str, argv)], env=simulated_devices_env(n_devices, root), cwd=root,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    with open(out_path) as f:
+        return json.load(f)

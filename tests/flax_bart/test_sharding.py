@@ -20,6 +20,7 @@ import pytest
 from flax import traverse_util
 from jax.sharding import Mesh, PartitionSpec as P
 
+from bart_helpers import run_json_worker, simulated_devices_env
 from flax_bart import BartConfig
 from flax_bart.models import MODEL_CLASSES
 from flax_bart.sharding import (
@@ -33,8 +34,6 @@ sys.path.insert(0, HERE)
 import sharding_worker as W  # noqa: E402
 
 FP32_ATOL = 1e-5
-# Fast CPU compiles for the many 8-device programs (same flags for the single-device references).
-WORKER_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def shapes(head="lm", **overrides):
@@ -267,22 +266,14 @@ def test_convert_to_orbax_and_back_to_pytorch_is_exact(lm_ckpt, tmp_path):
 
 # ---- 8 simulated devices, in one subprocess ---------------------------------------------------------
 def _env(n_devices: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices} {WORKER_XLA_FLAGS}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
+    return simulated_devices_env(n_devices, ROOT)
 
 
 @pytest.fixture(scope="module")
 def eight(tmp_path_factory):
     work = tmp_path_factory.mktemp("eight")
     out = work / "result.json"
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "sharding_worker.py"), "devices", str(out), str(work)],
-                          env=_env(8), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    with open(out) as f:
-        return json.load(f)
+    return run_json_worker([os.path.join(HERE, "sharding_worker.py"), "devices", out, work], out, 8, ROOT, timeout=600)
 
 
 def test_eight_devices_sharded_outputs_equal_single_device(eight):
