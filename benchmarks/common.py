@@ -30,6 +30,19 @@ def median_time(fn, repeats: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(samples), "samples_s": samples}
 
 
+def add_allocator_flag(parser) -> None:
+    parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
+                        help="tuned (default): flax_bart.tune_host_allocator() first, as the CLI does; default: the "
+                             "C library's malloc settings (the process-wide setting applies to both frameworks)")
+
+
+def apply_allocator(choice: str) -> None:
+    if choice == "tuned":
+        from flax_bart.host_memory import tune_host_allocator
+
+        tune_host_allocator()
+
+
 def environment() -> dict:
     def version(pkg):
         try:
@@ -43,6 +56,9 @@ def environment() -> dict:
         "versions": {p: version(p) for p in ("jax", "jaxlib", "flax", "torch", "transformers", "numpy")},
         "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")},
     }
+    from flax_bart.host_memory import host_allocator_state
+
+    env["host_allocator"] = host_allocator_state()
     try:
         import torch
 

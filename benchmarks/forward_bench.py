@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import SHAPES, environment, median_time, write_json
+from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, environment, median_time, write_json
 
 HEADS_PT = {"qa": "BartForQuestionAnswering", "cls": "BartForSequenceClassification",
             "lm": "BartForConditionalGeneration"}
@@ -99,7 +99,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--out", default="reports/bench/forward.json")
     p.add_argument("--no-transformers", action="store_true")
+    add_allocator_flag(p)
     args = p.parse_args(argv)
+    apply_allocator(args.allocator)
     import torch
 
     torch.set_num_threads(2)

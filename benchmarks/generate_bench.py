@@ -7,6 +7,12 @@ included), the median of several calls after warm-up (the two sides interleaved,
 other processes hits both alike; CPU seconds per call are reported too), and flax's first call
 (compile + run) in a fresh process. Also checks that both sides produced the same token ids.
 
+It also measures the floor of any exact fp32 greedy decoding on this machine: the encoder pass (the
+faster of the two frameworks, measured alone), plus, for each new token, one read of the weights a
+decoding step must touch (decoder weights except the cross-attention K/V projections, LM head) and
+of the cached cross-attention K/V, at the memory bandwidth XLA reaches streaming an array of that
+size. `torch median / floor` is the best ratio any implementation could reach against this PyTorch.
+
     python -m benchmarks.generate_bench [--quick] [--repeats N] [--out reports/bench/generate.json]
 """
 
@@ -20,7 +26,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import SHAPES, environment, write_json
+from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, environment, median_time, write_json
 
 FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
@@ -77,6 +83,9 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
 
     tokens = batch * new_tokens
     flax_tps, torch_tps = tokens / flax_t["median_s"], tokens / torch_t["median_s"]
+    floor = decoding_floor(model, params, tmodel, ids, mask, new_tokens, max(3, repeats // 2))
+    floor["best_possible_speedup"] = torch_t["median_s"] / floor["floor_s"]
+    floor["share_of_floor_reached"] = floor["floor_s"] / flax_t["median_s"]
     return {
         "case": dict(shape=shape, batch=batch, source_length=source_length, new_tokens=new_tokens, dtype="float32",
                      decoding="greedy", repeats=repeats, torch_threads=torch_threads),
@@ -90,16 +99,49 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
         "generated_shape": list(flax_ids.shape),
         # a shared machine: other processes' load skews both sides (PyTorch's OpenMP threads most)
         "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
+        "floor": floor,
         "targets": {"speedup": ">= 3", "first_call_s": "<= 5"},
     }
 
 
+def decoding_floor(model, params, tmodel, ids, mask, new_tokens: int, repeats: int) -> dict:
+    """Encoder times alone, bytes one decoding step must read, streaming bandwidth, and the floor (doc)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from flax import traverse_util
+
+    enc_flax = median_time(lambda: jax.block_until_ready(
+        model.encode(ids, attention_mask=mask, params=params).last_hidden_state), repeats)["median_s"]
+    ti, tm = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+    with torch.inference_mode():
+        enc_torch = median_time(lambda: tmodel.get_encoder()(input_ids=ti, attention_mask=tm), repeats)["median_s"]
+    flat = traverse_util.flatten_dict(params, sep="/")
+    once = ("encoder_attn/k_proj/", "encoder_attn/v_proj/")  # computed once into the cache
+    # (a step reads one row of the position table: not counted)
+    weights = sum(v.nbytes for k, v in flat.items()
+                  if ("/decoder/" in k and not any(o in k for o in once) and "embed_positions" not in k)
+                  or k.endswith("shared/embedding")
+                  or k.startswith("lm_head/") or k == "final_logits_bias")
+    cfg = model.config
+    cross_kv = 2 * cfg.decoder_layers * ids.shape[0] * ids.shape[1] * cfg.d_model * 4
+    step_bytes = weights + cross_kv
+    block = jnp.ones((step_bytes // 4,), jnp.float32)
+    read = jax.jit(lambda x: x.sum())
+    stream_s = median_time(lambda: jax.block_until_ready(read(block)), 3 * repeats)["median_s"]
+    bandwidth = step_bytes / stream_s
+    floor_s = min(enc_flax, enc_torch) + new_tokens * step_bytes / bandwidth
+    return {"encoder_s": {"flax": enc_flax, "transformers": enc_torch}, "step_bytes": int(step_bytes),
+            "bandwidth_gb_s": bandwidth / 1e9, "floor_s": floor_s}
+
+
 def render(result: dict) -> str:
-    f, t = result["flax"], result["transformers"]
+    f, t, fl = result["flax"], result["transformers"], result["floor"]
     c = result["case"]
     return "\n".join([
         f"greedy generate, BART-{c['shape']}, batch {c['batch']}, source {c['source_length']}, "
-        f"{c['new_tokens']} new tokens, fp32, torch threads {c['torch_threads']}",
+        f"{c['new_tokens']} new tokens, fp32, torch threads {c['torch_threads']}, host allocator "
+        f"{result['environment']['host_allocator']}",
         "| implementation | median s | fastest s | tokens/s (median) | median CPU s | first call s |",
         "|---|---|---|---|---|---|",
         f"| flax_bart | {f['median_s']:.3f} | {f['min_s']:.3f} | {f['tokens_per_s']:.1f} | {f['median_cpu_s']:.2f} | "
@@ -110,6 +152,11 @@ def render(result: dict) -> str:
         f"{result['speedup_best']:.2f} from the fastest calls (target >= 3); "
         f"first call {result['first_call_s']:.2f} s (target <= 5); same token ids: {result['tokens_equal']}; "
         f"load average {result['load_average_1min']['start']:.1f} -> {result['load_average_1min']['end']:.1f}",
+        f"floor of exact fp32 greedy decoding here: {fl['floor_s']:.3f} s = encoder {min(fl['encoder_s'].values()):.3f} s "
+        f"(flax {fl['encoder_s']['flax']:.3f}, transformers {fl['encoder_s']['transformers']:.3f}) + "
+        f"{c['new_tokens']} x {fl['step_bytes'] / 1e6:.0f} MB at {fl['bandwidth_gb_s']:.1f} GB/s; best possible "
+        f"speedup {fl['best_possible_speedup']:.2f}; flax_bart reaches {100 * fl['share_of_floor_reached']:.0f}% "
+        "of the floor's speed",
     ])
 
 
@@ -118,7 +165,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny model: a smoke run, not a measurement")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--out", default="reports/bench/generate.json")
+    add_allocator_flag(p)
     args = p.parse_args(argv)
+    apply_allocator(args.allocator)
     case = dict(QUICK if args.quick else FULL)
     if args.repeats is not None:
         case["repeats"] = args.repeats

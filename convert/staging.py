@@ -67,6 +67,9 @@ class StagedOutput:
         if self.merge:
             self._merge(stale, last)
         else:
+            from flax_bart.io_utils import new_dir_mode
+
+            os.chmod(self.path, new_dir_mode())  # published as a plain directory, not mkdtemp's 0700
             self._swap()
         self.committed = True
 

@@ -2,6 +2,7 @@
 
 from flax_bart.config import BartConfig, ConfigError
 from flax_bart.generation_config import GenerationConfig
+from flax_bart.host_memory import tune_host_allocator
 from flax_bart.models import (
     FlaxBartForCausalLM,
     FlaxBartForConditionalGeneration,
@@ -20,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BartConfig", "ConfigError", "GenerationConfig", "InputError", "BartTokenizer", "FlaxBartPreTrainedModel", "FlaxBartModel",
     "FlaxBartForConditionalGeneration", "FlaxBartForSequenceClassification", "FlaxBartForQuestionAnswering",
-    "FlaxBartForCausalLM", "shift_tokens_right", "answer_question", "best_spans",
+    "FlaxBartForCausalLM", "shift_tokens_right", "answer_question", "best_spans", "tune_host_allocator",
 ]

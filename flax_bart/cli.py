@@ -60,13 +60,17 @@ def run_guarded(fn, argv: list[str]) -> int:
 
 def _qa(argv: list[str]) -> int:
     from flax_bart.cli_tasks import qa_main
+    from flax_bart.host_memory import tune_host_allocator
 
+    tune_host_allocator()  # an inference process: keep XLA:CPU's buffers (flax_bart.host_memory)
     return qa_main(argv)
 
 
 def _generate(argv: list[str]) -> int:
     from flax_bart.cli_tasks import generate_main
+    from flax_bart.host_memory import tune_host_allocator
 
+    tune_host_allocator()
     return generate_main(argv)
 
 

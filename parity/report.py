@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -384,22 +383,10 @@ def write_reports(report: RunReport, out_dir: os.PathLike | str,
 
 
 def _atomic_write(path: os.PathLike | str, text: str) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    from flax_bart.io_utils import atomic_write_text
+
+    atomic_write_text(path, text)
+    return Path(path)
 
 
 def _version(dist: str) -> str | None:
