@@ -16,6 +16,41 @@ BART_LARGE = dict(BART_BASE, d_model=1024, encoder_layers=12, decoder_layers=12,
 TINY = dict(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)
 SHAPES = {"base": BART_BASE, "large": BART_LARGE, "tiny": TINY}
+# The smoke-run shape of the checkpoint-file benchmarks (convert, shard_load).
+FILE_QUICK = dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=128,
+                  decoder_ffn_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
+                  max_position_embeddings=64)
+
+
+def build_checkpoint(directory: str, shape: dict, seed: int = 0) -> dict:
+    """config.json + model.safetensors (v5 layout, no tied copies), written tensor by tensor so that
+    no more than one tensor is ever in memory; returns its parameter count, size and largest tensor."""
+    import numpy as np
+
+    from convert.rules import expected_pt_shapes
+    from convert.safetensors_io import SafetensorsWriter
+    from flax_bart.config import BartConfig
+
+    config = BartConfig.from_dict({**shape, "architectures": ["BartForConditionalGeneration"]})
+    config.save_pretrained(directory)
+    specs = [(k, s, np.dtype(np.float32)) for k, s in expected_pt_shapes(config, "lm", tied="drop").items()]
+    rng = np.random.default_rng(seed)
+    writer = SafetensorsWriter(os.path.join(directory, "model.safetensors"), specs, {"format": "pt"})
+    n, largest = 0, 0
+    for key, s, _ in specs:
+        arr = rng.random(s, dtype=np.float32) - np.float32(0.5)
+        writer.write(key, arr)
+        n, largest = n + arr.size, max(largest, arr.nbytes)
+    writer.close()
+    return {"parameters": n, "bytes": os.path.getsize(os.path.join(directory, "model.safetensors")),
+            "largest_tensor_bytes": largest}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports `ru_maxrss` in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> dict:

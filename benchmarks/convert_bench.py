@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -22,35 +21,9 @@ import sys
 import tempfile
 import time
 
-LARGE = dict(vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12, encoder_ffn_dim=4096,
-             decoder_ffn_dim=4096, encoder_attention_heads=16, decoder_attention_heads=16,
-             max_position_embeddings=1024)
-QUICK = dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=128,
-             decoder_ffn_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
-             max_position_embeddings=64)
+from benchmarks.common import BART_LARGE, FILE_QUICK, build_checkpoint, peak_rss_bytes
+
 WALL_TARGET, RSS_TARGET = 2.0, 1.25
-
-
-def build_checkpoint(directory: str, shape: dict, seed: int = 0) -> dict:
-    """Write config.json + model.safetensors (v5 layout, no tied copies), tensor by tensor."""
-    import numpy as np
-
-    from convert.rules import expected_pt_shapes
-    from convert.safetensors_io import SafetensorsWriter
-    from flax_bart.config import BartConfig
-
-    config = BartConfig.from_dict({**shape, "architectures": ["BartForConditionalGeneration"]})
-    config.save_pretrained(directory)
-    specs = [(k, s, np.dtype(np.float32)) for k, s in expected_pt_shapes(config, "lm", tied="drop").items()]
-    rng = np.random.default_rng(seed)
-    writer = SafetensorsWriter(os.path.join(directory, "model.safetensors"), specs, {"format": "pt"})
-    n = 0
-    for key, s, _ in specs:
-        arr = rng.random(s, dtype=np.float32) - np.float32(0.5)
-        writer.write(key, arr)
-        n += arr.size
-    writer.close()
-    return {"parameters": n, "bytes": os.path.getsize(os.path.join(directory, "model.safetensors"))}
 
 
 # ---- children -----------------------------------------------------------------------------------
@@ -72,7 +45,7 @@ def _child(job: str, src: str, dst: str) -> None:
     else:
         raise SystemExit(f"unknown job {job!r}")
     t1 = time.perf_counter()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    rss = peak_rss_bytes()
     print(json.dumps({"wall_s": t1 - t0, "import_s": t0 - t_import, "peak_rss_bytes": rss}))
 
 
@@ -104,7 +77,7 @@ def main(argv=None) -> int:
         _child(*args.child)
         return 0
     repeats = args.repeats or (1 if args.quick else 3)
-    shape = QUICK if args.quick else LARGE
+    shape = FILE_QUICK if args.quick else BART_LARGE
     work = tempfile.mkdtemp(prefix="convert-bench-", dir=args.tmp)
     try:
         src, flax_dir = os.path.join(work, "pt"), os.path.join(work, "flax")

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
 import subprocess
@@ -33,36 +32,7 @@ import sys
 import tempfile
 import time
 
-BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_ffn_dim=3072,
-            decoder_ffn_dim=3072, encoder_attention_heads=12, decoder_attention_heads=12,
-            max_position_embeddings=1024)
-QUICK = dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=128,
-             decoder_ffn_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
-             max_position_embeddings=64)
-
-
-def build_checkpoint(directory: str, shape: dict, seed: int = 0) -> dict:
-    """config.json + model.safetensors (v5 layout, no tied copies), written tensor by tensor."""
-    import numpy as np
-
-    from convert.rules import expected_pt_shapes
-    from convert.safetensors_io import SafetensorsWriter
-    from flax_bart.config import BartConfig
-
-    config = BartConfig.from_dict({**shape, "architectures": ["BartForConditionalGeneration"]})
-    config.save_pretrained(directory)
-    specs = [(k, s, np.dtype(np.float32)) for k, s in expected_pt_shapes(config, "lm", tied="drop").items()]
-    rng = np.random.default_rng(seed)
-    writer = SafetensorsWriter(os.path.join(directory, "model.safetensors"), specs, {"format": "pt"})
-    n, largest = 0, 0
-    for key, s, _ in specs:
-        arr = rng.random(s, dtype=np.float32) - np.float32(0.5)
-        writer.write(key, arr)
-        n, largest = n + arr.size, max(largest, arr.nbytes)
-    writer.close()
-    return {"parameters": n, "bytes": os.path.getsize(os.path.join(directory, "model.safetensors")),
-            "largest_tensor_bytes": largest}
-
+from benchmarks.common import BART_BASE, FILE_QUICK, build_checkpoint, peak_rss_bytes
 
 # ---- children -----------------------------------------------------------------------------------
 def _held_bytes(params) -> tuple[int, int]:
@@ -100,14 +70,14 @@ def _child(job: str, ckpt: str, extra: list[str]) -> None:
         result["device_bytes"], result["host_param_bytes"] = _held_bytes(model.params)
         result["global_param_bytes"] = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(model.params)))
     result["wall_s"] = time.perf_counter() - t0
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    result["peak_rss_bytes"] = peak_rss_bytes()
     if job != "runtime":  # one small forward pass: the params then sit where the computation needs them
         import numpy as np
 
         ids = np.full((8, 8), 5, np.int32)
         ids[:, -1] = 2
         jax.block_until_ready(model(ids).logits)
-        result["after_forward_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result["after_forward_peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(result), flush=True)
     if job == "multihost_fsdp":
         jax.distributed.shutdown()
@@ -165,7 +135,7 @@ def main(argv=None) -> int:
     if args.child:
         _child(args.child[0], args.child[1], args.child[2:])
         return 0
-    shape = QUICK if args.quick else BASE
+    shape = FILE_QUICK if args.quick else BART_BASE
     work = tempfile.mkdtemp(prefix="shard-load-bench-", dir=args.tmp)
     try:
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 

@@ -8,8 +8,6 @@ import dataclasses
 import re
 from typing import Any, Iterable, Mapping
 
-import numpy as np
-
 from flax_bart.config import BartConfig
 
 from convert import rules

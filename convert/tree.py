@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-import numpy as np
-
 from flax_bart.config import BartConfig
 
 from convert import engine

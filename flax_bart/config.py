@@ -368,9 +368,6 @@ class BartConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
-        from flax_bart.io_utils import atomic_write_text
+        from flax_bart.io_utils import save_text_file
 
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, CONFIG_NAME)
-        atomic_write_text(path, self.to_json_string())
-        return path
+        return save_text_file(directory, CONFIG_NAME, self.to_json_string())

@@ -53,3 +53,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_text_file(directory: str | os.PathLike, name: str, text: str) -> str:
+    """`text` at `directory/name`, written atomically (the directory is created); returns the path.
+    How config.json and generation_config.json are saved."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    atomic_write_text(path, text)
+    return path

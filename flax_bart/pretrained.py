@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -47,6 +47,15 @@ def _masked_softmax(logits_T: np.ndarray, mask_T: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
+def _logits_and_mask(start_logits, end_logits, context_mask, ndim: int):
+    """Checked (start, end, mask) arrays of `ndim` dimensions, all of start_logits' shape."""
+    start = _logits(start_logits, "start_logits", ndim)
+    end = _logits(end_logits, "end_logits", ndim)
+    if end.shape != start.shape:
+        raise ValueError(f"end_logits must have start_logits' shape {start.shape}, got {end.shape}")
+    return start, end, _mask(context_mask, "context_mask", start.shape)
+
+
 def best_spans(start_logits, end_logits, context_mask, *, max_answer_len: int = 15,
                top_k: int = 1) -> list[tuple[int, int, float]]:
     """The `top_k` best (start, end, score) token spans of one window, best first.
@@ -56,11 +65,7 @@ def best_spans(start_logits, end_logits, context_mask, *, max_answer_len: int = 
     module docstring. Ties are broken by smaller start, then smaller end. Fewer than `top_k` spans come
     back when fewer are valid; none when the mask is empty.
     """
-    start_T = _logits(start_logits, "start_logits", 1)
-    end_T = _logits(end_logits, "end_logits", 1)
-    if end_T.shape != start_T.shape:
-        raise ValueError(f"end_logits must have start_logits' shape {start_T.shape}, got {end_T.shape}")
-    mask_T = _mask(context_mask, "context_mask", start_T.shape)
+    start_T, end_T, mask_T = _logits_and_mask(start_logits, end_logits, context_mask, 1)
     max_answer_len = _check_positive_int(max_answer_len, "max_answer_len")
     top_k = _check_positive_int(top_k, "top_k")
     if not mask_T.any():
@@ -87,11 +92,7 @@ def best_window_spans(start_logits, end_logits, context_mask, *, max_answer_len:
     Inputs have shape (W, T), one row per window; each window is scored with `best_spans`. Ties are broken
     by the earlier window.
     """
-    start_WxT = _logits(start_logits, "start_logits", 2)
-    end_WxT = _logits(end_logits, "end_logits", 2)
-    if end_WxT.shape != start_WxT.shape:
-        raise ValueError(f"end_logits must have start_logits' shape {start_WxT.shape}, got {end_WxT.shape}")
-    mask_WxT = _mask(context_mask, "context_mask", start_WxT.shape)
+    start_WxT, end_WxT, mask_WxT = _logits_and_mask(start_logits, end_logits, context_mask, 2)
     top_k = _check_positive_int(top_k, "top_k")
     found = []
     for w in range(start_WxT.shape[0]):
