@@ -77,16 +77,17 @@ _MODELS: dict = {}
 _MODELS_MAX = 12
 
 
-def flax_model(config, head: str, dtype: str, mesh=None, mesh_label: str = ""):
+def flax_model(config, head: str, dtype: str, mesh=None):
     """The Flax model of (config, head, dtype), cached; with a mesh, one that runs on it (`model.mesh`)."""
     import jax.numpy as jnp
 
     from flax_bart.models import MODEL_CLASSES
 
     fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f != "extra"}
-    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_label if mesh is not None else "")
+    mesh_key = None if mesh is None else (mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
+    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key)
     model = _MODELS.pop(key, None)
-    if model is None or (mesh is not None and model.mesh != mesh):
+    if model is None:
         jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
         model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False)
         model.mesh = mesh
@@ -96,21 +97,16 @@ def flax_model(config, head: str, dtype: str, mesh=None, mesh_label: str = ""):
     return model
 
 
-def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device, mesh=None,
-                 mesh_label: str = "") -> FlaxRunner:
+def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device, mesh=None) -> FlaxRunner:
     import jax
 
-    model = flax_model(checkpoint.config, head, dtype, mesh, mesh_label)
+    model = flax_model(checkpoint.config, head, dtype, mesh)
     cast = {"float32": model.to_fp32, "float16": model.to_fp16, "bfloat16": model.to_bf16}[dtype](params)
     if mesh is None:
         return FlaxRunner(model, jax.device_put(cast, device), head, checkpoint.config)
-    from flax_bart.sharding import ShardingError, shard_params
+    from flax_bart.sharding import shard_params
 
-    try:
-        placed = shard_params(cast, mesh, config=checkpoint.config)
-    except ShardingError as e:
-        raise ParityInputError(f"--mesh {mesh_label}: {e}") from None
-    return FlaxRunner(model, placed, head, checkpoint.config)
+    return FlaxRunner(model, shard_params(cast, mesh, config=checkpoint.config), head, checkpoint.config)
 
 
 def _check_mesh(config, head: str, spec) -> None:
@@ -140,29 +136,22 @@ def _run_torch(runner: TorchRunner, head: str, cases: dict, steps: int) -> dict:
     return out
 
 
-def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device, mesh_label: str = "") -> dict:
+def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device) -> dict:
+    """Like `_run_torch`. On a mesh (`runner.model.mesh`), the model splits each batch itself; the
+    mesh and batch sizes were checked against the model before anything ran."""
     import jax
-
-    from flax_bart.sharding import ShardingError
 
     out = {}
     with jax.default_device(device):
         for name, case in cases.items():
-            try:
-                out[name] = _run_flax_case(runner, head, name, case, steps)
-            except ShardingError as e:
-                raise ParityInputError(f"--mesh {mesh_label}, input case {name!r}: {e}") from None
+            fwd, enc = runner.forward(case)
+            res = {"forward": fwd}
+            if steps and head in DECODING_HEADS:
+                res["steps"] = runner.cached_steps(case, enc, steps)
+            if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
+                res.update(_greedy_result(runner.greedy(case, enc, steps)))
+            out[name] = res
     return out
-
-
-def _run_flax_case(runner: FlaxRunner, head: str, name: str, case: dict, steps: int) -> dict:
-    fwd, enc = runner.forward(case)
-    res = {"forward": fwd}
-    if steps and head in DECODING_HEADS:
-        res["steps"] = runner.cached_steps(case, enc, steps)
-    if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
-        res.update(_greedy_result(runner.greedy(case, enc, steps)))
-    return res
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -259,11 +248,10 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                     say(f"[{head} {dtype}] PyTorch {td}: {time.perf_counter() - t0:.1f} s")
                 for fd, (fdev, mesh) in fdevs.items():
                     t0 = time.perf_counter()
-                    label = "" if mesh_spec is None else mesh_spec.label
-                    runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, label)
+                    runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh)
                     if head in GREEDY_HEADS and opts.steps:
                         greedy_paths.add(f"{head}: {runner.greedy_path}")
-                    flax_out[fd] = _run_flax(runner, head, cases[head], opts.steps, fdev, label)
+                    flax_out[fd] = _run_flax(runner, head, cases[head], opts.steps, fdev)
                     del runner
                     timings["flax_s"] += time.perf_counter() - t0
                     say(f"[{head} {dtype}] Flax {fd}: {time.perf_counter() - t0:.1f} s")
