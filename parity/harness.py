@@ -27,6 +27,7 @@ from parity.options import (
     FLAX_DEVICES, HEADS, REFERENCES, Options, check_dtypes, choose, flax_device, input_cases, torch_device,
 )
 from parity.mesh import build_mesh, parse_mesh
+from parity import machine
 from parity.report import Environment, RunReport
 from parity.runners import DECODING_HEADS, GREEDY_HEADS, FlaxRunner, TorchRunner, new_tokens
 from parity.tolerance import LOW_PRECISION
@@ -277,6 +278,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         devices=report.environment.devices, matmul_precision=MATMUL_PRECISION,
         extra={**env_extra, "flax_greedy": "; ".join(sorted(greedy_paths)) or "none",
                **{k: round(v, 2) for k, v in timings.items()}, "seconds": round(seconds, 2)})
+    report.machine = machine.collect()
     return Outcome(report, ckpt, seconds, timings)
 
 

@@ -1,12 +1,25 @@
-"""Baseline regression: compare a run's ``report.json`` with an earlier one.
+"""Baseline regression: compare a run's ``report.json`` with an earlier one, in tolerance units.
 
-A tensor regresses when, in the same column (dtype x devices) and under the
-same name, one of its tracked metrics got worse than ``factor`` times the
-baseline plus a small absolute slack, or when it passed in the baseline and
-fails now ("newly failing"). Higher-is-better metrics (cosine, argmax
-agreement, top-5 overlap) are compared through their deficit ``1 - value``.
-The slack keeps zeros honest: a baseline error of exactly 0 would otherwise
-turn any rounding noise into an infinite regression.
+Each tensor is judged on the share of its tolerance it uses, ``share = value / tolerance`` of its
+verdict (fp32: relative error / rtol; fp16/bf16: error against the float64 gold / (k * PyTorch's own
+error + floor), which already scales with what the machine's kernels do). The comparison regresses when
+
+- a tensor passed in the baseline and fails now ("newly failing"), on any machine;
+- a tensor's share grew by more than ``factor`` **and** now reaches the floor. The floor is
+  ``SAME_MACHINE_FLOOR`` when both reports carry the same machine fingerprint (runs there are
+  bit-reproducible, so growth is the code's), at least ``TINY_FLOOR`` for tensors of under
+  ``TINY_COUNT`` values (their maximum is the error of a handful of numbers), and
+  ``CROSS_MACHINE_FLOOR`` = 1 (the tolerance itself) when the fingerprints differ or one is unknown:
+  between CPU types single tensors were measured moving 2.8x and up to 0.91 of their tolerance with
+  no change in the code (README, `python -m parity.cross_isa`), so no floor below the tolerance
+  separates a regression from the machine there;
+- a whole column got worse: the geometric mean of its tensors' share ratios (columns of at least
+  ``POOLED_MIN`` tensors of ``TINY_COUNT`` values or more) exceeds
+  ``POOLED_FACTOR``, on any machine (measured between CPU types: 0.72 to 1.39). Machine noise
+  moves single tensors both ways; a change in the code moves the column.
+
+Raw metrics (max/mean absolute error, cosine, KL, argmax agreement) are reported, never judged:
+they move with the machine, and derived ones such as cosine print equal when they differ.
 """
 
 from __future__ import annotations
@@ -18,96 +31,158 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from parity import machine
 from parity.report import ReportError, RunReport, format_value, load_report
 
 DEFAULT_FACTOR = 2.0
-DEFAULT_SLACK = 1e-7
+SAME_MACHINE_FLOOR = 0.1
+CROSS_MACHINE_FLOOR = 1.0
+TINY_COUNT = 32
+TINY_FLOOR = 0.5
+POOLED_FACTOR = 2.0
+POOLED_MIN = 16  # tensors a column needs before its mean is judged
 
-# metric -> (direction, slack scale). Absolute-error metrics scale their slack
-# with the tensor's reference RMS; discrete ones allow one position to flip.
-TRACKED: Mapping[str, tuple[str, str | None]] = {
-    "max_abs_err": ("lower", "ref_rms"),
-    "mean_abs_err": ("lower", "ref_rms"),
-    "max_rel_err": ("lower", None),
-    "cosine": ("higher", None),
-    "mean_kl": ("lower", None),
-    "argmax_agreement": ("higher", "positions"),
-    "top5_overlap": ("higher", "positions"),
-    "gold_err_cand_max": ("lower", "gold_rms"),
-    "gold_err_cand_mean": ("lower", "gold_rms"),
-    "mismatches": ("lower", None),
-}
+
+def fraction(verdict) -> float | None:
+    """Share of the tolerance a passing verdict uses; None where it is not a ratio (ids, zero tolerance)."""
+    value, tol = verdict.value, verdict.tolerance
+    if tol is None or value is None or not (math.isfinite(tol) and tol > 0 and math.isfinite(value)):
+        return None
+    return value / tol
 
 
 @dataclass(frozen=True)
 class Change:
+    """One tensor's move between two runs, in tolerance fractions."""
+
     column: str
     name: str
     metric: str
+    count: int
     baseline: float
     current: float
+    baseline_value: float
+    current_value: float
 
     @property
     def factor(self) -> float:
-        """How many times worse (or better) the current badness is than the baseline's."""
-        return _ratio(_badness(self.metric, self.current), _badness(self.metric, self.baseline))
+        if self.baseline == 0:
+            return 1.0 if self.current == 0 else math.inf
+        return self.current / self.baseline
 
     def describe(self) -> str:
-        return (f"{self.column} {self.name} {self.metric}: {format_value(self.baseline)} -> "
-                f"{format_value(self.current)} ({format_value(self.factor)}x)")
+        return (f"{self.column} {self.name}: {format_value(self.baseline)} -> {format_value(self.current)} "
+                f"of its tolerance ({format_value(self.factor)}x; {self.metric} "
+                f"{format_value(self.baseline_value)} -> {format_value(self.current_value)})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"column": self.column, "name": self.name, "metric": self.metric,
-                "baseline": self.baseline, "current": self.current}
+        return {"column": self.column, "name": self.name, "metric": self.metric, "count": self.count,
+                "baseline_fraction": self.baseline, "current_fraction": self.current,
+                "baseline_value": self.baseline_value, "current_value": self.current_value}
+
+
+@dataclass(frozen=True)
+class ColumnShift:
+    """How a column's tensors moved as a whole: geometric mean of their share ratios."""
+
+    column: str
+    tensors: int
+    geomean: float
+
+    def describe(self) -> str:
+        return (f"{self.column}: its {self.tensors} tensors use {format_value(self.geomean)}x the share of their "
+                f"tolerance they used in the baseline (geometric mean)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"column": self.column, "tensors": self.tensors, "geomean": self.geomean}
 
 
 @dataclass
 class RegressionResult:
     factor: float
+    floor: float
+    mode: str  # "same machine" | "different machine" | "unknown machine"
+    baseline_machine: Mapping[str, Any] | None = None
+    current_machine: Mapping[str, Any] | None = None
     regressions: list[Change] = field(default_factory=list)
     improvements: list[Change] = field(default_factory=list)
+    largest_move: Change | None = None  # the biggest growth that stayed under the floor
     newly_failing: list[tuple[str, str]] = field(default_factory=list)
+    columns: list[ColumnShift] = field(default_factory=list)
     fixed: list[tuple[str, str]] = field(default_factory=list)
     new: list[tuple[str, str]] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)
     compared: int = 0
 
     @property
+    def column_regressions(self) -> list[ColumnShift]:
+        return [c for c in self.columns if c.geomean > POOLED_FACTOR]
+
+    @property
     def passed(self) -> bool:
-        return not self.regressions and not self.newly_failing
+        return not self.regressions and not self.newly_failing and not self.column_regressions
+
+    def machine_line(self) -> str:
+        """One line on whether the two runs share a machine fingerprint, and what that means."""
+        if self.mode == "same machine":
+            return (f"baseline and this run share the machine fingerprint {self.current_machine.get('id')}: "
+                    f"growth past {format_value(self.floor)} of a tolerance counts")
+        if self.mode == "different machine":
+            diffs = machine.differences(self.baseline_machine, self.current_machine)
+            return (f"baseline recorded on another machine ({'; '.join(diffs)}): judged in tolerance units; "
+                    f"single tensors only by {_floor_words(self.floor)}, columns by their mean growth")
+        return (f"the {'baseline' if not self.baseline_machine else 'current run'} has no machine fingerprint: "
+                f"judged as for another machine (single tensors only by {_floor_words(self.floor)}, "
+                f"columns by their mean growth)")
+
+    def worst(self) -> str | None:
+        """The worst offender, in words: the first newly failing tensor, else the largest growth."""
+        if self.newly_failing:
+            column, name = self.newly_failing[0]
+            return f"{column} {name} crossed its tolerance"
+        if self.regressions:
+            return max(self.regressions, key=lambda c: (c.current, c.factor)).describe()
+        if self.column_regressions:
+            return max(self.column_regressions, key=lambda c: c.geomean).describe()
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         from parity.schema import encode_floats
         return encode_floats({
-            "passed": self.passed, "factor": self.factor, "compared": self.compared,
+            "passed": self.passed, "factor": self.factor, "floor": self.floor, "mode": self.mode,
+            "compared": self.compared, "machine_line": self.machine_line(), "worst": self.worst(),
             "regressions": [c.to_dict() for c in self.regressions],
             "improvements": [c.to_dict() for c in self.improvements],
-            "newly_failing": [list(t) for t in self.newly_failing], "fixed": [list(t) for t in self.fixed],
+            "largest_move": None if self.largest_move is None else self.largest_move.to_dict(),
+            "newly_failing": [list(t) for t in self.newly_failing],
+            "columns": [c.to_dict() for c in self.columns],
+            "column_regressions": [c.to_dict() for c in self.column_regressions], "fixed": [list(t) for t in self.fixed],
             "new": [list(t) for t in self.new], "missing": [list(t) for t in self.missing],
         })
 
 
 def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunReport | Mapping[str, Any],
-                        factor: float = DEFAULT_FACTOR, *, slack: float = DEFAULT_SLACK,
-                        noise_fraction: float = 0.0) -> RegressionResult:
+                        factor: float = DEFAULT_FACTOR, *, floor: float | None = None) -> RegressionResult:
     """Compare ``current`` with ``baseline`` (reports or their validated JSON dicts).
 
-    ``noise_fraction`` (default 0: strict) ignores metrics that got worse on tensors whose judged
-    value still uses less than that fraction of their tolerance (e.g. 0.1: under 10% of the budget).
-    A baseline recorded on another CPU type differs at the ulp level; this keeps such noise from
-    failing the gate while any real regression, and any newly crossed tolerance, still fails it."""
+    ``floor`` (a fraction of the tolerance) overrides the automatic choice between
+    ``SAME_MACHINE_FLOOR`` and ``CROSS_MACHINE_FLOOR``; tiny tensors never go below ``TINY_FLOOR``."""
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor >= 1):
         raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
-    if not (isinstance(noise_fraction, (int, float)) and 0 <= noise_fraction < 1):
-        raise ValueError(f"noise_fraction must be a number in [0, 1), got {noise_fraction!r}")
-    if not (isinstance(slack, (int, float)) and math.isfinite(slack) and slack >= 0):
-        raise ValueError(f"slack must be a finite number >= 0, got {slack!r}")
+    if floor is not None and not (isinstance(floor, (int, float)) and 0 <= floor <= 1):
+        raise ValueError(f"floor must be a share of the tolerance in [0, 1], got {floor!r}")
     base = _as_report(baseline, "baseline")
     cur = _as_report(current, "current")
-    result = RegressionResult(factor=float(factor))
+    same = machine.same_machine(base.machine, cur.machine)
+    mode = {True: "same machine", False: "different machine", None: "unknown machine"}[same]
+    if floor is None:
+        floor = SAME_MACHINE_FLOOR if same else CROSS_MACHINE_FLOOR
+    result = RegressionResult(factor=float(factor), floor=float(floor), mode=mode,
+                              baseline_machine=base.machine, current_machine=cur.machine)
     base_index = {(c.key, r.name): r for c in base.columns for r in c.results}
     cur_keys = set()
     for col in cur.columns:
+        logs = []
         for r in col.results:
             key = (col.key, r.name)
             cur_keys.add(key)
@@ -118,73 +193,40 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
             result.compared += 1
             if old.verdict.passed and not r.verdict.passed:
                 result.newly_failing.append(key)
-            elif not old.verdict.passed and r.verdict.passed:
+                continue
+            if not old.verdict.passed and r.verdict.passed:
                 result.fixed.append(key)
-            for metric in TRACKED:
-                change = _compare_metric(col.key, r.name, metric, old.metrics, r.metrics, factor, slack)
-                if change is None:
-                    continue
-                kind, item = change
-                if kind == "worse" and _within_noise(r.verdict, noise_fraction):
-                    continue
-                (result.regressions if kind == "worse" else result.improvements).append(item)
+            if not (old.verdict.passed and r.verdict.passed):
+                continue
+            _judge_move(result, col.key, old, r, factor, floor)
+            f_old, f_new = fraction(old.verdict), fraction(r.verdict)
+            if f_old and f_new and min(old.metrics.count, r.metrics.count) >= TINY_COUNT:
+                logs.append(math.log(f_new / f_old))
+        if len(logs) >= POOLED_MIN:
+            result.columns.append(ColumnShift(col.key, len(logs), math.exp(sum(logs) / len(logs))))
     result.missing = [key for key in base_index if key not in cur_keys]
     return result
 
 
-def _compare_metric(column, name, metric, old_m, new_m, factor, slack):
-    old_v, new_v = getattr(old_m, metric), getattr(new_m, metric)
-    if old_v is None or new_v is None:
-        return None
-    old_v, new_v = float(old_v), float(new_v)
-    old_b, new_b = _badness(metric, old_v), _badness(metric, new_v)
-    if math.isnan(old_b) and math.isnan(new_b):
-        return None
-    change = Change(column, name, metric, old_v, new_v)
-    if math.isnan(new_b):
-        return "worse", change
-    if math.isnan(old_b):
-        return "better", change
-    allowance = _slack(metric, old_m, new_m, slack)
-    if new_b > factor * old_b + allowance:
-        return "worse", change
-    if old_b > factor * new_b + allowance:
-        return "better", change
-    return None
+def _judge_move(result: RegressionResult, column: str, old, new, factor: float, floor: float) -> None:
+    f_old, f_new = fraction(old.verdict), fraction(new.verdict)
+    if f_old is None or f_new is None:
+        return
+    count = min(int(old.metrics.count), int(new.metrics.count))
+    need = max(floor, TINY_FLOOR) if count < TINY_COUNT else floor
+    change = Change(column, new.name, new.verdict.metric, count, f_old, f_new,
+                    float(old.verdict.value), float(new.verdict.value))
+    if f_new > factor * f_old and f_new >= need:
+        result.regressions.append(change)
+    elif f_old > factor * f_new and f_old >= need:
+        result.improvements.append(change)
+    elif f_new > f_old and (result.largest_move is None or
+                            (f_new - f_old) > (result.largest_move.current - result.largest_move.baseline)):
+        result.largest_move = change
 
 
-def _within_noise(verdict, noise_fraction: float) -> bool:
-    """The tensor passes with its judged value under `noise_fraction` of a positive tolerance."""
-    if noise_fraction <= 0 or not verdict.passed:
-        return False
-    value, tol = verdict.value, verdict.tolerance
-    if value is None or tol is None or not (math.isfinite(value) and math.isfinite(tol)) or tol <= 0:
-        return False
-    return value <= noise_fraction * tol
-
-
-def _badness(metric: str, value: float) -> float:
-    return 1.0 - value if TRACKED[metric][0] == "higher" else value
-
-
-def _slack(metric: str, old_m, new_m, slack: float) -> float:
-    scale = TRACKED[metric][1]
-    if scale is None:
-        return slack
-    if scale == "positions":
-        positions = max(old_m.positions or 0, new_m.positions or 0)
-        return max(slack, 1.0 / positions) if positions else slack
-    sizes = [float(v) for v in (getattr(old_m, scale), getattr(new_m, scale)) if v is not None]
-    sizes = [v for v in sizes if math.isfinite(v)]
-    return slack * max(sizes, default=1.0)
-
-
-def _ratio(num: float, den: float) -> float:
-    if math.isnan(num) or math.isnan(den):
-        return math.nan
-    if den == 0:
-        return 1.0 if num == 0 else math.inf
-    return num / den
+def _floor_words(floor: float) -> str:
+    return "crossing their tolerance" if floor >= 1 else f"growth past {format_value(floor)} of their tolerance"
 
 
 def _as_report(value: RunReport | Mapping[str, Any], label: str) -> RunReport:
@@ -201,13 +243,21 @@ def format_diff(result: RegressionResult, *, baseline_label: str = "baseline",
     verdict = "no regression" if result.passed else "REGRESSION"
     lines = [
         f"{baseline_label} -> {current_label}: {verdict} "
-        f"(factor {format_value(result.factor)}, {result.compared} tensors compared)",
+        f"(factor {format_value(result.factor)}, floor {format_value(result.floor)} of a tolerance, "
+        f"{result.compared} tensors compared; {result.mode})",
+        f"  baseline machine: {machine.describe(result.baseline_machine)}",
+        f"  current machine:  {machine.describe(result.current_machine)}",
+        f"  {result.machine_line()}",
     ]
     sections = [
         ("newly failing (crossed their tolerance)", [f"{c} {n}" for c, n in result.newly_failing]),
-        (f"regressions (worse by more than {format_value(result.factor)}x)", [c.describe() for c in result.regressions]),
+        (f"regressions (tolerance share grew more than {format_value(result.factor)}x and reached the floor)",
+         [c.describe() for c in result.regressions]),
         ("fixed (failed in the baseline, pass now)", [f"{c} {n}" for c, n in result.fixed]),
-        (f"improvements (better by more than {format_value(result.factor)}x)", [c.describe() for c in result.improvements]),
+        (f"columns worse as a whole (geometric mean share ratio above {format_value(POOLED_FACTOR)})",
+         [c.describe() for c in result.column_regressions]),
+        (f"improvements (tolerance share shrank more than {format_value(result.factor)}x)",
+         [c.describe() for c in result.improvements]),
         ("new tensors (not in the baseline)", [f"{c} {n}" for c, n in result.new]),
         ("missing tensors (in the baseline only)", [f"{c} {n}" for c, n in result.missing]),
     ]
@@ -215,33 +265,41 @@ def format_diff(result: RegressionResult, *, baseline_label: str = "baseline",
         if items:
             lines.append(f"{title}: {len(items)}")
             lines.extend(f"  {item}" for item in items)
+    if result.columns:
+        lines.append("column shifts (geometric mean of share ratios): " +
+                     ", ".join(f"{c.column} {format_value(c.geomean)}x" for c in result.columns))
+    if result.largest_move is not None:
+        lines.append(f"largest single-tensor growth that is not a regression: {result.largest_move.describe()}")
     return "\n".join(lines) + "\n"
 
 
-def check_baseline(baseline_path: str | Path, current: RunReport, factor: float = DEFAULT_FACTOR,
-                   noise_fraction: float = 0.0) -> RegressionResult:
-    """Load ``baseline_path`` (ReportError on a bad file) and compare ``current`` with it."""
-    return compare_to_baseline(load_report(baseline_path), current, factor, noise_fraction=noise_fraction)
+def check_baseline(baseline: str | Path | RunReport, current: RunReport, factor: float = DEFAULT_FACTOR,
+                   floor: float | None = None) -> RegressionResult:
+    """Compare ``current`` with a baseline report or the path of one (ReportError on a bad file)."""
+    base = baseline if isinstance(baseline, RunReport) else load_report(baseline)
+    return compare_to_baseline(base, current, factor, floor=floor)
 
 
 def main_diff(argv: Sequence[str] | None = None) -> int:
     """``flax-bart report diff A.json B.json``: 0 no regression, 1 regression, 2 bad input."""
     parser = argparse.ArgumentParser(prog="flax-bart report diff",
-                                     description="Compare a parity report with a baseline report.")
+                                     description="Compare a parity report with a baseline report, in units of "
+                                                 "each tensor's tolerance.")
     parser.add_argument("baseline", help="earlier report.json (the baseline)")
     parser.add_argument("current", help="new report.json")
     parser.add_argument("--factor", type=float, default=DEFAULT_FACTOR,
-                        help=f"allowed worsening factor per metric (default {DEFAULT_FACTOR:g})")
-    parser.add_argument("--slack", type=float, default=DEFAULT_SLACK,
-                        help=f"absolute slack added to the allowance, in units of the tensor's scale "
-                             f"(default {DEFAULT_SLACK:g})")
+                        help=f"allowed growth of a tensor's tolerance share (default {DEFAULT_FACTOR:g})")
+    parser.add_argument("--floor", type=float, default=None, metavar="FRACTION",
+                        help=f"a tensor's growth counts only once it uses this share of its tolerance (default: "
+                             f"{SAME_MACHINE_FLOOR:g} on the same machine, {CROSS_MACHINE_FLOOR:g} = only crossing "
+                             f"the tolerance, across machines)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return 0 if exc.code == 0 else 2
     try:
         result = compare_to_baseline(load_report(args.baseline), load_report(args.current), args.factor,
-                                     slack=args.slack)
+                                     floor=args.floor)
     except (ReportError, ValueError) as exc:
         print(f"flax-bart report diff: error: {exc}", file=sys.stderr)
         return 2

@@ -194,6 +194,20 @@ class RunReport:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     notes: list[str] = field(default_factory=lambda: [PADDING_NOTE])
     columns: list[Column] = field(default_factory=list)
+    machine: Mapping[str, Any] | None = None  # parity.machine.collect(): what the numbers depend on
+    baseline: Mapping[str, Any] | None = None  # RegressionResult.to_dict() + "path", once compared
+    error: str | None = None  # bad input found while running (the outcome is then ERROR)
+
+    @property
+    def status(self) -> str:
+        """PASS / FAIL / REGRESSION / ERROR: the one verdict every report and the exit code state."""
+        from parity.outcome import status
+        return status(self)
+
+    @property
+    def headline(self) -> str:
+        from parity.outcome import headline
+        return headline(self)
 
     def column(self, dtype: Any, flax_device: str = "cpu", torch_device: str = "cpu") -> Column:
         """The column for this combination, created (in call order) on first use."""
@@ -236,6 +250,9 @@ class RunReport:
             "environment": self.environment.to_dict(), "config_hash": self.config_hash,
             "checkpoint_hash": self.checkpoint_hash, "policy": self.policy.to_dict(),
             "notes": list(self.notes), "columns": [c.to_dict() for c in self.columns],
+            "machine": None if self.machine is None else dict(self.machine),
+            "baseline": None if self.baseline is None else dict(self.baseline), "error": self.error,
+            "outcome": {"status": self.status, "headline": self.headline, "exit_code": _exit_code(self.status)},
         })
 
     @classmethod
@@ -259,7 +276,37 @@ class RunReport:
             policy=policy,
             config_hash=data["config_hash"], checkpoint_hash=data["checkpoint_hash"],
             created=data["created"], notes=list(data["notes"]), columns=columns,
+            machine=data.get("machine"), baseline=data.get("baseline"), error=data.get("error"),
         )
+
+
+def baseline_lines(report: RunReport, *, bullet: str = "", limit: int = 10) -> list[str]:
+    """The baseline comparison in a few lines (nothing when no baseline was compared)."""
+    b = report.baseline
+    if b is None:
+        return []
+    verdict = "no regression" if b["passed"] else "REGRESSION"
+    lines = [f"{bullet}Baseline `{b.get('path', '?')}`: {verdict} (factor {format_value(b['factor'])}, floor "
+             f"{format_value(b['floor'])} of a tolerance, {b['compared']} tensors compared)."]
+    if b.get("machine_line"):
+        lines.append(f"{bullet}{b['machine_line'][0].upper()}{b['machine_line'][1:]}.")
+    for column, name in b["newly_failing"][:limit]:
+        lines.append(f"{bullet}newly failing: {column} `{name}`")
+    for c in sorted(b["regressions"], key=lambda c: -c["current_fraction"])[:limit]:
+        lines.append(f"{bullet}worse: {c['column']} `{c['name']}`: {format_value(c['baseline_fraction'])} -> "
+                     f"{format_value(c['current_fraction'])} of its tolerance")
+    for c in b.get("column_regressions", ()):
+        lines.append(f"{bullet}column worse as a whole: {c['column']}: geometric mean share ratio "
+                     f"{format_value(c['geomean'])} over {c['tensors']} tensors")
+    hidden = len(b["newly_failing"]) + len(b["regressions"]) - 2 * limit
+    if hidden > 0:
+        lines.append(f"{bullet}... and more (report.json lists all)")
+    return lines
+
+
+def _exit_code(status: str) -> int:
+    from parity.outcome import EXIT_CODES
+    return EXIT_CODES[status]
 
 
 def describe_location(group: str, layer: int | None) -> str:
@@ -311,7 +358,10 @@ def load_report(path: os.PathLike | str) -> RunReport:
 
 def render_markdown(report: RunReport) -> str:
     """A compact summary for a pull-request comment."""
-    out = [f"## Parity report `{report.run_name}`: {'PASSED' if report.passed else 'FAILED'}", "",
+    out = [f"## {report.headline.split(':', 1)[0]} · parity report `{report.run_name}`", "",
+           f"**{report.headline}**", ""]
+    out += baseline_lines(report, bullet="- ")
+    out += ["",
            "| dtype | Flax device | PyTorch device | tensors | failed | closest to tolerance "
            "| max err ratio flax/torch | result |",
            "|---|---|---|---:|---:|---|---:|---|"]
@@ -338,6 +388,9 @@ def render_markdown(report: RunReport) -> str:
             out += ["", col.first_failure.sentence(col.title, len(col.failures), len(col.results))]
     out += [""] + [f"_{note}_" for note in report.notes]
     out += ["", "Tolerances: " + "; ".join(report.policy.describe()) + "."]
+    from parity.machine import describe as describe_machine
+
+    out += ["", f"Machine: {describe_machine(report.machine)}."]
     env = report.environment
     parts = [f"python {env.python}"]
     parts += [f"{name} {getattr(env, name)}" for name in ("jax", "flax", "torch", "numpy") if getattr(env, name)]

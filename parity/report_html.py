@@ -25,97 +25,108 @@ th{background:#f2f2f2}td.l,th.l{text-align:left}
 tr.fail td{background:#fde2e2}.pass{color:#17692c;font-weight:600}.fail{color:#b00020;font-weight:600}
 .note{color:#555;font-style:italic}img{max-width:100%;border:1px solid #ddd}
 code{background:#f5f5f5;padding:0 .2em}
+.badge{color:#fff;padding:.15em .6em;border-radius:.3em;margin-right:.4em}.headline{font-size:1.05em;font-weight:600}
+h3{font-size:1em;margin-top:1.5em}
 """
 
 _LAYER_SUFFIX = re.compile(r"\[\d+\]$")
 
 
 def primary_metric(dtype: str) -> str:
-    """The metric a column's tensors are judged by (and that its plot shows)."""
+    """The metric a column's tensors are judged by."""
     return "max_rel_err" if dtype in FULL_PRECISION else "gold_err_cand_max"
 
 
+def family(name: str) -> str:
+    """'cls/fully_masked_row/decoder_hidden_states[3]' -> 'decoder_hidden_states'."""
+    return _LAYER_SUFFIX.sub("", name.rsplit("/", 1)[-1])
+
+
+def _fraction(r) -> float:
+    v = r.verdict
+    if not math.isfinite(v.value) or math.isnan(v.value):
+        return math.inf
+    if v.tolerance <= 0:
+        return 0.0 if v.value == 0 and v.passed else math.inf
+    return v.value / v.tolerance
+
+
 def plot_column(col: Column) -> str | None:
-    """Base64 PNG of error per layer for one column, log scale, with tolerances; None if nothing to plot."""
+    """Base64 PNG: per layer, the largest share of its tolerance each tensor family uses (over heads and
+    input cases), log scale, tolerance at 1; one line per family, legend beside the axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    metric = primary_metric(col.dtype)
-    series: dict[str, list[tuple[int, float, float | None, bool, float | None]]] = {}
+    series: dict[str, dict[int, tuple[float, bool]]] = {}
     for r in col.results:
         if r.layer is None or r.metrics.kind == "ids":
             continue
-        value = getattr(r.metrics, metric)
-        value = math.nan if value is None else float(value)
-        tol = r.verdict.tolerance if r.verdict.metric == metric else None
-        own = r.metrics.gold_err_ref_max  # PyTorch's own low-precision error, if any
-        series.setdefault(_LAYER_SUFFIX.sub("", r.name), []).append(
-            (r.layer, value, tol, r.verdict.passed, None if own is None else float(own)))
+        fam = series.setdefault(family(r.name), {})
+        frac, ok = fam.get(r.layer, (0.0, True))
+        fam[r.layer] = (max(frac, _fraction(r)), ok and r.verdict.passed)
     if not series:
         return None
+    finite = [f for fam in series.values() for f, _ in fam.values() if math.isfinite(f) and f > 0]
+    bottom = min([*finite, 1.0]) / 3
+    top = max([*finite, 1.0]) * 3
 
-    points = [p for pts in series.values() for p in pts]
-    positive = [x for _, v, t, _, o in points for x in (v, t, o) if x is not None and math.isfinite(x) and x > 0]
-    bottom = min(positive) / 10 if positive else 1e-12
-    top = max(positive) * 10 if positive else 1.0
-    tolerances = {t for _, _, t, _, _ in points if t is not None}
-
-    fig = Figure(figsize=(7.5, 3.8), dpi=100)
+    fig = Figure(figsize=(9, 3.4), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_axes((0.08, 0.15, 0.62, 0.72))
     ax.set_yscale("log")
-    colors = [f"C{i % 10}" for i in range(len(series))]
-    for color, (family, pts) in zip(colors, series.items()):
-        pts.sort(key=lambda p: p[0])
-        xs = [p[0] for p in pts]
-        ys = [min(max(v, bottom), top) if math.isfinite(v) else top for _, v, _, _, _ in pts]
-        ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.2, color=color, label=family)
-        bad = [(x, y) for (x, y, p) in zip(xs, ys, pts) if not math.isfinite(p[1])]
+    for i, (name, fam) in enumerate(sorted(series.items())):
+        layers = sorted(fam)
+        ys = [min(max(fam[x][0], bottom), top) for x in layers]
+        ax.plot(layers, ys, marker="o", markersize=3.5, linewidth=1.4, color=f"C{i % 10}", label=name)
+        bad = [(x, y) for x, y in zip(layers, ys) if not fam[x][1]]
         if bad:
-            ax.scatter(*zip(*bad), marker="X", s=60, color="#b00020", zorder=5)
-        failed = [(x, y) for (x, y, p) in zip(xs, ys, pts) if not p[3]]
-        if failed:
-            ax.scatter(*zip(*failed), s=80, facecolors="none", edgecolors="#b00020", zorder=4)
-        own_pts = [(p[0], p[4]) for p in pts if p[4] is not None and math.isfinite(p[4]) and p[4] > 0]
-        if own_pts:
-            ax.plot(*zip(*own_pts), linestyle=":", linewidth=0.9, color=color, alpha=0.8)
-        if len(tolerances) > 1:
-            tol_pts = [(p[0], p[2]) for p in pts if p[2] is not None and p[2] > 0]
-            if tol_pts:
-                ax.plot(*zip(*tol_pts), linestyle="--", linewidth=0.9, color=color, alpha=0.8)
-    if len(tolerances) == 1:
-        (tol,) = tolerances
-        if tol > 0:
-            ax.axhline(tol, linestyle="--", color="black", linewidth=1, label=f"tolerance {tol:.3g}")
-    elif tolerances:
-        ax.plot([], [], linestyle="--", color="gray", label="tolerance (dashed, per tensor)")
-    if any(p[4] is not None for p in points):
-        ax.plot([], [], linestyle=":", color="gray", label="max |torch - gold| (dotted)")
+            ax.scatter(*zip(*bad), s=90, facecolors="none", edgecolors="#b00020", linewidths=1.5, zorder=4)
+    ax.axhline(1.0, linestyle="--", color="black", linewidth=1, label="tolerance (1.0)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(bottom / 2, top * 2)
+    ax.set_ylim(bottom, top)
     ax.set_xlabel("layer")
-    ax.set_ylabel(METRIC_WORDS.get(metric, metric), fontsize=8)
-    ax.set_title(col.title + "  (zeros at the bottom, non-finite as X at the top)", fontsize=9)
+    ax.set_ylabel("share of tolerance used\n(max over heads and inputs)", fontsize=8)
+    ax.set_title(f"{col.title}: {METRIC_WORDS.get(primary_metric(col.dtype), primary_metric(col.dtype))}"
+                 " / tolerance", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _worst_rows(report: RunReport, limit: int = 5) -> list[tuple[str, object]]:
+    rows = [(col.key, r) for col in report.columns for r in col.results]
+    return sorted(rows, key=lambda kr: -_fraction(kr[1]))[:limit]
+
+
 def render_html(report: RunReport) -> str:
+    from parity.machine import describe as describe_machine
+    from parity.outcome import COLORS, WORDS
+    from parity.report import baseline_lines
+
     e = html.escape
-    status = "PASSED" if report.passed else "FAILED"
+    state = report.status
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Parity report {e(report.run_name)}</title><style>{_CSS}</style></head><body>",
-        f'<h1>Parity report <code>{e(report.run_name)}</code>: '
-        f'<span class="{status.lower()[:4]}">{status}</span></h1>',
-        "<table><tr><th>dtype</th><th>Flax device</th><th>PyTorch device</th><th>tensors</th>"
-        "<th>failed</th><th class=l>first failure</th><th>result</th></tr>",
+        f"<title>{e(state)}: parity report {e(report.run_name)}</title><style>{_CSS}</style></head><body>",
+        f'<h1><span id="verdict" class="badge" style="background:{COLORS[state]}">{e(WORDS[state])}</span> '
+        f"Parity report <code>{e(report.run_name)}</code></h1>",
+        f'<p class="headline">{e(report.headline)}</p>',
     ]
+    blines = baseline_lines(report)
+    if blines:
+        parts.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in blines) + "</ul>")
+    parts.append("<h2>Closest to tolerance</h2><table><tr><th class=l>column</th><th class=l>tensor</th>"
+                 "<th>share of tolerance</th><th>result</th></tr>" + "".join(
+                     f"<tr{'' if r.verdict.passed else ' class=fail'}><td class=l>{e(key)}</td>"
+                     f"<td class=l><code>{e(r.name)}</code></td><td>{_num(_fraction(r))}</td>"
+                     f"<td class={'pass' if r.verdict.passed else 'fail'}>{'pass' if r.verdict.passed else 'FAIL'}"
+                     "</td></tr>" for key, r in _worst_rows(report)) + "</table>")
+    parts.append(f'<p class="note">Machine: {e(describe_machine(report.machine))}</p>')
+    parts.append("<h2>Columns</h2><table><tr><th>dtype</th><th>Flax device</th><th>PyTorch device</th><th>tensors</th>"
+                 "<th>failed</th><th class=l>first failure</th><th>result</th></tr>")
     for col in report.columns:
         first = col.first_failure
         where = "-" if first is None else (
@@ -144,16 +155,22 @@ def render_html(report: RunReport) -> str:
             if png is None:
                 parts.append('<p class="note">No per-layer tensors in this column: nothing to plot.</p>')
             else:
-                parts.append(f'<img alt="error per layer, {e(col.key)}" src="data:image/png;base64,{png}">')
+                parts.append(f'<img class="plot" alt="share of tolerance per layer, {e(col.key)}" '
+                             f'src="data:image/png;base64,{png}">')
+    parts.append("<h2>All tensors</h2>")
+    for col in report.columns:
+        parts.append(f"<h3>{e(col.title)}</h3>")
         parts.append(_results_table(col))
 
     env = report.environment.to_dict()
     env["config_hash"] = report.config_hash
     env["checkpoint_hash"] = report.checkpoint_hash
     env["created"] = report.created
+    for key, value in (report.machine or {}).items():
+        env[f"machine.{key}"] = value if not isinstance(value, dict) else ", ".join(f"{k}={v}" for k, v in value.items())
     parts.append("<h2>Environment</h2><table>" + "".join(
-        f"<tr><th class=l>{e(str(k))}</th><td class=l>{e(', '.join(v) if isinstance(v, list) else str(v))}</td></tr>"
-        for k, v in env.items()) + "</table>")
+        f"<tr><th class=l>{e(str(k))}</th><td class=l>{e(', '.join(map(str, v)) if isinstance(v, list) else str(v))}"
+        "</td></tr>" for k, v in env.items()) + "</table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -15,18 +15,38 @@ from parity.tolerance import METRIC_WORDS
 
 
 def render_junit(report: RunReport) -> str:
-    root = ET.Element("testsuites", name=f"parity {report.run_name}")
-    total = failed = 0
-    for col in report.columns:
-        suite = _suite(col)
+    """The testsuites element is named after the run's outcome (PASS/FAIL/REGRESSION/ERROR), and its
+    failure and error counts agree with it: a baseline regression is a failing ``baseline`` suite, bad
+    input an ``<error>`` in an ``input`` suite."""
+    root = ET.Element("testsuites", name=f"parity {report.run_name}: {report.status}")
+    suites = [_suite(col) for col in report.columns]
+    if report.baseline is not None:
+        suites.append(_baseline_suite(report))
+    if report.error:
+        suite = ET.Element("testsuite", name="input", tests="1", failures="0", errors="1", skipped="0")
+        case = ET.SubElement(suite, "testcase", classname="parity.input", name="checkpoint", time="0")
+        ET.SubElement(case, "error", message=report.error, type="BadInput").text = report.headline
+        suites.append(suite)
+    for suite in suites:
         root.append(suite)
-        total += int(suite.get("tests"))
-        failed += int(suite.get("failures"))
-    root.set("tests", str(total))
-    root.set("failures", str(failed))
-    root.set("errors", "0")
+    for attr in ("tests", "failures", "errors"):
+        root.set(attr, str(sum(int(s.get(attr)) for s in suites)))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _baseline_suite(report: RunReport) -> ET.Element:
+    from parity.report import baseline_lines
+
+    b = report.baseline
+    suite = ET.Element("testsuite", name="baseline", tests="1", errors="0", skipped="0")
+    case = ET.SubElement(suite, "testcase", classname="parity.baseline", name="regression", time="0")
+    lines = baseline_lines(report, limit=1000)
+    if not b["passed"]:
+        ET.SubElement(case, "failure", message=report.headline, type="BaselineRegression").text = "\n".join(lines)
+    ET.SubElement(case, "system-out").text = "\n".join(lines)
+    suite.set("failures", "0" if b["passed"] else "1")
+    return suite
 
 
 def _suite(col: Column) -> ET.Element:

@@ -14,7 +14,9 @@ from typing import Any
 
 from parity.metrics import KINDS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this flax-bart reads: v1 reports (no machine fingerprint, baseline or outcome) stay valid.
+READABLE_VERSIONS = (1, 2)
 REPORT_KIND = "flax-bart-parity-report"
 NONFINITE_STRINGS = ("NaN", "Infinity", "-Infinity")
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -118,8 +120,31 @@ ENVIRONMENT_SCHEMA = _obj({
     "matmul_precision": _STR_OR_NULL,
 }, extra={"type": ["string", "number", "boolean", "null"]})
 
+MACHINE_SCHEMA = {"type": "object", "properties": {
+    "cpu_model": {"type": "string"}, "isa_flags": {"type": "array", "items": {"type": "string"}},
+    "isa_limits": {"type": "object", "additionalProperties": {"type": "string"}},
+    "gpus": {"type": "array", "items": {"type": "string"}}, "id": {"type": "string"},
+}, "required": ["cpu_model", "isa_flags", "id"], "additionalProperties": True}
+
+_CHANGE = {"type": "object", "required": ["column", "name", "baseline_fraction", "current_fraction"],
+           "additionalProperties": True}
+BASELINE_SCHEMA = {"type": "object", "properties": {
+    "path": {"type": "string"}, "passed": {"type": "boolean"}, "factor": _NUMBER, "floor": _NUMBER,
+    "mode": {"enum": ["same machine", "different machine", "unknown machine"]}, "compared": _COUNT,
+    "machine_line": {"type": "string"}, "worst": _STR_OR_NULL,
+    "regressions": {"type": "array", "items": _CHANGE}, "improvements": {"type": "array", "items": _CHANGE},
+    "newly_failing": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
+}, "required": ["passed", "factor", "floor", "mode", "compared", "regressions", "newly_failing"],
+    "additionalProperties": True}
+
+OUTCOME_SCHEMA = _obj({
+    "status": {"enum": ["PASS", "FAIL", "REGRESSION", "ERROR"]},
+    "headline": _NAME,
+    "exit_code": {"enum": [0, 1, 2]},
+})
+
 REPORT_SCHEMA = _obj({
-    "schema_version": {"const": SCHEMA_VERSION},
+    "schema_version": {"enum": list(READABLE_VERSIONS)},
     "kind": {"const": REPORT_KIND},
     "run_name": _NAME,
     "created": _NAME,
@@ -134,7 +159,11 @@ REPORT_SCHEMA = _obj({
     }),
     "notes": {"type": "array", "items": {"type": "string"}},
     "columns": {"type": "array", "items": COLUMN_SCHEMA},
-})
+    "machine": {"anyOf": [{"type": "null"}, MACHINE_SCHEMA]},
+    "baseline": {"anyOf": [{"type": "null"}, BASELINE_SCHEMA]},
+    "error": _STR_OR_NULL,
+    "outcome": OUTCOME_SCHEMA,
+}, optional=("machine", "baseline", "error", "outcome"))
 
 
 def json_schema() -> dict[str, Any]:
@@ -163,10 +192,11 @@ def decode_number(value: Any) -> Any:
 
 def validate_report(data: Any) -> None:
     """Raise :class:`ReportSchemaError` naming the first offending field; return None if valid."""
-    if isinstance(data, dict) and "schema_version" in data and data["schema_version"] != SCHEMA_VERSION:
+    if isinstance(data, dict) and "schema_version" in data and data["schema_version"] not in READABLE_VERSIONS:
         raise ReportSchemaError(
             "schema_version",
-            f"unsupported version {data['schema_version']!r} (this flax-bart reads {SCHEMA_VERSION})",
+            f"unsupported version {data['schema_version']!r} (this flax-bart reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})",
         )
     _check(data, REPORT_SCHEMA, "report")
     _check_consistency(data)
@@ -280,3 +310,6 @@ def _check_consistency(data: dict[str, Any]) -> None:
     overall = all(col["passed"] for col in data["columns"])
     if data["passed"] != overall:
         raise ReportSchemaError("report.passed", f"expected {overall}, got {data['passed']}")
+    from parity.outcome import check_consistency
+
+    check_consistency(data)

@@ -55,7 +55,7 @@ def test_pass_writes_four_valid_reports(passing_run):
     assert report.passed and report.run_name == "gate"
     root = ET.parse(out / "junit.xml").getroot()
     assert root.tag == "testsuites" and root.get("failures") == "0" and int(root.get("tests")) == 4
-    assert "PASSED" in (out / "report.md").read_text()
+    assert (out / "report.md").read_text().startswith("## PASS · parity report `gate`")
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
 
 
@@ -89,18 +89,33 @@ def test_baseline_regression_fails_and_an_equal_baseline_passes(checkpoint, pass
     _, out = passing_run
     same = main([checkpoint, *FAST, "--out", str(tmp_path / "same"), "--quiet", "--baseline", str(out / "report.json")])
     assert same == 0
+    assert load_report(tmp_path / "same" / "report.json").baseline["mode"] == "same machine"
     data = json.loads((out / "report.json").read_text())
-    target = next(r for r in data["columns"][0]["results"] if r["name"] == "qa/right_padding/start_logits")
-    for metric in ("max_abs_err", "max_rel_err", "mean_abs_err"):
-        target["metrics"][metric] = target["metrics"][metric] / 1000.0
+    # The tensor using the largest share of its tolerance, made 4x better in the baseline: a real 4x worsening.
+    results = [r for r in data["columns"][0]["results"] if r["metrics"]["kind"] != "ids"]
+    target = max(results, key=lambda r: r["verdict"]["value"] / r["verdict"]["tolerance"])
+    share = target["verdict"]["value"] / target["verdict"]["tolerance"]
+    target["verdict"]["value"] /= 4
     better = tmp_path / "better_baseline.json"
     better.write_text(json.dumps(data))
-    code, printed, _ = run([checkpoint, *FAST, "--out", str(tmp_path / "worse"), "--baseline", str(better)], capsys)
+    floor = f"{share / 2:.6g}"
+    code, printed, _ = run([checkpoint, *FAST, "--out", str(tmp_path / "worse"), "--baseline", str(better),
+                            "--baseline-floor", floor], capsys)
     assert code == 1
-    assert "REGRESSION" in printed and "start_logits" in printed
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith("REGRESSION (baseline): 1 tensors worse than the baseline") and target["name"] in last
     report = load_report(tmp_path / "worse" / "report.json")
-    assert report.passed  # within tolerance, but worse than the baseline
-    assert any("REGRESSION" in note for note in report.notes)
+    assert report.passed and report.status == "REGRESSION"  # within tolerance, but worse than the baseline
+    assert (tmp_path / "worse" / "report.md").read_text().startswith("## REGRESSION (baseline)")
+
+    # The same baseline from another machine: said in one line, judged with the cross-machine floor.
+    data["machine"] = {**data["machine"], "cpu_model": "Some Other CPU", "isa_flags": ["avx", "avx2", "avx512f"]}
+    data["machine"]["id"] = "other"
+    other = tmp_path / "other_machine.json"
+    other.write_text(json.dumps(data))
+    code, printed, _ = run([checkpoint, *FAST, "--out", str(tmp_path / "other"), "--baseline", str(other)], capsys)
+    assert "baseline recorded on another machine (cpu_model: Some Other CPU ->" in printed
+    assert code == (1 if share >= 0.8 else 0)
 
 
 def test_nan_weights_exit_2_with_nan_report(tmp_path, capsys):
@@ -108,11 +123,14 @@ def test_nan_weights_exit_2_with_nan_report(tmp_path, capsys):
     with torch.no_grad():
         model.model.decoder.layers[1].fc2.bias[3] = float("nan")
     model.save_pretrained(tmp_path / "ckpt")
-    code, _, err = run([str(tmp_path / "ckpt"), *FAST, "--out", str(tmp_path / "r")], capsys)
+    code, printed, err = run([str(tmp_path / "ckpt"), *FAST, "--out", str(tmp_path / "r")], capsys)
     assert code == 2
     assert "NaN" in err and "model.decoder.layers.1.fc2.bias" in err and "Traceback" not in err
+    assert printed.strip().splitlines()[-1].startswith("ERROR (bad input): the checkpoint's weights hold NaN")
+    assert (tmp_path / "r" / "report.md").read_text().startswith("## ERROR (bad input)")
+    assert ET.parse(tmp_path / "r" / "junit.xml").getroot().get("errors") == "1"
     data = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert data["passed"] is False
+    assert data["passed"] is False and data["outcome"]["status"] == "ERROR" and data["outcome"]["exit_code"] == 2
     hit = next(r for r in data["columns"][0]["results"] if r["name"] == "qa/right_padding/decoder_hidden_states[2]")
     assert hit["metrics"]["max_rel_err"] == "NaN" and not hit["verdict"]["passed"]
 
@@ -235,7 +253,9 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     report = load_report(out / "report.json")
     assert [c.key for c in report.columns] == ["float32/cpu/cpu", "bfloat16/cpu/cpu", "float16/cpu/cpu"]
     assert report.environment.extra["heads"] == "qa,lm,cls"
-    assert any("demo-quick.json: no regression" in note for note in report.notes)
+    assert report.baseline["path"].endswith("demo-quick.json") and report.baseline["passed"]
+    lines = printed.strip().splitlines()
+    assert report.status == "PASS" and lines[-2].startswith("PASS: ") and ": PASS (exit code 0)" in lines[-1]
     checkpoint = tmp_path / "cache" / "bart-quick-random"
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "config.json").is_file()
     stamp = (checkpoint / "model.safetensors").stat().st_mtime_ns
