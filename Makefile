@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench cross-isa clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# The demo under this CPU's ISA and one tier lower, cross-compared (reports/cross-isa/summary.md).
+cross-isa: $(STAMP)
+	$(BIN)/python -m parity.cross_isa
 
 clean:
 	rm -rf $(VENV) reports/demo

@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the tiny demo config")
     p.add_argument("--out", default=None, help="default reports/cross-isa[-quick]")
     p.add_argument("--cache-dir", default=None, help="demo checkpoint cache (default: the demo's)")
+    p.add_argument("--also", action="append", default=[], metavar="REPORT",
+                   help="another run's report.json (e.g. one recorded on another CPU type) to compare with both "
+                        "runs, each way (repeatable)")
     p.add_argument("--tier", default=None, help=f"ISA tier of the second run (one of {list(machine.ISA_TIERS)}; "
                                                 "default: the one below this CPU's)")
     args = p.parse_args(argv)
@@ -89,6 +92,11 @@ def main(argv=None) -> int:
     if committed is not None:
         for name in runs:
             comparisons.append((f"committed {committed_path.name} -> {name} run", committed, reports[name]))
+    for extra in args.also:
+        other = load_report(extra)
+        for name in runs:
+            comparisons.append((f"{extra} -> {name} run", other, reports[name]))
+            comparisons.append((f"{name} run -> {extra}", reports[name], other))
     summary = {"machine": machine.describe(reports[native].machine), "native": native, "restricted": tier,
                "quick": args.quick, "exit_codes": codes, "comparisons": []}
     ok = all(code == 0 for code in codes.values())

@@ -34,7 +34,7 @@ ISA_TIERS: Mapping[str, Mapping[str, str]] = {
     "AVX512": {"xla": "AVX512", "aten": "avx512", "onednn": "AVX512_CORE", "mkl": "AVX512"},
 }
 # Keys of the fingerprint that change numerics; `same_machine` compares only these.
-NUMERIC_KEYS = ("cpu_model", "cpu_count", "isa_flags", "isa_limits", "xla_cpu_max_isa", "torch_cpu_capability",
+NUMERIC_KEYS = ("cpu_model", "cpu_count", "cpu_caches", "isa_flags", "isa_limits", "xla_cpu_max_isa", "torch_cpu_capability",
                 "torch_threads", "gpus", "jax", "jaxlib", "torch")
 
 
@@ -56,6 +56,25 @@ def _cpuinfo() -> tuple[str, set[str]]:
     flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
     name = model.group(1).strip() if model else (platform.processor() or platform.machine() or "unknown")
     return name, set(flags.group(1).split()) if flags else set()
+
+
+def _caches() -> str | None:
+    """'L1d 32K, L2 512K, L3 32768K' (GEMM libraries block by cache size: it can change summation order)."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = sorted(e for e in os.listdir(root) if e.startswith("index"))
+        parts = []
+        for entry in entries:
+            def read(name):
+                with open(os.path.join(root, entry, name), encoding="utf-8") as fh:
+                    return fh.read().strip()
+            kind = read("type")
+            if kind == "Instruction":
+                continue
+            parts.append(f"L{read('level')}{'d' if kind == 'Data' else ''} {read('size')}")
+        return ", ".join(parts) or None
+    except OSError:
+        return None
 
 
 def native_tier(flags: set[str]) -> str | None:
@@ -107,6 +126,7 @@ def collect() -> dict[str, Any]:
         "cpu_model": model,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_caches": _caches(),
         "isa_flags": [f for f in ISA_FLAGS if f in flags],
         "native_isa": native_tier(flags),
         "isa_limits": {k: os.environ[k] for k in ISA_LIMIT_VARIABLES if os.environ.get(k)},
