@@ -106,6 +106,10 @@ def environment() -> dict:
         env["jax_devices"] = [str(d) for d in jax.devices()]
     except Exception:  # pragma: no cover
         pass
+    from parity import machine
+
+    env["machine_fingerprint"] = machine.collect()
+    env["cpu"] = machine.describe(env["machine_fingerprint"])
     return env
 
 

@@ -58,7 +58,31 @@ def enable_compile_cache(directory) -> None:
 
     os.makedirs(directory, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the many small programs add up
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def default_compile_cache() -> Path:
+    """`$FLAX_BART_CACHE/jax-compile/<compile key>` (default root ~/.cache/flax-bart): one folder per CPU
+    ISA and jax version (`parity.machine.compile_key`)."""
+    from parity.machine import compile_key
+
+    root = os.environ.get("FLAX_BART_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flax-bart")
+    return Path(root) / "jax-compile" / compile_key()
+
+
+def setup_compile_cache(directory, disabled: bool) -> None:
+    """The CLI's compile cache: DIR if given, else the default folder, unless disabled or the embedding
+    process already configured one (JAX's setting is process-wide: the caller's wins)."""
+    if disabled:
+        return
+    if directory:
+        enable_compile_cache(directory)
+        return
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        enable_compile_cache(default_compile_cache())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.1 when the baseline's machine fingerprint equals this machine's, 0.8 otherwise)")
     p.add_argument("--out", metavar="DIR", help="report directory (default reports/parity-<checkpoint name>)")
     p.add_argument("--compile-cache", metavar="DIR", help="keep compiled XLA programs in DIR for later runs "
-                                                          "(JAX's persistent compilation cache)")
+                                                          "(JAX's persistent compilation cache; default "
+                                                          "$FLAX_BART_CACHE/jax-compile/<CPU ISA and jax key>, "
+                                                          "FLAX_BART_CACHE defaulting to ~/.cache/flax-bart)")
+    p.add_argument("--no-compile-cache", action="store_true", help="compile from scratch and keep nothing")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -179,8 +206,7 @@ def _main(argv: list[str]) -> int:
         raise ParityInputError(f"--baseline-floor {args.baseline_floor:g}: expected a fraction in [0, 1)")
     out = args.out or os.path.join("reports", "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
     opts = options_from_args(args, Path(os.path.abspath(out)).name)
-    if args.compile_cache:
-        enable_compile_cache(args.compile_cache)
+    setup_compile_cache(args.compile_cache, args.no_compile_cache)
     return run_gate(args.checkpoint, args.flax, opts, out, baseline=args.baseline,
                     baseline_factor=args.baseline_factor, baseline_floor=args.baseline_floor, quiet=args.quiet)
 

@@ -183,7 +183,8 @@ def demo_cli(argv: list[str]) -> int:
     group.add_argument("--update-baseline", action="store_true",
                        help="write this run's report.json as the committed baseline (when it passes)")
     p.add_argument("--compile-cache", default=None, metavar="DIR",
-                   help="keep compiled XLA programs for the next run (default: jax-compile in the cache dir)")
+                   help="keep compiled XLA programs for the next run (default: jax-compile/<CPU ISA and jax "
+                        "key> in the cache dir)")
     p.add_argument("--no-compile-cache", action="store_true", help="compile from scratch, keep nothing")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -192,8 +193,9 @@ def demo_cli(argv: list[str]) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
     if not args.no_compile_cache:
         from parity.cli import enable_compile_cache
+        from parity.machine import compile_key
 
-        enable_compile_cache(args.compile_cache or cache / "jax-compile")
+        enable_compile_cache(args.compile_cache or cache / "jax-compile" / compile_key())
     baseline = False if (args.no_baseline or args.update_baseline) else (Path(args.baseline) if args.baseline else None)
     return run_demo(out, quick=args.quick, cache=cache, baseline=baseline, quiet=args.quiet,
                     update_baseline=args.update_baseline)

@@ -28,6 +28,7 @@ from parity.options import (
 )
 from parity.mesh import build_mesh, parse_mesh
 from parity import machine
+from parity.timing import CompileMeter
 from parity.report import Environment, RunReport
 from parity.runners import DECODING_HEADS, GREEDY_HEADS, FlaxRunner, TorchRunner, new_tokens
 from parity.tolerance import LOW_PRECISION
@@ -218,7 +219,10 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     if any(d in LOW_PRECISION for d in dtypes) and any(h in GREEDY_HEADS for h in heads) and opts.steps:
         report.notes.append(GREEDY_NOTE)
     timings = {"torch_s": 0.0, "flax_s": 0.0, "compare_s": 0.0}
+    steps_timing: dict[str, dict] = {}  # "head/dtype" -> seconds (parity.timing)
     greedy_paths = set()
+    low = any(d in LOW_PRECISION for d in dtypes)
+    bar = progress_bar(len(heads) * (len(dtypes) * (len(tdevs) + len(fdevs)) + low), disable=log is None)
 
     with jax.default_matmul_precision(MATMUL_PRECISION):
         for head in heads:
@@ -226,7 +230,8 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
             params = ckpt.flax_weights(head, sd)
             base = _reference(ckpt, head, sd, opts)
             gold = None
-            if any(d in LOW_PRECISION for d in dtypes):
+            if low:
+                bar.set_description(f"{head} float64 gold")
                 t0 = time.perf_counter()
                 gold_runner = TorchRunner(_cast_reference(base, "float64", torch.device("cpu")), head, cfg)
                 gold = _run_torch(gold_runner, head, cases[head], opts.steps)
@@ -235,27 +240,38 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                         gold[cname]["margins"] = gold_margins(gold_runner, head, case, gold[cname]["greedy"])
                 del gold_runner
                 timings["torch_s"] += time.perf_counter() - t0
+                steps_timing[f"{head}/float64 gold"] = {"torch_s": round(time.perf_counter() - t0, 3)}
+                bar.update()
                 say(f"[{head} float64 gold] PyTorch cpu: {time.perf_counter() - t0:.1f} s")
             for dtype in dtypes:
                 g = gold if dtype in LOW_PRECISION else None
                 torch_out, flax_out = {}, {}
+                step = steps_timing.setdefault(f"{head}/{dtype}", {"torch_s": 0.0})
                 for td, tdev in tdevs.items():
+                    bar.set_description(f"{head} {dtype} PyTorch {td}")
                     t0 = time.perf_counter()
                     runner = TorchRunner(base if (dtype == "float32" and td == "cpu") else
                                          _cast_reference(base, dtype, tdev), head, cfg)
                     torch_out[td] = _run_torch(runner, head, cases[head], opts.steps)
                     del runner
                     timings["torch_s"] += time.perf_counter() - t0
+                    step["torch_s"] = round(step["torch_s"] + time.perf_counter() - t0, 3)
+                    bar.update()
                     say(f"[{head} {dtype}] PyTorch {td}: {time.perf_counter() - t0:.1f} s")
                 for fd, (fdev, mesh) in fdevs.items():
-                    t0 = time.perf_counter()
-                    runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh)
-                    if head in GREEDY_HEADS and opts.steps:
-                        greedy_paths.add(f"{head}: {runner.greedy_path}")
-                    flax_out[fd] = _run_flax(runner, head, cases[head], opts.steps, fdev)
-                    del runner
-                    timings["flax_s"] += time.perf_counter() - t0
-                    say(f"[{head} {dtype}] Flax {fd}: {time.perf_counter() - t0:.1f} s")
+                    bar.set_description(f"{head} {dtype} Flax {fd}")
+                    with CompileMeter() as meter:
+                        runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh)
+                        if head in GREEDY_HEADS and opts.steps:
+                            greedy_paths.add(f"{head}: {runner.greedy_path}")
+                        flax_out[fd] = _run_flax(runner, head, cases[head], opts.steps, fdev)
+                        del runner
+                    timings["flax_s"] += meter.total_s
+                    key = f"{head}/{dtype}" + ("" if len(fdevs) == 1 else f"/{fd}")
+                    steps_timing.setdefault(key, {}).update(meter.to_dict())
+                    bar.update()
+                    say(f"[{head} {dtype}] Flax {fd}: {meter.total_s:.1f} s ({meter.build_s:.1f} s building "
+                        f"{meter.programs} programs, {meter.run_s:.1f} s running)")
                 t0 = time.perf_counter()
                 for fd in fdevs:
                     for td in tdevs:
@@ -278,8 +294,19 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         devices=report.environment.devices, matmul_precision=MATMUL_PRECISION,
         extra={**env_extra, "flax_greedy": "; ".join(sorted(greedy_paths)) or "none",
                **{k: round(v, 2) for k, v in timings.items()}, "seconds": round(seconds, 2)})
+    bar.close()
+    report.timings = {**{k: round(v, 3) for k, v in timings.items()}, "seconds": round(seconds, 3),
+                      "steps": steps_timing}
     report.machine = machine.collect()
     return Outcome(report, ckpt, seconds, timings)
+
+
+def progress_bar(total: int, disable: bool):
+    """A tqdm bar over the matrix (heads x dtypes x frameworks) with the time left, on stderr."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=disable, unit="run", leave=False, dynamic_ncols=True,
+                bar_format="{desc:<28} {bar} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
 
 
 def print_progress(msg: str) -> None:

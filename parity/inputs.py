@@ -121,8 +121,8 @@ def single_token_batch(config, seed: int = 0, batch_size: int = DEFAULT_BATCH, t
     return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
 
-def max_length_batch(config, seed: int = 0, batch_size: int = 2):
-    """Full rows of length max_position_embeddings."""
+def max_length_batch(config, seed: int = 0, batch_size: int = 1):
+    """Full rows of length max_position_embeddings (one proves every position past the other cases)."""
     n = config.max_position_embeddings
     return padded_batch(config, seed, batch_size, n, lengths=[n] * batch_size, case="max_length")
 
@@ -163,8 +163,9 @@ def cases_for_head(config, head: str, seed: int = 0, batch_size: int = DEFAULT_B
     classification needs one `</s>` in every row. "qa" adds `qa_pairs`, "cls" `classification`.
     Seq2seq heads get `decoder_input_ids` = shift_tokens_right(input_ids); the left-padding case also
     gets `decoder_attention_mask` (the start token plus the shifted mask). "causal" gets input_ids and
-    attention_mask only. `max_length` has 2 rows (rounded up to a multiple of `row_multiple`, for a
-    batch split over devices), the other cases `batch_size`.
+    attention_mask only. `max_length` has one row (`row_multiple` rows, for a batch split over
+    devices): the positions it must prove are the same in every row, and it is the costliest case.
+    The other cases have `batch_size` rows.
     """
     if head not in HEADS:
         raise ValueError(f"head={head!r} is not one of {HEADS}")
@@ -184,7 +185,7 @@ def cases_for_head(config, head: str, seed: int = 0, batch_size: int = DEFAULT_B
         cases["fully_padded_row"] = padded_batch(config, seed, batch_size, n, lengths=[n, *middle, 0],
                                                  case="empty_row")
     cases["length_1"] = single_token_batch(config, seed, batch_size, token="eos" if head == "cls" else "random")
-    cases["max_length"] = max_length_batch(config, seed, -(-2 // row_multiple) * row_multiple)
+    cases["max_length"] = max_length_batch(config, seed, row_multiple)
     if head == "qa":
         cases["qa_pairs"] = qa_batch(config, seed, batch_size, max(n, 6))
     if head == "cls":

@@ -146,6 +146,17 @@ def fingerprint_id(fp: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
+def compile_key() -> str:
+    """Digest of what an XLA:CPU executable is built for (CPU, ISA flags and caps, jax/jaxlib): the
+    persistent compilation cache lives in a folder of this name, so that a program built for one ISA
+    is never loaded under another (a shared home directory, or a capped child process)."""
+    model, flags = _cpuinfo()
+    xla = _XLA_MAX_ISA.search(os.environ.get("XLA_FLAGS", ""))
+    text = json.dumps([model, sorted(f for f in ISA_FLAGS if f in flags), xla.group(1) if xla else None,
+                       _version("jax"), _version("jaxlib")])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
 def same_machine(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool | None:
     """True/False when both fingerprints are known; None when either is missing (old reports)."""
     if not a or not b:

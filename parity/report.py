@@ -197,6 +197,7 @@ class RunReport:
     machine: Mapping[str, Any] | None = None  # parity.machine.collect(): what the numbers depend on
     baseline: Mapping[str, Any] | None = None  # RegressionResult.to_dict() + "path", once compared
     error: str | None = None  # bad input found while running (the outcome is then ERROR)
+    timings: Mapping[str, Any] | None = None  # where the time went (parity.timing)
 
     @property
     def status(self) -> str:
@@ -252,6 +253,7 @@ class RunReport:
             "notes": list(self.notes), "columns": [c.to_dict() for c in self.columns],
             "machine": None if self.machine is None else dict(self.machine),
             "baseline": None if self.baseline is None else dict(self.baseline), "error": self.error,
+            "timings": None if self.timings is None else dict(self.timings),
             "outcome": {"status": self.status, "headline": self.headline, "exit_code": _exit_code(self.status)},
         })
 
@@ -277,6 +279,7 @@ class RunReport:
             config_hash=data["config_hash"], checkpoint_hash=data["checkpoint_hash"],
             created=data["created"], notes=list(data["notes"]), columns=columns,
             machine=data.get("machine"), baseline=data.get("baseline"), error=data.get("error"),
+            timings=data.get("timings"),
         )
 
 
@@ -391,6 +394,10 @@ def render_markdown(report: RunReport) -> str:
     from parity.machine import describe as describe_machine
 
     out += ["", f"Machine: {describe_machine(report.machine)}."]
+    if report.timings:
+        from parity.timing import summary_line
+
+        out += ["", f"Time: {summary_line(report.timings)} (per head and dtype: `timings` in report.json)."]
     env = report.environment
     parts = [f"python {env.python}"]
     parts += [f"{name} {getattr(env, name)}" for name in ("jax", "flax", "torch", "numpy") if getattr(env, name)]

@@ -162,8 +162,9 @@ REPORT_SCHEMA = _obj({
     "machine": {"anyOf": [{"type": "null"}, MACHINE_SCHEMA]},
     "baseline": {"anyOf": [{"type": "null"}, BASELINE_SCHEMA]},
     "error": _STR_OR_NULL,
+    "timings": {"type": ["object", "null"]},
     "outcome": OUTCOME_SCHEMA,
-}, optional=("machine", "baseline", "error", "outcome"))
+}, optional=("machine", "baseline", "error", "timings", "outcome"))
 
 
 def json_schema() -> dict[str, Any]:

@@ -28,3 +28,16 @@ def test_aggregator_rejects_unknown_benchmark(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nope", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_gate_bench_quick_runs_cold_then_warm(tmp_path):
+    """`python -m benchmarks.gate_bench --quick`: the gate twice on one compile cache; the second run
+    loads the programs the first compiled."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gate_bench", "--quick", "--out", str(tmp_path),
+                           "--cache-dir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "gate.json").read_text())
+    cold, warm = data["results"]["smoke"]["cold"], data["results"]["smoke"]["warm"]
+    assert cold["exit_code"] == warm["exit_code"] == 0
+    assert cold["programs"] > 0 and cold["cache_hits"] == 0 and warm["cache_hits"] > 0
+    assert set(cold["steps"]) == {"qa/float32"} and data["environment"]["cpu"]

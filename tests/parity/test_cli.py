@@ -57,6 +57,31 @@ def test_pass_writes_four_valid_reports(passing_run):
     assert root.tag == "testsuites" and root.get("failures") == "0" and int(root.get("tests")) == 4
     assert (out / "report.md").read_text().startswith("## PASS · parity report `gate`")
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    # Where the time went: per head and dtype, PyTorch vs Flax building (tracing, lowering, compiling) vs running.
+    step = report.timings["steps"]["qa/float32"]
+    assert step["flax_programs"] >= 1 and step["flax_compile_s"] > 0 and step["torch_s"] > 0
+    assert step["flax_s"] >= step["flax_compile_s"] + step["flax_run_s"] - 1e-3
+    assert "Time: PyTorch" in (out / "report.md").read_text() and "programs" in (out / "report.md").read_text()
+
+
+def test_compile_cache_defaults_to_a_folder_per_isa_and_never_overrides_the_caller(tmp_path, monkeypatch):
+    import jax
+
+    from parity.cli import default_compile_cache, setup_compile_cache
+    from parity.machine import compile_key
+
+    monkeypatch.setenv("FLAX_BART_CACHE", str(tmp_path))
+    assert default_compile_cache() == tmp_path / "jax-compile" / compile_key()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX")
+    capped = compile_key()
+    monkeypatch.delenv("XLA_FLAGS")
+    assert capped != compile_key()  # a capped process never loads programs built for the full ISA
+    before = jax.config.jax_compilation_cache_dir
+    assert before  # the test session configured one (tests/conftest.py)
+    setup_compile_cache(None, disabled=False)
+    assert jax.config.jax_compilation_cache_dir == before  # the embedding process's choice wins
+    setup_compile_cache(str(tmp_path / "x"), disabled=True)
+    assert jax.config.jax_compilation_cache_dir == before and not (tmp_path / "x").exists()
 
 
 def test_table_and_verdict_are_printed(checkpoint, tmp_path, capsys):

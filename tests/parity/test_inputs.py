@@ -60,7 +60,7 @@ def test_case_structure(head):
     assert right["attention_mask"][0].all() and not right["attention_mask"].all()
     assert left["attention_mask"][0].all() and not left["attention_mask"].all()
     assert cases["length_1"]["input_ids"].shape == (4, 1)
-    assert cases["max_length"]["input_ids"].shape[1] == CONFIG.max_position_embeddings
+    assert cases["max_length"]["input_ids"].shape == (1, CONFIG.max_position_embeddings)  # one row proves it
     assert cases["max_length"]["attention_mask"].all()
     if head == "cls":
         masked = cases["fully_masked_row"]

@@ -1,0 +1,99 @@
+"""The parity gate's wall time, cold and warm compile cache, and where it goes (PyTorch, Flax build, Flax run).
+
+    python -m benchmarks.gate_bench [--quick] [--matrix quick4x3,demo3x3] [--out reports/bench]
+
+Each run is `python -m parity CKPT --heads ... --dtypes ... --compile-cache DIR` in a child process:
+"cold" with an empty DIR, then "warm" with the same DIR. The breakdown comes from the report's
+`timings` (parity.timing). Matrices: `quick4x3` = the demo's tiny config, heads qa,lm,cls,causal x
+float32,bfloat16,float16, default inputs; `demo3x3` = the BART-base demo (heads qa,lm,cls, the demo's
+inputs). `--quick` (the test suite's smoke run) runs the tiny config, head qa, float32 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks.common import environment, write_json
+
+MATRICES = {
+    "quick4x3": dict(quick=True, heads="qa,lm,cls,causal", dtypes="float32,bfloat16,float16", extra=[]),
+    "demo3x3": dict(quick=False, heads="qa,lm,cls", dtypes="float32,bfloat16,float16",
+                    extra=["--batch-size", "2", "--seq-len", "32", "--steps", "4", "--cases",
+                           "right_padding,fully_padded_row,fully_masked_row,qa_pairs,classification"]),
+    "smoke": dict(quick=True, heads="qa", dtypes="float32", extra=["--steps", "2"]),
+}
+
+
+def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "parity", checkpoint, "--heads", matrix["heads"], "--dtypes", matrix["dtypes"],
+           "--compile-cache", cache_dir, "--out", out, "--quiet", *matrix["extra"]]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    result = {"exit_code": proc.returncode, "wall_s": round(wall, 2)}
+    try:
+        with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
+            timings = json.load(fh)["timings"]
+    except (OSError, KeyError, ValueError):
+        result["log_tail"] = (proc.stdout + proc.stderr)[-2000:]
+        return result
+    steps = timings["steps"].values()
+    build = sum(v.get("flax_trace_s", 0) + v.get("flax_lower_s", 0) + v.get("flax_compile_s", 0) for v in steps)
+    result.update({
+        "harness_s": timings["seconds"], "torch_s": timings["torch_s"], "flax_s": timings["flax_s"],
+        "flax_build_s": round(build, 2), "flax_run_s": round(timings["flax_s"] - build, 2),
+        "compare_s": timings["compare_s"], "programs": sum(v.get("flax_programs", 0) for v in steps),
+        "cache_hits": sum(v.get("flax_cache_hits", 0) for v in steps),
+        "startup_and_io_s": round(wall - timings["seconds"], 2), "steps": timings["steps"],
+    })
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gate_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny config, head qa, float32")
+    p.add_argument("--matrix", default="quick4x3,demo3x3", help=f"comma-separated among {sorted(MATRICES)}")
+    p.add_argument("--out", default=os.path.join("reports", "bench"))
+    p.add_argument("--cache-dir", default=None, help="demo checkpoint cache (default: the demo's)")
+    p.add_argument("--timeout", type=float, default=3600)
+    args = p.parse_args(argv)
+    names = ["smoke"] if args.quick else [m.strip() for m in args.matrix.split(",") if m.strip()]
+    unknown = [n for n in names if n not in MATRICES]
+    if unknown:
+        print(f"gate_bench: unknown matrix {unknown}; expected some of {sorted(MATRICES)}", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    from parity.demo import default_cache, ensure_checkpoint
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="gate-bench-") as tmp:
+        for name in names:
+            matrix = MATRICES[name]
+            ckpt = str(ensure_checkpoint(matrix["quick"], cache, log=lambda msg: print(msg, file=sys.stderr)))
+            compile_dir = os.path.join(tmp, f"{name}-xla")
+            runs = {}
+            for phase in ("cold", "warm"):
+                runs[phase] = run_gate(ckpt, matrix, compile_dir, os.path.join(tmp, f"{name}-{phase}"), args.timeout)
+                r = runs[phase]
+                print(f"{name} {phase}: wall {r['wall_s']:.1f} s; PyTorch {r.get('torch_s', 0):.1f} s, Flax "
+                      f"{r.get('flax_s', 0):.1f} s (building {r.get('programs', 0)} programs {r.get('flax_build_s', 0):.1f} s"
+                      f", {r.get('cache_hits', 0)} from the cache; running {r.get('flax_run_s', 0):.1f} s); exit "
+                      f"{r['exit_code']}", flush=True)
+            results[name] = {"heads": matrix["heads"], "dtypes": matrix["dtypes"], "args": matrix["extra"], **runs}
+    data = {"benchmark": "gate", "quick": args.quick, "environment": environment(), "results": results}
+    os.makedirs(args.out, exist_ok=True)
+    write_json(os.path.join(args.out, "gate.json"), data)
+    failed = [n for n, r in results.items() if any(r[p]["exit_code"] != 0 for p in ("cold", "warm"))]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
