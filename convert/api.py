@@ -18,7 +18,7 @@ from convert import engine, rules
 from convert.containment import contained
 from convert.dtypes import is_float, parse_dtype
 from convert.errors import ConversionError
-from convert.plan import infer_head, make_plan
+from convert.plan import classifier_rows, infer_head, make_plan, with_layout_of
 from convert.resolve import resolve_source
 from convert.sources import WEIGHT_FILES, open_source
 from convert.staging import StagedOutput
@@ -63,7 +63,8 @@ def load_flax_params(directory_or_file, config: BartConfig | str | None, head: s
     if prefer not in ("flax", "pt"):
         raise ConversionError(f"prefer={prefer!r}: expected 'flax' or 'pt'")
     source = open_source(path, prefer=prefer)
-    config = _config_for(path, config)
+    config = _config_for(path, config).with_labels_from_weights(classifier_rows(source.infos, source.framework), path)
+    config = with_layout_of(config, source.infos, source.framework, source.read, head, path)
     plan = make_plan(source.infos, source.framework, config, head, "flax", allow_missing=allow_missing,
                      allow_unexpected=allow_unexpected, describe=f"checkpoint {path}")
     summary = engine.start_summary(plan, source)
@@ -164,8 +165,10 @@ def convert_checkpoint(src, dst, *, to: str, format: str | None = None, head: st
     src_path = resolve_source(os.fspath(src), cache_dir=cache_dir, revision=revision)
     src_dir = src_path if os.path.isdir(src_path) else os.path.dirname(os.path.abspath(src_path))
     source = open_source(src_path, prefer="pt" if target == "flax" else "flax")
-    cfg = _config_for(src_path, config)
+    cfg = _config_for(src_path, config).with_labels_from_weights(classifier_rows(source.infos, source.framework),
+                                                                 src_path)
     head = rules.check_head(head) if head else infer_head(source.infos, source.framework)
+    cfg = with_layout_of(cfg, source.infos, source.framework, source.read, head, src_path)
     plan = make_plan(
         source.infos, source.framework, cfg, head, target,
         tied="drop" if format == "safetensors" else "all",

@@ -5,8 +5,11 @@ All problems are collected and raised together before any tensor data is read.""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 from flax_bart.config import BartConfig
 
@@ -15,6 +18,7 @@ from convert.dtypes import is_float
 from convert.errors import ConversionError
 from convert.sources import TensorInfo
 
+logger = logging.getLogger("flax_bart")
 _LAYER = re.compile(r"^(encoder|decoder)[./]layers[./](\d+)[./]")
 
 
@@ -51,6 +55,50 @@ def canonical(key, framework: str):
     return key[1:] if key[:1] == (rules.FLAX_PREFIX,) else key
 
 
+def classifier_rows(infos, framework: str) -> int | None:
+    """Rows of the classification head's `out_proj` (its label count) in a checkpoint's tensor infos,
+    or None when it has no classification head."""
+    for key, info in infos.items():
+        c = canonical(key, framework)
+        if framework == "pt" and c == "classification_head.out_proj.weight" and len(info.shape) == 2:
+            return int(info.shape[0])
+        if framework == "flax" and tuple(c) == ("classification_head", "out_proj", "kernel") and len(info.shape) == 2:
+            return int(info.shape[1])
+    return None
+
+
+def has_separate_embeddings(keys: Iterable, framework: str, read, config: BartConfig, head: str | None = None) -> bool:
+    """Whether a checkpoint holds transformers v5's untied seq2seq layout with input embeddings that
+    differ from `shared` (`read(key)` gives a tensor): Flax trees by their `encoder/embed_tokens`,
+    PyTorch state dicts by comparing the copies bit for bit. Always False for a tied config (copies
+    that differ there stay refused) and for the causal LM."""
+    if config.tie_word_embeddings or head == "causal":
+        return False
+    names = {canonical(k, framework): k for k in keys}
+    if framework == "flax":
+        return ("encoder", "embed_tokens", "embedding") in {tuple(c) for c in names}
+    home = names.get("shared.weight")
+    copies = [names[c] for c in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") if c in names]
+    if home is None or not copies:
+        return False
+    ref = np.ascontiguousarray(read(home))
+    return any(not _same_bits(np.ascontiguousarray(read(k)), ref) for k in copies)
+
+
+def _same_bits(a, b) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def with_layout_of(config: BartConfig, keys: Iterable, framework: str, read, head: str | None = None,
+                   where: str = "the checkpoint") -> BartConfig:
+    """`config` with `separate_input_embeddings` set when the checkpoint holds that layout (logged)."""
+    if config.separate_input_embeddings or not has_separate_embeddings(list(keys), framework, read, config, head):
+        return config
+    logger.warning("%s holds separate encoder/decoder input embeddings (transformers v5, untied): loading them as "
+                   "three parameters", where)
+    return config.replace(separate_input_embeddings=True)
+
+
 def infer_head(keys: Iterable, framework: str) -> str:
     """The head a checkpoint was saved from, judged by its key names."""
     keys = list(keys)
@@ -67,13 +115,15 @@ def infer_head(keys: Iterable, framework: str) -> str:
     return "lm"
 
 
-def _lookup(config: BartConfig, framework: str) -> dict:
+def _lookup(config: BartConfig, framework: str, head: str | None = None) -> dict:
     """canonical source key -> (Param, preference rank) over every head's tensors."""
     table = {}
-    for p in rules.all_params(config):
+    params = rules.all_params(config, head)
+    for p in params:
         table[p.pt if framework == "pt" else p.flax] = (p, 0)
-    embed = next(p for p in rules.all_params(config) if p.part == "embed")
-    aliases = rules.embedding_pt_aliases(config) if framework == "pt" else rules.EMBEDDING_FLAX_ALIASES
+    embed = next(p for p in params if p.part == "embed")
+    aliases = (rules.embedding_pt_aliases(config, head) if framework == "pt"
+               else rules.embedding_flax_aliases(config, head))
     for rank, alias in enumerate(aliases):
         table[alias] = (embed, rank)
     return table
@@ -102,7 +152,7 @@ def make_plan(
     rules.check_head(head)
     allow_missing = [allow_missing] if isinstance(allow_missing, str) else list(allow_missing)
     _check_layer_counts(infos, source_framework, config, head, describe)
-    table = _lookup(config, source_framework)
+    table = _lookup(config, source_framework, head)
     found: dict[rules.Param, list[tuple[int, Any]]] = {}
     unexpected, problems = [], []
     for key in infos:

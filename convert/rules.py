@@ -101,10 +101,20 @@ def _modules(config: BartConfig) -> Iterator[tuple[str, str, tuple[int, ...], st
     yield "qa_outputs", "linear", (d, 2), "qa"
 
 
-def all_params(config: BartConfig) -> list[Param]:
+def separate_embeddings(config: BartConfig, head: str | None = None) -> bool:
+    """The seq2seq layout with `shared`, `encoder.embed_tokens` and `decoder.embed_tokens` as three
+    parameters (transformers v5, untied; `config.separate_input_embeddings`). A causal LM holds one
+    word embedding either way."""
+    return bool(config.separate_input_embeddings) and head != "causal"
+
+
+def all_params(config: BartConfig, head: str | None = None) -> list[Param]:
     """Every logical tensor any head can have (the word embedding first, under its seq2seq name)."""
-    out = [Param("shared.weight", ("shared", "embedding"), "embedding", False,
-                 (config.vocab_size, config.d_model), "embed")]
+    vocab = (config.vocab_size, config.d_model)
+    out = [Param("shared.weight", ("shared", "embedding"), "embedding", False, vocab, "embed")]
+    if separate_embeddings(config, head):
+        out += [Param(f"{side}.embed_tokens.weight", (side, "embed_tokens", "embedding"), "embedding", False, vocab,
+                      side) for side in ("encoder", "decoder")]
     for module, kind, dims, part in _modules(config):
         for pt_leaf, flax_leaf, rule, transposed in RULES[kind]:
             shape = _linear_shape(dims[0], dims[1], flax_leaf) if kind.startswith("linear") else dims
@@ -117,20 +127,26 @@ def all_params(config: BartConfig) -> list[Param]:
 def head_params(config: BartConfig, head: str) -> list[Param]:
     """The logical tensors of `head`, in model order."""
     parts = _PARTS[check_head(head)]
-    params = [p for p in all_params(config) if p.part in parts]
+    params = [p for p in all_params(config, head) if p.part in parts]
     if head == "causal":  # decoder-only: no final_logits_bias; lm_head only when untied
         params = [p for p in params if p.pt != "final_logits_bias"]
     return params
 
 
 # ---- the word embedding and its tied copies ----------------------------------------------------
-def embedding_pt_aliases(config: BartConfig) -> tuple[str, ...]:
+def embedding_pt_aliases(config: BartConfig, head: str | None = None) -> tuple[str, ...]:
     """Canonical PyTorch keys that all hold the word embedding, in order of preference as source."""
+    if separate_embeddings(config, head):
+        return ("shared.weight",)
     keys = ("shared.weight", "decoder.embed_tokens.weight", "encoder.embed_tokens.weight")
     return keys + (("lm_head.weight",) if config.tie_word_embeddings else ())
 
 
 EMBEDDING_FLAX_ALIASES = (("shared", "embedding"), ("decoder", "embed_tokens", "embedding"))
+
+
+def embedding_flax_aliases(config: BartConfig, head: str | None = None) -> tuple[tuple[str, ...], ...]:
+    return EMBEDDING_FLAX_ALIASES[:1] if separate_embeddings(config, head) else EMBEDDING_FLAX_ALIASES
 
 
 def embedding_home(head: str, framework: str):
@@ -149,8 +165,8 @@ def embedding_pt_copies(config: BartConfig, head: str, tied: str) -> tuple[str, 
     """
     if tied not in ("all", "drop"):
         raise ConversionError(f"tied={tied!r}: expected 'all' or 'drop'")
-    if tied == "drop" and config.tie_word_embeddings:
-        return ()
+    if (tied == "drop" and config.tie_word_embeddings) or separate_embeddings(config, head):
+        return ()  # separate: encoder/decoder embed_tokens are parameters of their own
     copies = () if head == "causal" else ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
     if config.tie_word_embeddings and head in ("lm", "causal"):
         copies += ("lm_head.weight",)

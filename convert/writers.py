@@ -52,6 +52,16 @@ def key_name(key, fmt: str) -> str:
     return key
 
 
+# safetensors' dtype order (its `Dtype` enum); the library lays tensors out by dtype, descending, then name.
+_SAFETENSORS_DTYPE_RANK = {name: i for i, name in enumerate((
+    "bool", "uint8", "int8", "float8_e5m2", "float8_e4m3fn", "int16", "uint16", "float16", "bfloat16", "int32",
+    "uint32", "float32", "float64", "int64", "uint64"))}
+
+
+def _safetensors_order(name: str, dtype: np.dtype) -> tuple:
+    return (-_SAFETENSORS_DTYPE_RANK.get(np.dtype(dtype).name, -1), name)
+
+
 class CheckpointWriter:
     """Writes `specs` [(key, shape, dtype)] into `directory` as format `fmt`, in shards of at most
     `max_shard_size` bytes of tensor data (a larger tensor gets a shard of its own)."""
@@ -79,6 +89,9 @@ class CheckpointWriter:
                 size = 0
             shards[-1].append(spec)
             size += nbytes
+        if fmt == "safetensors":  # the layout the safetensors library itself writes: files byte-identical
+            shards = [sorted(shard, key=lambda spec: _safetensors_order(key_name(spec[0], fmt), spec[2]))
+                      for shard in shards]
         self.shards = shards
         n = len(shards)
         self.files = [WEIGHT_FILES[fmt][0]] if n == 1 else [shard_name(fmt, i + 1, n) for i in range(n)]

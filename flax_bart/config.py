@@ -11,12 +11,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import math
 import os
 import stat
 from typing import Any, Mapping
 
 from flax_bart.activations import ACTIVATIONS
+
+logger = logging.getLogger("flax_bart")
 
 CONFIG_NAME = "config.json"
 
@@ -44,7 +47,7 @@ _PROB_FIELDS = (
     "encoder_layerdrop", "decoder_layerdrop",
 )
 _BOOL_FIELDS = (
-    "scale_embedding", "use_cache", "tie_word_embeddings", "is_encoder_decoder", "output_attentions",
+    "scale_embedding", "separate_input_embeddings", "use_cache", "tie_word_embeddings", "is_encoder_decoder", "output_attentions",
     "output_hidden_states", "return_dict",
 )
 
@@ -146,6 +149,12 @@ class BartConfig:
     classifier_dropout: float = 0.0
     init_std: float = 0.02
     scale_embedding: bool = False
+    # transformers v5 with tie_word_embeddings=False: `shared`, `encoder.embed_tokens` and
+    # `decoder.embed_tokens` are three parameters. True: the Flax tree holds all three
+    # (model/shared, model/encoder/embed_tokens, model/decoder/embed_tokens) and the encoder and decoder
+    # read their own. Set by the loaders when a checkpoint's copies differ; written to config.json only
+    # when True.
+    separate_input_embeddings: bool = False
     use_cache: bool = True
     tie_word_embeddings: bool = True
     is_encoder_decoder: bool = True
@@ -160,6 +169,10 @@ class BartConfig:
     return_dict: bool = True
     id2label: Mapping[int, str] | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # False when the config named no labels at all (no num_labels, id2label or label2id: transformers
+    # v5 drops them as defaults); loaders then take the label count from the classifier's weights
+    # (`with_labels_from_weights`). Not serialised, not compared.
+    labels_given: bool = dataclasses.field(default=True, compare=False, repr=False)
 
     def __post_init__(self):
         id2label = self.id2label
@@ -190,6 +203,9 @@ class BartConfig:
         if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) \
                 or not math.isfinite(self.init_std) or self.init_std < 0:
             raise ConfigError(f"config field 'init_std' must be a finite number >= 0, got {self.init_std!r}")
+        if self.separate_input_embeddings and self.tie_word_embeddings:
+            raise ConfigError("config field 'separate_input_embeddings' is true, but 'tie_word_embeddings' is true "
+                              "too: separate input embeddings are the untied layout of transformers v5")
         if self.num_labels > MAX_LABELS:
             raise ConfigError(f"config field 'id2label' has {self.num_labels} labels, more than {MAX_LABELS}")
         for side in ("encoder", "decoder"):
@@ -287,12 +303,28 @@ class BartConfig:
             return ()
         return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
+    def with_labels_from_weights(self, rows: int | None, where: str = "the checkpoint", *,
+                                 log: bool = True) -> "BartConfig":
+        """This config, or a copy with `num_labels=rows` when it named no labels and the classifier's
+        `out_proj` has `rows` rows (logged in one line). Named labels always win: a real disagreement is
+        left for the shape check to refuse."""
+        if self.labels_given or rows is None or rows == self.num_labels:
+            return self
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 0 < rows <= MAX_LABELS:
+            return self  # the shape check reports it
+        if log:
+            logger.warning("config.json names no labels; %s's classification_head.out_proj has %d rows: num_labels=%d",
+                           where, rows, rows)
+        return self.replace(num_labels=rows)
+
     def replace(self, **changes) -> "BartConfig":
         """A copy with `changes`; unknown names go to `extra`."""
         known = {f.name for f in dataclasses.fields(self)}
         extra = dict(self.extra)
         kw = {}
         for k, v in changes.items():
+            if k in ("num_labels", "id2label", "label2id"):
+                kw["labels_given"] = True
             if k == "num_labels":
                 kw["id2label"] = _default_labels(v)
             elif k in known:
@@ -314,8 +346,10 @@ class BartConfig:
             raise ConfigError(f"a BART config may nest at most {MAX_JSON_DEPTH} levels deep")
         d = copy.deepcopy(dict(d))
         d.update(overrides)
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "labels_given"}
+        labels_given = any(k in d for k in ("num_labels", "id2label", "label2id"))
         kwargs = {k: d.pop(k) for k in list(d) if k in known}
+        kwargs["labels_given"] = labels_given
         label2id = d.pop("label2id", None)
         num_labels = d.pop("num_labels", None)
         id2label = kwargs.get("id2label")
@@ -355,9 +389,11 @@ class BartConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "id2label"):
+            if f.name in ("extra", "id2label", "labels_given"):
                 continue
             out[f.name] = copy.deepcopy(getattr(self, f.name))
+        if not self.separate_input_embeddings:  # the 4.x layout: config.json stays as 4.x/v5 write it
+            del out["separate_input_embeddings"]
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = {v: k for k, v in self.id2label.items()}
         out.update(copy.deepcopy(self.extra))

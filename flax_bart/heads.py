@@ -15,13 +15,21 @@ from flax_bart.modules import BartDecoder, BartEncoder, BartModuleBase, Embed, _
 
 
 class BartModule(BartModuleBase):
-    """Encoder + decoder around one `shared` embedding (BartModel)."""
+    """Encoder + decoder around one `shared` embedding (BartModel). With
+    `config.separate_input_embeddings` the encoder and decoder own their `embed_tokens` and `shared`
+    is kept (as transformers v5 keeps it) but read by nothing."""
 
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         self.shared = Embed(c.vocab_size, c.d_model, c, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.encoder = BartEncoder(c, embed_tokens=self.shared, **kw)
-        self.decoder = BartDecoder(c, embed_tokens=self.shared, **kw)
+        embed = None if c.separate_input_embeddings else self.shared
+        self.encoder = BartEncoder(c, embed_tokens=embed, **kw)
+        self.decoder = BartDecoder(c, embed_tokens=embed, **kw)
+
+    def _keep_shared(self):
+        """Create `shared` during init when nothing reads it, so that the tree holds it."""
+        if self.config.separate_input_embeddings and self.is_initializing():
+            self.shared(jnp.zeros((1, 1), jnp.int32))
 
     def encode(self, input_ids, attention_mask, position_ids, output_attentions=False,
                output_hidden_states=False, deterministic=True):
@@ -44,6 +52,7 @@ class BartModule(BartModuleBase):
 
     def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
                  decoder_position_ids, output_attentions=False, output_hidden_states=False, deterministic=True):
+        self._keep_shared()
         enc = self.encode(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
                           deterministic)
         dec = self.decode(decoder_input_ids, enc.last_hidden_state, attention_mask, decoder_attention_mask,

@@ -53,6 +53,19 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
         config = BartConfig.from_dict(config)
     if config_overrides:
         config = config.replace(**config_overrides)
+    if not config.labels_given or not config.tie_word_embeddings:
+        # What config.json leaves open, the weights say: the label count (v5 drops default label
+        # fields) and whether the input embeddings are separate parameters (v5, untied).
+        from convert import classifier_rows, open_source, with_layout_of
+
+        source = open_source(weights, prefer="pt" if from_pt else "flax")
+        rows = classifier_rows(source.infos, source.framework)
+        config = with_layout_of(config.with_labels_from_weights(rows, path), source.infos, source.framework,
+                                source.read, cls.head, path)
+        if file_config is not None:
+            file_config = file_config.with_labels_from_weights(rows, path, log=False)
+            if config.separate_input_embeddings and not file_config.tie_word_embeddings:
+                file_config = file_config.replace(separate_input_embeddings=True)
 
     model = cls(config, dtype=dtype, _do_init=False, seed=seed, param_dtype=param_dtype or jnp.float32,
                 precision=precision)

@@ -306,8 +306,9 @@ class BartEncoder(BartModuleBase):
 
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        if self.embed_tokens is None:
-            raise ValueError("BartEncoder needs the shared token embedding (embed_tokens)")
+        self.tokens = self.embed_tokens
+        if self.tokens is None:  # separate input embeddings (transformers v5, untied)
+            self.tokens = Embed(c.vocab_size, c.d_model, c, name="embed_tokens", **kw)
         self.embed_positions = Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model, c, **kw)
         self.layers = BartEncoderLayerCollection(c, precision=self.precision, **kw)
         self.layernorm_embedding = _layer_norm(name="layernorm_embedding", **kw)
@@ -315,13 +316,14 @@ class BartEncoder(BartModuleBase):
 
     def __call__(self, input_ids, attention_mask, position_ids, output_attentions=False,
                  output_hidden_states=False, deterministic=True):
-        h = _embed(self, self.embed_tokens, self.embed_positions, input_ids, position_ids)
+        h = _embed(self, self.tokens, self.embed_positions, input_ids, position_ids)
         h = self.dropout(h, deterministic=deterministic)
         return self.layers(h, attention_mask, output_attentions, output_hidden_states, deterministic)
 
 
 class BartDecoder(BartModuleBase):
-    """The decoder stack. Owns `embed_tokens` itself when none is shared (ForCausalLM)."""
+    """The decoder stack. Owns `embed_tokens` itself when none is shared (ForCausalLM, or separate
+    input embeddings)."""
 
     embed_tokens: Optional[Embed] = None
 

@@ -22,7 +22,7 @@ from convert import pt_to_flax, rules
 from convert.api import load_flax_params
 from convert.dtypes import count_nonfinite, is_float
 from convert.errors import ConversionError
-from convert.plan import infer_head
+from convert.plan import classifier_rows, infer_head, with_layout_of
 from convert.sources import open_source
 from convert.tree import convert_tree, flatten, unflatten
 from flax_bart.config import CONFIG_NAME, BartConfig, ConfigError
@@ -144,6 +144,8 @@ def open_checkpoint(path: str | os.PathLike, flax: str | os.PathLike | None = No
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     config = _config(directory)
     source = open_source(path, prefer="pt")
+    config = config.with_labels_from_weights(classifier_rows(source.infos, source.framework), path)
+    config = with_layout_of(config, source.infos, source.framework, source.read, None, path)
     if source.framework != "pt":
         raise ParityInputError(
             f"{path} holds Flax weights only ({', '.join(os.path.basename(f) for f in source.files)}); the parity "

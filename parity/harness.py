@@ -85,7 +85,7 @@ def flax_model(config, head: str, dtype: str, mesh=None):
 
     from flax_bart.models import MODEL_CLASSES
 
-    fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f != "extra"}
+    fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f not in ("extra", "labels_given")}
     mesh_key = None if mesh is None else (mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
     key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key)
     model = _MODELS.pop(key, None)

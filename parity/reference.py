@@ -111,7 +111,9 @@ class _KeyPlan:
         self.shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # internal names
         seq2seq = model.head != "causal"
         self.embedding = "model.shared.weight" if seq2seq else "model.decoder.embed_tokens.weight"
-        aliases = ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"] if seq2seq else []
+        separate = seq2seq and bool(getattr(model.config, "separate_input_embeddings", False))  # own params then
+        aliases = ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"] \
+            if seq2seq and not separate else []
         if model.head in ("lm", "causal") and model.config.tie_word_embeddings:
             aliases.append("lm_head.weight")
         self.tied = [self.external(self.embedding)] + [self.external(a) for a in aliases]

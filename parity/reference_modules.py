@@ -200,9 +200,13 @@ def _embed(ids_BxT, token_weight, embed_scale, pos_embedding, past_len):
 
 
 class BartEncoder(nn.Module):
-    def __init__(self, config):
+    """The encoder stack; `own_embeddings` gives it `embed_tokens` (v5's untied layout)."""
+
+    def __init__(self, config, own_embeddings: bool = False):
         super().__init__()
         d = config.d_model
+        if own_embeddings:
+            self.embed_tokens = nn.Embedding(config.vocab_size, d)
         self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
         self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, d)
         self.layers = nn.ModuleList(BartEncoderLayer(config) for _ in range(config.encoder_layers))
@@ -268,13 +272,15 @@ class BartDecoder(nn.Module):
 
 
 class BartSeq2SeqCore(nn.Module):
-    """transformers' BartModel layout: `shared`, `encoder`, `decoder` (embeddings tied to `shared`)."""
+    """transformers' BartModel layout: `shared`, `encoder`, `decoder` (embeddings tied to `shared`, or,
+    with `config.separate_input_embeddings`, the encoder's and decoder's own, `shared` read by nothing)."""
 
     def __init__(self, config):
         super().__init__()
+        own = bool(getattr(config, "separate_input_embeddings", False))
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = BartEncoder(config)
-        self.decoder = BartDecoder(config)
+        self.encoder = BartEncoder(config, own_embeddings=own)
+        self.decoder = BartDecoder(config, own_embeddings=own)
 
 
 class BartDecoderOnlyCore(nn.Module):
@@ -354,6 +360,12 @@ class ReferenceBart(nn.Module):
             return self.model.decoder.embed_tokens.weight
         return self.model.shared.weight
 
+    def _side_embedding(self, side: str) -> torch.Tensor:
+        """The token embedding `side` ("encoder"/"decoder") reads: its own when it has one."""
+        module = getattr(self.model, side)
+        own = getattr(module, "embed_tokens", None)
+        return self.token_embedding if own is None else own.weight
+
     @property
     def device(self) -> torch.device:
         return self.token_embedding.device
@@ -381,8 +393,8 @@ class ReferenceBart(nn.Module):
         ids = check_token_ids(input_ids, "input_ids", self.config.vocab_size, self.device)
         self._check_length("input_ids", 0, ids.shape[1])
         mask = check_mask(attention_mask, "attention_mask", ids.shape, self.device)
-        return self.model.encoder(ids, self.token_embedding, mask, output_hidden_states, output_attentions,
-                                  self.attn_impl)
+        return self.model.encoder(ids, self._side_embedding("encoder"), mask, output_hidden_states,
+                                  output_attentions, self.attn_impl)
 
     @torch.no_grad()
     def decode(self, decoder_input_ids, encoder_hidden_states=None, encoder_attention_mask=None,
@@ -410,7 +422,7 @@ class ReferenceBart(nn.Module):
                     f"got {tuple(enc.shape)}"
                 )
             enc_mask = check_mask(encoder_attention_mask, "encoder_attention_mask", enc.shape[:2], self.device)
-        out = self.model.decoder(ids, self.token_embedding, mask, enc, enc_mask, past_key_values, use_cache,
+        out = self.model.decoder(ids, self._side_embedding("decoder"), mask, enc, enc_mask, past_key_values, use_cache,
                                  output_hidden_states, output_attentions, self.attn_impl)
         logits = self._lm_logits(out.last_hidden_state) if self.head in ("lm", "causal") else None
         return Output(logits=logits, **out)
