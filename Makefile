@@ -27,6 +27,7 @@ test: $(STAMP)
 LATEST_VENV ?= .venv-transformers-latest
 TRANSFORMERS_TESTS := tests/convert/test_convert_transformers.py tests/flax_bart/test_models_vs_torch.py \
 	tests/flax_bart/test_generation_parity.py tests/flax_bart/test_labels_from_weights.py \
+	tests/flax_bart/test_untied_embeddings.py \
 	tests/flax_bart/test_loading.py tests/parity/test_reference.py
 
 test-transformers-latest:
