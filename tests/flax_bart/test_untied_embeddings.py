@@ -67,9 +67,10 @@ def test_untied_greedy_generation_is_token_equal(tmp_path):
     np.testing.assert_array_equal(np.asarray(out.sequences), ref.numpy())
 
 
-@pytest.mark.parametrize("fmt", ["msgpack", "safetensors"])
-def test_round_trip_gives_back_v5s_exact_keys_and_bits(fmt, tmp_path):
-    v5_untied("lm", tmp_path / "v5")
+@pytest.mark.parametrize("head, fmt", [("lm", "msgpack"), ("lm", "safetensors"), ("base", "msgpack"),
+                                       ("causal", "msgpack")])
+def test_round_trip_gives_back_v5s_exact_keys_and_bits(head, fmt, tmp_path):
+    v5_untied(head, tmp_path / "v5")
     convert_checkpoint(str(tmp_path / "v5"), str(tmp_path / "flax"), to="flax", format=fmt)
     convert_checkpoint(str(tmp_path / "flax"), str(tmp_path / "back"), to="pytorch")
     a, b = load_file(str(tmp_path / "v5" / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
@@ -78,9 +79,9 @@ def test_round_trip_gives_back_v5s_exact_keys_and_bits(fmt, tmp_path):
         assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
     # the file itself: same header (keys, dtypes, shapes, offsets, metadata) and the same bytes
     assert (tmp_path / "v5" / "model.safetensors").read_bytes() == (tmp_path / "back" / "model.safetensors").read_bytes()
-    # and v5 itself loads the result
-    back = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "back")
-    assert not torch.equal(back.model.shared.weight, back.model.encoder.embed_tokens.weight)
+    if head == "lm":  # and v5 itself loads the result
+        back = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "back")
+        assert not torch.equal(back.model.shared.weight, back.model.encoder.embed_tokens.weight)
 
 
 def test_save_pretrained_keeps_the_layout(tmp_path):
