@@ -26,6 +26,7 @@ from parity.judge import GREEDY_NOTE, gold_margins, judge_head
 from parity.options import (
     FLAX_DEVICES, HEADS, REFERENCES, Options, check_dtypes, choose, flax_device, input_cases, torch_device,
 )
+from parity.flax_batch import run_buckets
 from parity.mesh import build_mesh, parse_mesh
 from parity import machine
 from parity.timing import CompileMeter
@@ -138,22 +139,14 @@ def _run_torch(runner: TorchRunner, head: str, cases: dict, steps: int) -> dict:
     return out
 
 
-def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device) -> dict:
-    """Like `_run_torch`. On a mesh (`runner.model.mesh`), the model splits each batch itself; the
-    mesh and batch sizes were checked against the model before anything ran."""
+def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device) -> tuple[dict, dict]:
+    """Like `_run_torch`, with the cases merged into shape buckets (parity.flax_batch); and the buckets.
+    On a mesh (`runner.model.mesh`), the model splits each batch itself; the mesh and batch sizes were
+    checked against the model before anything ran."""
     import jax
 
-    out = {}
     with jax.default_device(device):
-        for name, case in cases.items():
-            fwd, enc = runner.forward(case)
-            res = {"forward": fwd}
-            if steps and head in DECODING_HEADS:
-                res["steps"] = runner.cached_steps(case, enc, steps)
-            if head in GREEDY_HEADS and new_tokens(head, case, steps, runner.config):
-                res.update(_greedy_result(runner.greedy(case, enc, steps)))
-            out[name] = res
-    return out
+        return run_buckets(runner, head, cases, steps)
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -221,6 +214,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     timings = {"torch_s": 0.0, "flax_s": 0.0, "compare_s": 0.0}
     steps_timing: dict[str, dict] = {}  # "head/dtype" -> seconds (parity.timing)
     greedy_paths = set()
+    buckets: dict[str, dict] = {}  # head -> the Flax side's shape buckets (parity.flax_batch)
     low = any(d in LOW_PRECISION for d in dtypes)
     bar = progress_bar(len(heads) * (len(dtypes) * (len(tdevs) + len(fdevs)) + low), disable=log is None)
 
@@ -264,7 +258,8 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                         runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh)
                         if head in GREEDY_HEADS and opts.steps:
                             greedy_paths.add(f"{head}: {runner.greedy_path}")
-                        flax_out[fd] = _run_flax(runner, head, cases[head], opts.steps, fdev)
+                        flax_out[fd], layout = _run_flax(runner, head, cases[head], opts.steps, fdev)
+                        buckets[head] = layout
                         del runner
                     timings["flax_s"] += meter.total_s
                     key = f"{head}/{dtype}" + ("" if len(fdevs) == 1 else f"/{fd}")
@@ -293,12 +288,24 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     report.environment = Environment.collect(
         devices=report.environment.devices, matmul_precision=MATMUL_PRECISION,
         extra={**env_extra, "flax_greedy": "; ".join(sorted(greedy_paths)) or "none",
+               "flax_buckets": describe_buckets(buckets),
                **{k: round(v, 2) for k, v in timings.items()}, "seconds": round(seconds, 2)})
     bar.close()
     report.timings = {**{k: round(v, 3) for k, v in timings.items()}, "seconds": round(seconds, 3),
                       "steps": steps_timing}
     report.machine = machine.collect()
     return Outcome(report, ckpt, seconds, timings)
+
+
+def describe_buckets(buckets: dict) -> str:
+    """'lm: right_padding+length_1 | max_length; greedy ...' : which cases shared one Flax program."""
+    parts = []
+    for head, layout in buckets.items():
+        text = " | ".join("+".join(b) for b in layout["forward"])
+        if "greedy" in layout:
+            text += "; greedy " + " | ".join("+".join(b) for b in layout["greedy"])
+        parts.append(f"{head}: {text}")
+    return "; ".join(parts) or "none"
 
 
 def progress_bar(total: int, disable: bool):

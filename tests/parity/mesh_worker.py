@@ -77,8 +77,8 @@ def outputs_on_mesh_and_one_device(path: str, label: str, heads) -> dict:
             params = ckpt.flax_weights(head, ckpt.reference_weights(head, 0))
             one = harness._flax_runner(ckpt, head, params, "float32", dev)
             many = harness._flax_runner(ckpt, head, params, "float32", dev, mesh)
-            a = harness._run_flax(one, head, cases[head], STEPS, dev)
-            b = harness._run_flax(many, head, cases[head], STEPS, dev)
+            a, _ = harness._run_flax(one, head, cases[head], STEPS, dev)
+            b, _ = harness._run_flax(many, head, cases[head], STEPS, dev)
             out[head] = {"diff": max_diff(a, b), "spec": spec_of(many), "mesh_devices": many.model.mesh.size,
                          "rows": int(next(iter(cases[head].values()))["input_ids"].shape[0]),
                          "compared": sorted(b[CASES[0]])}

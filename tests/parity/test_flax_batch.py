@@ -1,0 +1,125 @@
+"""The Flax side's shape buckets: which cases merge, and that a merged run gives each case what its own
+run gives (rows, positions, cached steps, greedy ids/scores/steps) within float32 rounding."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from parity import flax_batch
+from parity.demo import demo_config
+from parity.harness import flax_model
+from parity.inputs import cases_for_head
+from parity.runners import FlaxRunner
+
+CFG = demo_config(True)   # max_position_embeddings 40
+STEPS = 2
+
+
+def _names(buckets):
+    return [sorted(m[0] for m in b.members) for b in buckets]
+
+
+def test_plan_keeps_fully_masked_rows_at_their_length_and_pads_the_rest_into_the_nearest_bucket():
+    cases = cases_for_head(CFG, "lm", seed=0, batch_size=3, seq_len=12)
+    buckets = flax_batch.plan("lm", cases)
+    # max_length (40 positions) may take the 12-long cases (40 <= 64), but fully_padded_row may not pad,
+    # so the short cases join it at 12 and max_length stays alone.
+    assert _names(buckets) == [["max_length"], ["fully_padded_row", "left_padding", "length_1", "right_padding"]]
+    assert [(b.enc_len, b.dec_len) for b in buckets] == [(40, 40), (12, 12)]
+    rows = {m[0]: (m[1], m[2]) for m in buckets[1].members}
+    assert sorted(rows.values()) == [(0, 3), (3, 6), (6, 9), (9, 12)]
+
+
+def test_plan_without_padding_merges_equal_lengths_only():
+    cases = cases_for_head(CFG, "causal", seed=0, batch_size=2, seq_len=12)
+    assert _names(flax_batch.plan("causal", cases, pad=False)) == [
+        ["max_length"], ["fully_padded_row", "left_padding", "right_padding"], ["length_1"]]
+
+
+def test_padding_is_bounded_by_the_cases_own_length():
+    short = cases_for_head(CFG, "qa", seed=0, batch_size=2, seq_len=12)
+    cases = {"length_1": short["length_1"], "long": cases_for_head(CFG, "qa", 0, 2, 40)["right_padding"]}
+    cases["long"]["input_ids"] = np.tile(cases["long"]["input_ids"], (1, 2))[:, :80]   # past 64 = max(4 x 1, 64)
+    cases["long"]["attention_mask"] = np.ones_like(cases["long"]["input_ids"])
+    cases["long"]["decoder_input_ids"] = cases["long"]["input_ids"].copy()
+    assert len(flax_batch.plan("qa", cases)) == 2
+    assert not flax_batch.paddable({"attention_mask": np.array([[1, 1], [0, 0]])})
+
+
+def test_merge_pads_on_the_right_and_spells_out_decoder_masks():
+    cases = cases_for_head(CFG, "lm", seed=0, batch_size=3, seq_len=12)
+    bucket = flax_batch.plan("lm", cases)[1]
+    merged = flax_batch.merge("lm", cases, bucket, CFG.pad_token_id)
+    first, end = next((m[1], m[2]) for m in bucket.members if m[0] == "length_1")
+    assert merged["input_ids"].shape == (12, 12)
+    np.testing.assert_array_equal(merged["attention_mask"][first:end, 1:], 0)
+    np.testing.assert_array_equal(merged["input_ids"][first:end, 1:], CFG.pad_token_id)
+    np.testing.assert_array_equal(merged["decoder_attention_mask"][first:end], [[1] + [0] * 11] * 3)
+    first, end = next((m[1], m[2]) for m in bucket.members if m[0] == "left_padding")
+    np.testing.assert_array_equal(merged["decoder_attention_mask"][first:end],
+                                  cases["left_padding"]["decoder_attention_mask"])
+
+
+def test_greedy_steps_run_stops_when_every_row_has_emitted_eos():
+    eos = CFG.eos_token_id
+    ids = np.array([[2, 5, eos, 1, 1], [2, 5, 6, eos, 1]])
+    assert flax_batch.greedy_steps_run("lm", ids, 1, 4, CFG) == 3
+    assert flax_batch.greedy_steps_run("lm", ids[:1], 1, 4, CFG) == 2
+    assert flax_batch.greedy_steps_run("lm", np.array([[2, 5, 6, 7, 8]]), 1, 4, CFG) == 4
+
+
+def _params(head):
+    from flax_bart.models import MODEL_CLASSES
+
+    return MODEL_CLASSES[head](CFG, seed=3).params
+
+
+def _max_diff(a, b):
+    if isinstance(a, (tuple, list)):
+        return max((_max_diff(x, y) for x, y in zip(a, b)), default=0.0)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        return max((_max_diff(a[k], b[k]) for k in a), default=0.0)
+    if a is None or isinstance(a, int):
+        assert a == b
+        return 0.0
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))   # -inf where a token is forced
+    both = np.isfinite(a)
+    return float(np.abs(a[both] - b[both]).max()) if both.any() else 0.0
+
+
+def test_cut_forward_knows_each_outputs_sequence_axes():
+    case = {"input_ids": np.zeros((2, 3), np.int32), "decoder_input_ids": np.zeros((2, 3), np.int32)}
+    out = {"logits": np.zeros((5, 4)), "encoder_attentions": (np.zeros((5, 2, 7, 7)),),
+           "cross_attentions": (np.zeros((5, 2, 7, 7)),), "start_logits": np.zeros((5, 7))}
+    cut = flax_batch.cut_forward("cls", out, case, slice(1, 3))
+    assert cut["logits"].shape == (2, 4)                       # labels, not positions
+    assert cut["encoder_attentions"][0].shape == (2, 2, 3, 3)
+    assert cut["cross_attentions"][0].shape == (2, 2, 3, 3)
+    assert cut["start_logits"].shape == (2, 3)
+    assert flax_batch.cut_forward("lm", {"logits": np.zeros((5, 7, 4))}, case, slice(0, 2))["logits"].shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("head", ["lm", "causal"])
+def test_merged_run_gives_each_case_what_its_own_run_gives(head):
+    cases = cases_for_head(CFG, head, seed=0, batch_size=2, seq_len=12)
+    runner = FlaxRunner(flax_model(CFG, head, "float32"), _params(head), head, CFG)
+    with jax.default_matmul_precision("highest"):
+        merged, layout = flax_batch.run_buckets(runner, head, cases, STEPS)
+        # The cases the merge changes: padded (length_1) and given a spelled-out decoder mask (left_padding).
+        for name in ("length_1", "left_padding"):
+            case = cases[name]
+            fwd, enc = runner.forward(case)
+            own = {"forward": fwd}
+            if head in ("lm", "causal"):
+                own["steps"] = runner.cached_steps(case, enc, STEPS)
+                if "greedy" in merged[name]:
+                    g = runner.greedy(case, enc, STEPS)
+                    own.update(greedy=g["ids"], greedy_scores=g["scores"], greedy_steps=g["steps"])
+            assert merged[name].keys() == own.keys(), name
+            assert _max_diff(merged[name], own) < 1e-5, name
+    assert sum(len(b) for b in layout["forward"]) == len(cases)
