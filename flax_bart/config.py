@@ -34,6 +34,10 @@ _LEGACY_REQUIRED = {
 }
 
 
+# What `problem_type` may say (a standard transformers config field): the sequence-classification loss.
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
 class ConfigError(ValueError):
     """A config.json value this implementation cannot honour."""
 
@@ -167,6 +171,9 @@ class BartConfig:
     output_attentions: bool = False
     output_hidden_states: bool = False
     return_dict: bool = True
+    # The sequence-classification loss; None picks it from num_labels and the labels' dtype per call
+    # (`flax_bart.losses.problem_type_for`). Written to config.json only when set.
+    problem_type: str | None = None
     id2label: Mapping[int, str] | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # False when the config named no labels at all (no num_labels, id2label or label2id: transformers
@@ -245,6 +252,9 @@ class BartConfig:
                     f"config field {name!r}={self.extra[name]!r} is not supported (only {required!r})"
                     + (f": {why}" if why else "")
                 )
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"config field 'problem_type'={self.problem_type!r} is not one of {list(PROBLEM_TYPES)} "
+                              "or null")
         if self.extra.get("model_type", "bart") != "bart":
             raise ConfigError(f"config field 'model_type'={self.extra['model_type']!r}: expected 'bart'")
         total, parts = self._parameter_parts()
@@ -394,6 +404,8 @@ class BartConfig:
             out[f.name] = copy.deepcopy(getattr(self, f.name))
         if not self.separate_input_embeddings:  # the 4.x layout: config.json stays as 4.x/v5 write it
             del out["separate_input_embeddings"]
+        if self.problem_type is None:  # as transformers writes a config that never set it
+            del out["problem_type"]
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = {v: k for k, v in self.id2label.items()}
         out.update(copy.deepcopy(self.extra))

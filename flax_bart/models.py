@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from flax_bart import heads
+from flax_bart import heads, losses
 from flax_bart.generation import GenerationMixin
 from flax_bart.pretrained import FlaxBartPreTrainedModel
 from flax_bart.validation import (
@@ -60,6 +60,40 @@ def cache_room(past_key_values, new_tokens: int, name: str):
     return start, max_len
 
 
+# The loss arguments each head's `__call__` takes (PyTorch's names); the loss is `losses.<fn>` of the
+# head's outputs, computed after the module (inside a caller's `jit` it is traced with the rest).
+_LOSS_ARGS = {"base": (), "lm": ("labels",), "cls": ("labels",), "causal": ("labels",),
+              "qa": ("start_positions", "end_positions")}
+
+
+def _loss_targets(model, **given) -> dict | None:
+    """The loss arguments given to `model.__call__`, checked against what its head takes; None if none."""
+    given = {k: v for k, v in given.items() if v is not None}
+    takes = _LOSS_ARGS[model.head]
+    for k in given:
+        if k not in takes:
+            raise InputError(f"{type(model).__name__} takes no {k} (its loss arguments: {list(takes) or 'none'})")
+    missing = [k for k in takes if k not in given]
+    if given and missing:
+        raise InputError(f"{', '.join(given)} given without {', '.join(missing)}: the loss needs both")
+    return given or None
+
+
+def _with_loss(model, out, ret: bool, targets: dict | None):
+    """`out` (a dataclass) with its `loss` filled when there are targets, as a tuple unless `ret`."""
+    if targets is not None:
+        c = model.config
+        if model.head == "qa":
+            loss = losses.qa_loss(out.start_logits, out.end_logits, targets["start_positions"],
+                                  targets["end_positions"])
+        elif model.head == "cls":
+            loss = losses.classification_loss(out.logits, targets["labels"], c.problem_type, c.num_labels)
+        else:  # lm, causal: labels are aligned with the logits (PyTorch shifts neither)
+            loss = losses.lm_loss(out.logits, targets["labels"])
+        out = out.replace(loss=loss)
+    return out if ret else out.to_tuple()
+
+
 class _Seq2SeqAPI(FlaxBartPreTrainedModel):
     """`__call__`, `encode`, `decode`, `init_cache` of the encoder-decoder classes."""
 
@@ -83,10 +117,18 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
 
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                  position_ids=None, decoder_position_ids=None, output_attentions=None, output_hidden_states=None,
-                 return_dict=None, train: bool = False, params=None, dropout_rng=None):
+                 return_dict=None, train: bool = False, params=None, dropout_rng=None, *, labels=None,
+                 start_positions=None, end_positions=None):
+        """The forward pass; with `labels` (or `start_positions` and `end_positions` for QA) the output's
+        first field is the loss (`flax_bart.losses`). ForConditionalGeneration with labels and no
+        `decoder_input_ids` decodes `shift_tokens_right(labels)`, as PyTorch does."""
         c = self.config
         attn, hid, ret = self._flags(output_attentions, output_hidden_states, return_dict)
+        targets = _loss_targets(self, labels=labels, start_positions=start_positions, end_positions=end_positions)
         mask, pos = self._check_encoder_inputs(input_ids, attention_mask, position_ids)
+        if labels is not None and self.head == "lm" and decoder_input_ids is None:
+            losses.check_class_ids("labels", labels, (input_ids.shape[0], None), c.vocab_size, "target_length")
+            decoder_input_ids = shift_tokens_right(_as_ids(labels), c.pad_token_id, c.decoder_start_token_id)
         if decoder_input_ids is None:
             decoder_input_ids = shift_tokens_right(input_ids, c.pad_token_id, c.decoder_start_token_id)
         check_ids("decoder_input_ids", decoder_input_ids, c.vocab_size)
@@ -106,7 +148,8 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
             position_ids=pos,
             decoder_position_ids=_positions(b, t) if decoder_position_ids is None else jnp.asarray(decoder_position_ids),
         )
-        return self._apply("__call__", params, arrays, attn, hid, ret, train, dropout_rng)
+        out = self._apply("__call__", params, arrays, attn, hid, True, train, dropout_rng)
+        return _with_loss(self, out, ret, targets)
 
     def encode(self, input_ids, attention_mask=None, position_ids=None, output_attentions=None,
                output_hidden_states=None, return_dict=None, train: bool = False, params=None, dropout_rng=None):
@@ -204,9 +247,13 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, encoder_hidden_states=None,
                  encoder_attention_mask=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                 train: bool = False, params=None, past_key_values: dict = None, dropout_rng=None):
+                 train: bool = False, params=None, past_key_values: dict = None, dropout_rng=None, *, labels=None):
+        """The forward pass; with `labels` the output's first field is `losses.lm_loss(logits, labels)`.
+        Like transformers v5 BartForCausalLM nothing is shifted: `labels[:, i]` is the target of
+        position i, so pass next tokens (or use `losses.causal_lm_loss` on `input_ids`)."""
         c = self.config
         attn, hid, ret = self._flags(output_attentions, output_hidden_states, return_dict)
+        targets = _loss_targets(self, labels=labels)
         check_ids("input_ids", input_ids, c.vocab_size)
         b, t = input_ids.shape
         start = 0
@@ -230,7 +277,8 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
             encoder_hidden_states = jnp.asarray(encoder_hidden_states)
         arrays = dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=jnp.asarray(position_ids),
                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=enc_mask)
-        return self._apply("__call__", params, arrays, attn, hid, ret, train, dropout_rng, past_key_values)
+        out = self._apply("__call__", params, arrays, attn, hid, True, train, dropout_rng, past_key_values)
+        return _with_loss(self, out, ret, targets)
 
     def init_cache(self, batch_size: int, max_length: int, params=None):
         check_length("max_length", max_length, self.config.max_position_embeddings)

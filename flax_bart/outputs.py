@@ -2,6 +2,8 @@
 
 Each is a frozen pytree (so it can leave a `jax.jit`), reads like the 4.x `ModelOutput`:
 attribute access, `out["logits"]`, `out[0]`, `out.to_tuple()` (None fields dropped), `keys()`.
+The head outputs start with `loss` as in PyTorch; it is None (so absent from tuples and keys, which
+keep the 4.x order) unless labels were given.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class FlaxBaseModelOutputWithPastAndCrossAttentions(ModelOutput):
 
 @struct.dataclass
 class FlaxCausalLMOutputWithCrossAttentions(ModelOutput):
+    loss: Array = None
     logits: Array = None
     past_key_values: Optional[dict] = None
     hidden_states: Optional[tuple] = None
@@ -86,6 +89,7 @@ class FlaxSeq2SeqModelOutput(ModelOutput):
 
 @struct.dataclass
 class FlaxSeq2SeqLMOutput(ModelOutput):
+    loss: Array = None
     logits: Array = None
     past_key_values: Optional[dict] = None
     decoder_hidden_states: Optional[tuple] = None
@@ -98,6 +102,7 @@ class FlaxSeq2SeqLMOutput(ModelOutput):
 
 @struct.dataclass
 class FlaxSeq2SeqSequenceClassifierOutput(ModelOutput):
+    loss: Array = None
     logits: Array = None
     past_key_values: Optional[dict] = None
     decoder_hidden_states: Optional[tuple] = None
@@ -110,6 +115,7 @@ class FlaxSeq2SeqSequenceClassifierOutput(ModelOutput):
 
 @struct.dataclass
 class FlaxSeq2SeqQuestionAnsweringModelOutput(ModelOutput):
+    loss: Array = None
     start_logits: Array = None
     end_logits: Array = None
     past_key_values: Optional[dict] = None
