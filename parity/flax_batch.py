@@ -156,8 +156,6 @@ def _cut_greedy(head: str, greedy: dict, case: dict, rows: slice, steps: int, co
 def run_buckets(runner, head: str, cases: dict, steps: int) -> tuple[dict, dict]:
     """Outputs per case as the per-case runs give them, from one run per bucket; and the plan
     ({"forward": [[case, ...], ...], "greedy": ...}) for the report."""
-    import jax
-
     cfg = runner.config
     pad_id = greedy_settings(cfg, head)["pad_token_id"]
     out = {name: {} for name in cases}
@@ -166,7 +164,6 @@ def run_buckets(runner, head: str, cases: dict, steps: int) -> tuple[dict, dict]
         merged = merge(head, cases, bucket, pad_id)
         layout["forward"].append([m[0] for m in bucket.members])
         fwd, enc = runner.forward(merged)
-        fwd = jax.device_get(fwd)
         run_steps = steps and head in DECODING_HEADS
         cached = runner.cached_steps(merged, enc, steps) if run_steps else None
         for name, first, end in bucket.members:

@@ -117,15 +117,19 @@ class FlaxRunner:
         self.greedy_path = "model.generate" if callable(getattr(model, "generate", None)) else "init_cache + decode loop"
 
     def forward(self, case: dict):
+        """(numpy outputs, encoder states on the device or None); the outputs leave the device in one
+        `jax.device_get`, not tensor by tensor."""
+        import jax
+
         if self.head == "causal":
             out = self.model(case["input_ids"], attention_mask=case["attention_mask"], params=self.params,
                              output_hidden_states=True, output_attentions=True)
-            return collect_outputs(out, self.head), None
+            return collect_outputs(jax.device_get(out), self.head), None
         out = self.model(case["input_ids"], attention_mask=case["attention_mask"],
                          decoder_input_ids=case["decoder_input_ids"],
                          decoder_attention_mask=case.get("decoder_attention_mask"), params=self.params,
                          output_hidden_states=True, output_attentions=True)
-        return collect_outputs(out, self.head), out.encoder_last_hidden_state
+        return collect_outputs(jax.device_get(out), self.head), out.encoder_last_hidden_state
 
     def cache_length(self, case: dict, steps: int) -> int:
         if self.head == "causal":
@@ -161,6 +165,8 @@ class FlaxRunner:
         return np.concatenate([mask, np.ones((batch, extra), mask.dtype)], axis=1)
 
     def cached_steps(self, case: dict, encoder_states, steps: int) -> list[dict]:
+        import jax
+
         ids, mask = decoder_inputs(self.head, case)
         batch, length = ids.shape[0], self.cache_length(case, steps)
         cache = self._cache(batch, length, encoder_states)
@@ -169,8 +175,8 @@ class FlaxRunner:
         out_steps = []
         for s in range(decode_steps(self.head, case, steps)):
             logits, hidden, cache = self._step(ids[:, s:s + 1], cache, encoder_states, enc_mask, full)
-            out_steps.append({"logits": as_numpy(logits), "hidden": as_numpy(hidden)})
-        return out_steps
+            out_steps.append({"logits": logits, "hidden": hidden})
+        return jax.device_get(out_steps)   # one transfer after the loop: no host sync inside it
 
     def greedy(self, case: dict, encoder_states, steps: int) -> dict:
         """As `TorchRunner.greedy`: ids, per-step processed scores and the number of steps run."""
