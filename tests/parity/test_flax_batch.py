@@ -123,3 +123,12 @@ def test_merged_run_gives_each_case_what_its_own_run_gives(head):
             assert merged[name].keys() == own.keys(), name
             assert _max_diff(merged[name], own) < 1e-5, name
     assert sum(len(b) for b in layout["forward"]) == len(cases)
+
+
+def test_the_report_names_which_cases_shared_a_program():
+    from parity.harness import describe_buckets
+
+    text = describe_buckets({"lm": {"forward": [["max_length"], ["right_padding", "length_1"]]},
+                             "causal": {"forward": [["a", "b"]], "greedy": [["a"], ["b"]]}})
+    assert text == "lm: max_length | right_padding+length_1; causal: a+b; greedy a | b"
+    assert describe_buckets({}) == "none"
