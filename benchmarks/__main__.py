@@ -1,7 +1,7 @@
 """Run the benchmark suite: each benchmark in its own subprocess (clean memory figures), merged into
 reports/bench/bench.json and bench.md with the machine, versions and thread settings.
 
-    python -m benchmarks [--quick] [--only forward,generate,convert,shard_load,parity] [--out reports/bench]
+    python -m benchmarks [--quick] [--only forward,generate,convert,shard_load,train,parity] [--out reports/bench]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ BENCHES = {
     "generate": "benchmarks.generate_bench",
     "convert": "benchmarks.convert_bench",
     "shard_load": "benchmarks.shard_load_bench",
+    "train": "benchmarks.train_bench",
 }
 
 
@@ -51,6 +52,11 @@ def _headline(results: dict) -> list[tuple[str, str, str]]:
     for key, label, target in (("speedup", "greedy generate: flax / transformers tokens/s", ">= 3"),
                                ("first_call_s", "greedy generate: first call (compile) s", "<= 5")):
         val = _find(gen, key)
+        if val is not None:
+            rows.append((label, f"{val:.2f}", target))
+    train = results.get("train", {})
+    for key, label, target in (("speedup", "training step BART-base 4x256 fp32: flax / transformers tokens/s", ">= 1.0"),):
+        val = _find(train, key)
         if val is not None:
             rows.append((label, f"{val:.2f}", target))
     conv = results.get("convert", {})

@@ -1,4 +1,4 @@
-"""`flax-bart` command: dispatches to convert, parity, demo, report, qa, generate and bench.
+"""`flax-bart` command: dispatches to convert, parity, demo, report, qa, generate, bench and finetune.
 
 Exit codes: 0 success, 1 a check failed (parity, regression), 2 bad input (one paragraph, no
 traceback unless --debug).
@@ -19,6 +19,7 @@ commands:
   qa         answer a question from a context with a QA checkpoint
   generate   generate text (e.g. a summary) with a seq2seq or causal checkpoint
   bench      run the benchmark suite (`--quick` for a smoke run)
+  finetune   fine-tune a seq2seq model on a synthetic task (training smoke test; checkpoints to --out)
 
 Run `flax-bart COMMAND --help` for a command's options. Add --debug for tracebacks.
 """
@@ -102,6 +103,12 @@ def _report(argv: list[str]) -> int:
     return main_diff(argv[1:])
 
 
+def _finetune(argv: list[str]) -> int:
+    from flax_bart.finetune import finetune_main
+
+    return finetune_main(argv)
+
+
 def _bench(argv: list[str]) -> int:
     from benchmarks.__main__ import main
 
@@ -110,7 +117,7 @@ def _bench(argv: list[str]) -> int:
 
 COMMANDS = {
     "demo": _demo, "convert": _convert, "parity": _parity, "report": _report, "qa": _qa,
-    "generate": _generate, "bench": _bench,
+    "generate": _generate, "bench": _bench, "finetune": _finetune,
 }
 
 

@@ -41,3 +41,21 @@ def test_gate_bench_quick_runs_cold_then_warm(tmp_path):
     assert cold["exit_code"] == warm["exit_code"] == 0
     assert cold["programs"] > 0 and cold["cache_hits"] == 0 and warm["cache_hits"] > 0
     assert set(cold["steps"]) == {"qa/float32"} and data["environment"]["cpu"]
+
+
+def test_train_bench_quick_writes_both_sides(tmp_path):
+    """`python -m benchmarks.train_bench --quick`: flax and transformers training steps timed, finite
+    losses, tokens/s and the ratio recorded with the machine fingerprint."""
+    out = tmp_path / "train.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "train" and data["quick"] is True and data["environment"]["cpu"]
+    r = data["results"]
+    assert set(r["timings"]) == {"transformers", "flax"} and r["tokens_per_step"] == 2 * 2 * 16
+    for t in r["timings"].values():
+        assert t["median_s"] > 0 and t["first_step_s"] > 0 and len(t["samples_s"]) == data["repeats"]
+        assert t["tokens_per_s"] == r["tokens_per_step"] / t["median_s"]
+        assert len(t["losses"]) == data["repeats"] + 2 and all(0 < x < 20 for x in t["losses"])
+    assert r["speedup"] == r["timings"]["flax"]["tokens_per_s"] / r["timings"]["transformers"]["tokens_per_s"]
