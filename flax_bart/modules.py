@@ -166,7 +166,8 @@ class BartAttention(nn.Module):
         if query_offset is not None:
             # Past the end of the cache the update would be clamped: say so with NaN, not a wrong number.
             out = jnp.where(query_offset + t > s, jnp.nan, out)
-        return out, probs_BxHxTxS
+        # The weights after dropout, as PyTorch BART's eager attention (and 4.x Flax BART) return them.
+        return out, dropped
 
 
 class BartModuleBase(nn.Module):
