@@ -41,3 +41,19 @@ def test_gate_bench_quick_runs_cold_then_warm(tmp_path):
     assert cold["exit_code"] == warm["exit_code"] == 0
     assert cold["programs"] > 0 and cold["cache_hits"] == 0 and warm["cache_hits"] > 0
     assert set(cold["steps"]) == {"qa/float32"} and data["environment"]["cpu"]
+
+
+def test_remat_bench_quick_writes_memory_per_setting(tmp_path):
+    """`python -m benchmarks.remat_bench --quick`: compiled memory and saved residuals per setting."""
+    out = tmp_path / "remat.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.remat_bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "remat" and data["quick"] is True and data["environment"]["versions"]["jax"]
+    rows = data["results"]["settings"]
+    assert set(rows) == {"none", "nothing_saveable", "dots_saveable"}
+    assert all(r["temp_size_in_bytes"] > 0 and r["step"]["median_s"] > 0 for r in rows.values())
+    # Backend-independent: rematerialising keeps fewer residuals than saving everything.
+    assert rows["nothing_saveable"]["saved_residual_bytes"] < rows["dots_saveable"]["saved_residual_bytes"]
+    assert rows["dots_saveable"]["saved_residual_bytes"] < rows["none"]["saved_residual_bytes"]

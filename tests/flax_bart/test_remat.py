@@ -18,7 +18,10 @@ from tests.bart_helpers import HEADS, TINY, batch
 CFG = BartConfig(**{**TINY, "encoder_layers": 1, "decoder_layers": 2, "dropout": 0.1, "attention_dropout": 0.1,
                     "activation_dropout": 0.1, "classifier_dropout": 0.1, "encoder_layerdrop": 0.25,
                     "decoder_layerdrop": 0.25})
-RTOL = 1e-6  # fp32: remat changes only XLA's fusion, hence rounding
+RTOL = 1e-6  # outputs, fp32: remat changes only XLA's fusion, hence rounding
+# Gradients: a bias gradient sums over batch x time, and the recomputed forward is fused differently;
+# measured worst case 1.07e-6 (decoder v_proj bias), a few float32 ulps.
+GRAD_RTOL = 4e-6
 # A gradient leaf is compared relative to its own (L2) size, but never to less than this fraction of
 # the largest leaf: some gradients are zero in exact arithmetic (attention's k_proj bias) and hold
 # rounding noise only.
@@ -49,7 +52,7 @@ def _assert_close_trees(a, b, what):
     for k in fa:
         err = float(np.linalg.norm(np.asarray(fa[k]) - np.asarray(fb[k])))
         ref = max(float(np.linalg.norm(fa[k])), FLOOR * scale)
-        assert err <= RTOL * ref, f"{what} {'/'.join(k)}: max error {err:.3g}, relative {err / ref:.3g}"
+        assert err <= GRAD_RTOL * ref, f"{what} {'/'.join(k)}: max error {err:.3g}, relative {err / ref:.3g}"
 
 
 @pytest.mark.parametrize("head", HEADS)
