@@ -1,7 +1,7 @@
 """Run the benchmark suite: each benchmark in its own subprocess (clean memory figures), merged into
 reports/bench/bench.json and bench.md with the machine, versions and thread settings.
 
-    python -m benchmarks [--quick] [--only forward,generate,convert,shard_load,train,parity] [--out reports/bench]
+    python -m benchmarks [--quick] [--only forward,generate,convert,shard_load,train,remat,parity] [--out reports/bench]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ BENCHES = {
     "convert": "benchmarks.convert_bench",
     "shard_load": "benchmarks.shard_load_bench",
     "train": "benchmarks.train_bench",
+    "remat": "benchmarks.remat_bench",
 }
 
 
@@ -65,6 +66,10 @@ def _headline(results: dict) -> list[tuple[str, str, str]]:
         val = _find(conv, key)
         if val is not None:
             rows.append((label, f"{val:.2f}", target))
+    for setting, r in results.get("remat", {}).get("results", {}).get("settings", {}).items():
+        if setting != "none" and "residuals_vs_none" in r:
+            rows.append((f"training gradient, remat {setting}: residuals kept for backward / without remat",
+                         f"{r['residuals_vs_none']:.2f} (compiled temp {r['temp_vs_none']:.2f})", ""))
     if "parity" in results:
         rows.append(("parity demo matrix wall time s", f"{results['parity']['wall_s']:.1f}", ""))
     return rows

@@ -20,7 +20,7 @@ class BartModule(BartModuleBase):
     is kept (as transformers v5 keeps it) but read by nothing."""
 
     def setup(self):
-        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        c, kw = self.config, self._child_kw()
         self.shared = Embed(c.vocab_size, c.d_model, c, dtype=self.dtype, param_dtype=self.param_dtype)
         embed = None if c.separate_input_embeddings else self.shared
         self.encoder = BartEncoder(c, embed_tokens=embed, **kw)
@@ -79,8 +79,7 @@ class _HeadBase(BartModuleBase):
     """A head model: the backbone under `model/`; `encode` and (plain) `decode` pass through."""
 
     def _backbone(self):
-        return BartModule(self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-                          name="model")
+        return BartModule(self.config, name="model", **self._child_kw())
 
     def encode(self, *args, **kwargs):
         return self.model.encode(*args, **kwargs)
@@ -181,8 +180,7 @@ class BartDecoderWrapper(BartModuleBase):
     """Holds the decoder (with its own `embed_tokens`) under `model/decoder` for ForCausalLM."""
 
     def setup(self):
-        self.decoder = BartDecoder(self.config, dtype=self.dtype, param_dtype=self.param_dtype,
-                                   precision=self.precision)
+        self.decoder = BartDecoder(self.config, **self._child_kw())
 
     def __call__(self, *args, **kwargs):
         return self.decoder(*args, **kwargs)
@@ -191,8 +189,7 @@ class BartDecoderWrapper(BartModuleBase):
 class BartForCausalLMModule(BartModuleBase):
     def setup(self):
         c = self.config
-        self.model = BartDecoderWrapper(c, dtype=self.dtype, param_dtype=self.param_dtype,
-                                        precision=self.precision)
+        self.model = BartDecoderWrapper(c, **self._child_kw())
         if not c.tie_word_embeddings:
             self.lm_head = _dense(c, c.vocab_size, self.dtype, self.param_dtype, self.precision, "lm_head",
                                   use_bias=False)

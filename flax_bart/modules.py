@@ -16,6 +16,7 @@ import flax.linen as nn
 
 from flax_bart.activations import get_activation
 from flax_bart.config import BartConfig
+from flax_bart.remat import maybe_remat
 
 Dtype = Any
 POSITION_OFFSET = 2
@@ -165,16 +166,25 @@ class BartAttention(nn.Module):
         if query_offset is not None:
             # Past the end of the cache the update would be clamped: say so with NaN, not a wrong number.
             out = jnp.where(query_offset + t > s, jnp.nan, out)
-        return out, probs_BxHxTxS
+        # The weights after dropout, as PyTorch BART's eager attention (and 4.x Flax BART) return them.
+        return out, dropped
 
 
 class BartModuleBase(nn.Module):
-    """The fields every BART layer shares: the config, compute dtype, storage dtype, matmul precision."""
+    """The fields every BART layer shares: the config, compute dtype, storage dtype, matmul precision,
+    and gradient checkpointing (each encoder/decoder layer under `nn.remat` with `remat_policy`)."""
 
     config: BartConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     precision: Any = None
+    gradient_checkpointing: bool = False
+    remat_policy: Any = None
+
+    def _child_kw(self) -> dict:
+        """The shared fields, to build a child BartModuleBase with."""
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
+                    gradient_checkpointing=self.gradient_checkpointing, remat_policy=self.remat_policy)
 
 
 class _PostLNLayer(BartModuleBase):
@@ -261,15 +271,16 @@ def _embed(module, embed_tokens, embed_positions, ids_BxT, positions_BxT):
 
 class BartEncoderLayerCollection(BartModuleBase):
     def setup(self):
+        layer = maybe_remat(BartEncoderLayer, self.gradient_checkpointing, self.remat_policy, ("deterministic",))
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        self.layers = [BartEncoderLayer(self.config, name=str(i), **kw) for i in range(self.config.encoder_layers)]
+        self.layers = [layer(self.config, name=str(i), **kw) for i in range(self.config.encoder_layers)]
 
     def __call__(self, h, mask_BxT, output_attentions=False, output_hidden_states=False, deterministic=True):
         states, attns = (), ()
         for layer in self.layers:
             if output_hidden_states:
                 states += (h,)
-            out, attn = layer(h, mask_BxT, deterministic=deterministic)
+            out, attn = layer(h, mask_BxT, deterministic)  # positional: static under nn.remat
             h = _layerdrop(self, self.config.encoder_layerdrop, deterministic, h, out)
             attns += (attn,)
         if output_hidden_states:
@@ -279,8 +290,10 @@ class BartEncoderLayerCollection(BartModuleBase):
 
 class BartDecoderLayerCollection(BartModuleBase):
     def setup(self):
+        layer = maybe_remat(BartDecoderLayer, self.gradient_checkpointing, self.remat_policy,
+                            ("init_cache", "cache_length", "deterministic"))
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        self.layers = [BartDecoderLayer(self.config, name=str(i), **kw) for i in range(self.config.decoder_layers)]
+        self.layers = [layer(self.config, name=str(i), **kw) for i in range(self.config.decoder_layers)]
 
     def __call__(self, h, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=False, cache_length=0,
                  output_attentions=False, output_hidden_states=False, deterministic=True):
@@ -288,9 +301,8 @@ class BartDecoderLayerCollection(BartModuleBase):
         for layer in self.layers:
             if output_hidden_states:
                 states += (h,)
-            out, attn, cross_attn = layer(
-                h, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=init_cache, cache_length=cache_length,
-                deterministic=deterministic,
+            out, attn, cross_attn = layer(  # positional: the flags are static under nn.remat
+                h, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache, cache_length, deterministic,
             )
             h = _layerdrop(self, self.config.decoder_layerdrop, deterministic, h, out)
             attns += (attn,)
@@ -310,7 +322,7 @@ class BartEncoder(BartModuleBase):
         if self.tokens is None:  # separate input embeddings (transformers v5, untied)
             self.tokens = Embed(c.vocab_size, c.d_model, c, name="embed_tokens", **kw)
         self.embed_positions = Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model, c, **kw)
-        self.layers = BartEncoderLayerCollection(c, precision=self.precision, **kw)
+        self.layers = BartEncoderLayerCollection(c, **self._child_kw())
         self.layernorm_embedding = _layer_norm(name="layernorm_embedding", **kw)
         self.dropout = nn.Dropout(rate=c.dropout)
 
@@ -333,7 +345,7 @@ class BartDecoder(BartModuleBase):
         if self.tokens is None:
             self.tokens = Embed(c.vocab_size, c.d_model, c, name="embed_tokens", **kw)
         self.embed_positions = Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model, c, **kw)
-        self.layers = BartDecoderLayerCollection(c, precision=self.precision, **kw)
+        self.layers = BartDecoderLayerCollection(c, **self._child_kw())
         self.layernorm_embedding = _layer_norm(name="layernorm_embedding", **kw)
         self.dropout = nn.Dropout(rate=c.dropout)
 

@@ -37,7 +37,8 @@ class FlaxBartPreTrainedModel:
     head: str
 
     def __init__(self, config: BartConfig, input_shape=(1, 1), seed: int = 0, dtype=jnp.float32,
-                 _do_init: bool = True, *, param_dtype=jnp.float32, precision=None, **kwargs):
+                 _do_init: bool = True, *, param_dtype=jnp.float32, precision=None,
+                 gradient_checkpointing: bool = False, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
         if isinstance(config, dict):
@@ -51,9 +52,8 @@ class FlaxBartPreTrainedModel:
         self.input_shape = tuple(input_shape)
         self.seed = seed
         self.key = jax.random.PRNGKey(seed)
-        self.module = self.module_class(config=config, dtype=self.dtype, param_dtype=self.param_dtype,
-                                        precision=precision)
         self._compiled: dict = {}
+        self._build_module(gradient_checkpointing=bool(gradient_checkpointing), remat_policy=None)
         self._mesh = None
         self._shapes = None
         self._params = None
@@ -150,6 +150,29 @@ class FlaxBartPreTrainedModel:
             mesh = auto_mesh(mesh)
         self._mesh = mesh
         self._compiled.clear()
+
+    # ---- gradient checkpointing ---------------------------------------------------------------
+    def _build_module(self, **remat) -> None:
+        """(Re)build the linen module; programs traced with the previous one are dropped."""
+        self.module = self.module_class(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
+                                        precision=self.precision, **remat)
+        self._compiled.clear()
+        self.__dict__.pop("_generate_programs", None)
+
+    def enable_gradient_checkpointing(self, policy=None) -> None:
+        """Recompute each encoder and decoder layer in the backward pass (`nn.remat`) instead of
+        keeping its activations. `policy`: a name from `jax.checkpoint_policies` (`nothing_saveable`,
+        `dots_saveable`, ...) or a policy callable; None recomputes everything. Parameters unchanged."""
+        from flax_bart.remat import resolve_policy
+
+        self._build_module(gradient_checkpointing=True, remat_policy=resolve_policy(policy))
+
+    def disable_gradient_checkpointing(self) -> None:
+        self._build_module(gradient_checkpointing=False, remat_policy=None)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.module.gradient_checkpointing
 
     # ---- running the module -------------------------------------------------------------------
     def _resolve_params(self, params):

@@ -59,3 +59,19 @@ def test_train_bench_quick_writes_both_sides(tmp_path):
         assert t["tokens_per_s"] == r["tokens_per_step"] / t["median_s"]
         assert len(t["losses"]) == data["repeats"] + 2 and all(0 < x < 20 for x in t["losses"])
     assert r["speedup"] == r["timings"]["flax"]["tokens_per_s"] / r["timings"]["transformers"]["tokens_per_s"]
+
+
+def test_remat_bench_quick_writes_memory_per_setting(tmp_path):
+    """`python -m benchmarks.remat_bench --quick`: compiled memory and saved residuals per setting."""
+    out = tmp_path / "remat.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.remat_bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "remat" and data["quick"] is True and data["environment"]["versions"]["jax"]
+    rows = data["results"]["settings"]
+    assert set(rows) == {"none", "nothing_saveable", "dots_saveable"}
+    assert all(r["temp_size_in_bytes"] > 0 and r["step"]["median_s"] > 0 for r in rows.values())
+    # Backend-independent: rematerialising keeps fewer residuals than saving everything.
+    assert rows["nothing_saveable"]["saved_residual_bytes"] < rows["dots_saveable"]["saved_residual_bytes"]
+    assert rows["dots_saveable"]["saved_residual_bytes"] < rows["none"]["saved_residual_bytes"]
