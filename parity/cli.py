@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "count=N")
     p.add_argument("--reference", choices=("builtin", "transformers"), default="builtin",
                    help="PyTorch reference: the built-in one (torch only) or transformers' BART")
+    p.add_argument("--grads", action="store_true",
+                   help="also compare dLoss/dParam of every parameter (a loss per head on labels drawn from --seed; "
+                        "PyTorch autograd on the built-in reference vs jax.grad) and every parameter after 3 AdamW "
+                        "steps (float32); report rows of kind grad and param")
     add_cli_arguments(p)
     p.add_argument("--baseline", metavar="PATH", help="earlier report.json: fail on a metric worse by more than "
                                                       "--baseline-factor, or newly out of tolerance")
@@ -145,7 +149,8 @@ def options_from_args(args: argparse.Namespace, run_name: str):
     return Options(heads=args.heads, dtypes=args.dtypes, steps=args.steps, seed=args.seed,
                    batch_size=args.batch_size, seq_len=args.seq_len, cases=args.cases,
                    flax_devices=args.flax_device, torch_devices=args.torch_device, reference=args.reference,
-                   texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh)
+                   texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh,
+                   grads=args.grads)
 
 
 def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, baseline_floor=None,

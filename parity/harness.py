@@ -224,6 +224,11 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
             params = ckpt.flax_weights(head, sd)
             base = _reference(ckpt, head, sd, opts)
             gold = None
+            grad_check = None
+            if opts.grads:
+                from parity.grad_check import GradCheck
+
+                grad_check = GradCheck(ckpt, head, sd, params, cases[head], opts)
             if low:
                 bar.set_description(f"{head} float64 gold")
                 t0 = time.perf_counter()
@@ -273,6 +278,10 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                         col = {"dtype": dtype, "flax_device": fd, "torch_device": td}
                         judge_head(report, col, head, cases[head], cfg, torch_out[td], flax_out[fd], g, opts)
                 timings["compare_s"] += time.perf_counter() - t0
+                if grad_check is not None:
+                    t0 = time.perf_counter()
+                    grad_check.judge(report, dtype, fdevs, tdevs)
+                    step["grads_s"] = round(time.perf_counter() - t0, 3)
             del base, gold
 
     if ckpt.drawn:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("hidden", "logits", "attention", "ids")
+KINDS = ("hidden", "logits", "attention", "ids", "grad", "param")
 TOP_K = 5
 
 _NAN = float("nan")

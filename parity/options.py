@@ -30,6 +30,7 @@ class Options:
     policy: Policy = DEFAULT_POLICY
     run_name: str = "parity"
     mesh: str | None = None                       # "dp=2,tp=4": run the Flax side sharded (parity.mesh)
+    grads: bool = False                           # also compare dLoss/dParam and 3 AdamW steps (parity.grad_check)
 
 
 # ---- checking the options -------------------------------------------------------------------------

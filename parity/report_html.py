@@ -30,6 +30,7 @@ h3{font-size:1em;margin-top:1.5em}
 """
 
 _LAYER_SUFFIX = re.compile(r"\[\d+\]$")
+_KIND_FAMILIES = {"grad": "dLoss/dParam", "param": "after AdamW steps"}  # a line per group, not per parameter
 
 
 def primary_metric(dtype: str) -> str:
@@ -62,7 +63,8 @@ def plot_column(col: Column) -> str | None:
     for r in col.results:
         if r.layer is None or r.metrics.kind == "ids":
             continue
-        fam = series.setdefault(family(r.name), {})
+        kind = _KIND_FAMILIES.get(r.metrics.kind)
+        fam = series.setdefault(f"{r.group} {kind}" if kind else family(r.name), {})
         frac, ok = fam.get(r.layer, (0.0, True))
         fam[r.layer] = (max(frac, _fraction(r)), ok and r.verdict.passed)
     if not series:

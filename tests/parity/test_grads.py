@@ -1,0 +1,213 @@
+"""`--grads`: gradient parity and after_3_adamw_steps in the harness, on the quick demo config.
+
+Passes on a correct conversion (lm and qa, every parameter, forward order, one row for the tied
+embedding); fails at decoder layer 1's fc1 kernel when a monkeypatched Flax Dense scales that
+kernel's gradient alone (forward values unchanged), and the CLI exits 1 there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from parity import harness
+from parity.adamw import PREFIX, flax_label, torch_decays
+from parity.checkpoint import ParityInputError, open_checkpoint
+from parity.cli import build_parser, main
+from parity.grads import draw_targets, locate, zero_gradients
+from parity.harness import Options, run_parity
+from parity.metrics import compare
+from parity.regression import check_baseline
+from parity.report import load_report, write_reports
+from parity.tolerance import judge_at_scale
+from test_harness import save_checkpoint
+
+SMALL = dict(batch_size=2, seq_len=12, steps=0, cases=("right_padding",))
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("grads_lm"))
+
+
+@pytest.fixture(scope="module")
+def correct(ckpt_path):
+    return run_parity(ckpt_path, opts=Options(heads=("lm", "qa"), dtypes=("float32", "bfloat16"), grads=True, **SMALL))
+
+
+def _rows(col, head, what):
+    return [r for r in col.results if r.name.startswith(f"{head}/right_padding/{what}/")]
+
+
+def _torch_names(ckpt_path, head):
+    from parity.grads import trainable
+    from parity.reference import build_reference
+
+    ckpt = open_checkpoint(ckpt_path)
+    model = build_reference(ckpt.config, head, ckpt.reference_weights(head, 0))
+    return set(trainable(model)) | ({"final_logits_bias"} if head == "lm" else set())
+
+
+def test_correct_conversion_passes_with_a_row_per_parameter(correct, ckpt_path):
+    col = correct.report.column("float32")
+    assert col.passed, col.first_failure
+    for head in ("lm", "qa"):
+        grads, params = _rows(col, head, "grad"), _rows(col, head, PREFIX)
+        names = [r.name.rsplit("/", 1)[1] for r in grads]
+        assert set(names) == _torch_names(ckpt_path, head) and len(names) == len(set(names))
+        assert [r.name.rsplit("/", 1)[1] for r in params] == names
+        assert {r.metrics.kind for r in grads} == {"grad"} and {r.metrics.kind for r in params} == {"param"}
+        assert all(r.metrics.count > 0 and r.metrics.gold_ratio is not None for r in grads)
+        # forward order: embeddings, encoder layer 0, decoder layers 0..2, head
+        assert names[0] == "model.shared.weight" and (grads[0].group, grads[0].layer) == ("embeddings", None)
+        keys = [locate(n)[0] for n in names]
+        assert keys == sorted(keys)
+        layers = [(r.group, r.layer) for r in grads if r.group in ("encoder", "decoder")]
+        assert layers == sorted(layers, key=lambda gl: (gl[0] != "encoder", gl[1]))
+        assert grads[-1].group == "heads"
+        assert not any("embed_tokens" in n or n == "lm_head.weight" for n in names)  # the tied copies: one row
+    assert any("one parameter in both frameworks" in n for n in correct.report.notes)
+
+
+def test_gradients_match_to_float32_rounding(correct):
+    col = correct.report.column("float32")
+    ordinary = [r for r in col.results if r.metrics.kind == "grad" and r.verdict.metric == "max_rel_err"]
+    assert len(ordinary) > 100
+    assert max(r.metrics.max_rel_err for r in ordinary) < 1e-5
+    assert np.median([r.metrics.max_rel_err for r in ordinary]) < 1e-5 / 3
+    fc1 = next(r for r in ordinary if r.name == "lm/right_padding/grad/model.decoder.layers.1.fc1.weight")
+    assert fc1.metrics.cosine > 1 - 1e-9 and fc1.metrics.ref_rms > 0
+
+
+def test_bfloat16_gradients_are_judged_against_the_float64_gold(correct):
+    policy = correct.report.policy
+    col = correct.report.column("bfloat16")
+    grads = [r for r in col.results if r.metrics.kind == "grad"]
+    assert len(grads) == len([r for r in correct.report.column("float32").results if r.metrics.kind == "grad"])
+    assert all(r.verdict.metric == "gold_err_cand_max" for r in grads)
+    ordinary = [r for r in grads if not r.verdict.rule.startswith("zero gradient")]
+    for r in ordinary:
+        m = r.metrics
+        assert r.verdict.tolerance == pytest.approx(policy.k * m.gold_err_ref_max + policy.floor("bfloat16", m.gold_rms))
+    assert np.median([r.metrics.gold_ratio for r in ordinary]) <= policy.k
+    assert not any(r.metrics.kind == "param" for r in col.results)  # AdamW: float32 only
+
+
+def test_zero_gradients_are_judged_at_the_scale_of_all_gradients(correct):
+    col = correct.report.column("float32")
+    by_name = {r.name: r for r in col.results}
+    kbias = by_name["qa/right_padding/grad/model.decoder.layers.0.self_attn.k_proj.bias"]
+    assert kbias.verdict.metric == "err_at_grad_scale" and kbias.verdict.passed
+    assert kbias.metrics.max_rel_err > 1e-5  # rounding noise: meaningless against its own RMS
+    qa_bias = by_name["qa/right_padding/grad/qa_outputs.bias"]
+    assert qa_bias.verdict.metric == "err_at_grad_scale"
+    fb = by_name["lm/right_padding/grad/final_logits_bias"]  # a PyTorch buffer: no gradient on either side
+    assert fb.metrics.max_abs_err == 0.0 and fb.verdict.passed
+    assert by_name["qa/right_padding/grad/model.decoder.layers.0.fc1.weight"].verdict.metric == "max_rel_err"
+
+
+def test_zero_gradient_rule_can_fail():
+    gold = {"w": np.ones(100), "b": np.full(3, 1e-17)}
+    zero, scale = zero_gradients(gold)
+    assert zero == {"b"} and math.isclose(scale, math.sqrt(100 / 103))
+    m = compare("b", np.full(3, 1e-12), np.full(3, 1e-4), kind="grad")
+    assert not judge_at_scale(m, "float32", scale).passed
+    assert judge_at_scale(compare("b", np.full(3, 1e-12), np.full(3, 3e-12), kind="grad"), "float32", scale).passed
+
+
+def test_adamw_rows_pass_within_the_param_tolerance(correct):
+    col = correct.report.column("float32")
+    params = [r for r in col.results if r.metrics.kind == "param"]
+    ordinary = [r for r in params if r.verdict.metric == "max_rel_err"]
+    assert ordinary and all(r.verdict.passed and r.verdict.tolerance == 1e-4 for r in ordinary)
+    assert max(r.metrics.max_rel_err for r in ordinary) < 1e-4
+    moved = next(r for r in params if r.name == "lm/right_padding/after_3_adamw_steps/model.decoder.layers.1.fc1.weight")
+    assert moved.metrics.max_rel_err < 1e-4
+    noisy = [r for r in params if r.verdict.metric == "max_abs_err"]
+    assert any(r.name.endswith("qa_outputs.bias") for r in noisy)
+    assert all(r.verdict.tolerance == pytest.approx(6e-3) for r in noisy)
+
+
+def test_weight_decay_masks_agree():
+    for pt, flax in [("model.encoder.layers.0.fc1.weight", ("model", "encoder", "layers", "0", "fc1", "kernel")),
+                     ("model.encoder.layers.0.fc1.bias", ("model", "encoder", "layers", "0", "fc1", "bias")),
+                     ("model.decoder.layers.1.final_layer_norm.weight", ("model", "decoder", "layers", "1",
+                                                                         "final_layer_norm", "scale")),
+                     ("model.encoder.layernorm_embedding.bias", ("model", "encoder", "layernorm_embedding", "bias")),
+                     ("model.shared.weight", ("model", "shared", "embedding"))]:
+        assert torch_decays(pt) == (flax_label(flax) == "decay"), pt
+    assert flax_label(("final_logits_bias",)) == "frozen"
+
+
+def test_targets_are_drawn_from_the_seed(correct):
+    cfg = correct.checkpoint.config
+    case = {"input_ids": np.full((2, 6), 5, np.int32), "attention_mask": np.array([[1] * 6, [1, 1, 1, 0, 0, 0]]),
+            "decoder_input_ids": np.full((2, 6), 5, np.int32)}
+    a, b = draw_targets(cfg, "lm", case, 3), draw_targets(cfg, "lm", case, 3)
+    assert np.array_equal(a["labels"], b["labels"])
+    assert not np.array_equal(a["labels"], draw_targets(cfg, "lm", case, 4)["labels"])
+    assert (a["labels"][1, 4:] == -100).all() and (a["labels"] != -100).any()
+    qa = draw_targets(cfg, "qa", case, 3)
+    assert (qa["start_positions"] < np.array([6, 4])).all()
+    cls = draw_targets(cfg, "cls", case, 3)["labels"]
+    assert ((0 <= cls) & (cls < cfg.num_labels)).all()
+
+
+def test_reports_carry_the_new_rows(correct, tmp_path):
+    paths = write_reports(correct.report, tmp_path)
+    again = load_report(paths["json"])
+    assert again.column("float32").passed and any(r.metrics.kind == "grad" for r in again.column("float32").results)
+    html = paths["html"].read_text()
+    assert "lm/right_padding/grad/model.decoder.layers.1.fc1.weight" in html
+    assert 'name="decoder"' in paths["junit"].read_text()
+    assert check_baseline(again, correct.report, 2.0, None).passed
+
+
+def test_help_documents_the_flag():
+    assert "--grads" in build_parser().format_help()
+
+
+def test_grads_with_a_mesh_is_an_input_error(ckpt_path):
+    with pytest.raises(ParityInputError, match="--grads with --mesh"):
+        run_parity(ckpt_path, opts=Options(heads=("lm",), grads=True, mesh="dp=1", **SMALL))
+
+
+def _scale_kernel_gradient(factor: float, layer: str = "1"):
+    """An interceptor that scales dLoss/dkernel of decoder layer `layer`'s fc1 by `factor` and nothing else:
+    fc1(x) + (factor - 1) * x @ (W - stop_gradient(W)) has fc1(x)'s value and x's gradient unchanged."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        mod = context.module
+        if context.method_name == "__call__" and isinstance(mod, nn.Dense) and \
+                tuple(mod.path[-4:]) == ("decoder", "layers", layer, "fc1"):
+            w = mod.variables["params"]["kernel"]
+            zero = (w - jax.lax.stop_gradient(w)).astype(out.dtype)
+            out = out + (factor - 1.0) * (args[0] @ zero)
+        return out
+
+    return nn.intercept_methods(interceptor)
+
+
+def test_a_wrong_fc1_gradient_fails_at_decoder_layer_1(ckpt_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "_MODELS", {})  # fresh models: traced under the interceptor, dropped after
+    out_dir = tmp_path / "report"
+    with _scale_kernel_gradient(1.001):
+        code = main([str(ckpt_path), "--heads", "lm", "--grads", "--cases", "right_padding", "--steps", "0",
+                     "--batch-size", "2", "--seq-len", "12", "--out", str(out_dir), "--no-compile-cache", "--quiet"])
+    assert code == 1
+    report = load_report(out_dir / "report.json")
+    col = report.column("float32")
+    first = col.first_failure
+    assert (first.group, first.layer) == ("decoder", 1)
+    assert first.name == "lm/right_padding/grad/model.decoder.layers.1.fc1.weight"
+    assert first.metric == "max_rel_err" and 1e-3 <= first.value < 1e-2  # 1e-3 x max|g| / RMS(g)
+    assert all(r.verdict.passed for r in col.results if r.metrics.kind not in ("grad", "param"))  # forward intact
+    failing = {r.name.rsplit("/", 1)[1] for r in col.failures if r.metrics.kind == "grad"}
+    assert failing == {"model.decoder.layers.1.fc1.weight"}
+    assert json.loads((out_dir / "report.json").read_text())["outcome"]["exit_code"] == 1
