@@ -16,6 +16,7 @@ import flax.linen as nn
 
 from flax_bart.activations import get_activation
 from flax_bart.config import BartConfig
+from flax_bart.layer_scan import can_scan, scan_layers
 from flax_bart.remat import maybe_remat
 
 Dtype = Any
@@ -172,7 +173,8 @@ class BartAttention(nn.Module):
 
 class BartModuleBase(nn.Module):
     """The fields every BART layer shares: the config, compute dtype, storage dtype, matmul precision,
-    and gradient checkpointing (each encoder/decoder layer under `nn.remat` with `remat_policy`)."""
+    gradient checkpointing (each encoder/decoder layer under `nn.remat` with `remat_policy`), and
+    whether a layer stack without a cache runs as one `lax.scan` (`scan_layers`, flax_bart.layer_scan)."""
 
     config: BartConfig
     dtype: Dtype = jnp.float32
@@ -180,11 +182,13 @@ class BartModuleBase(nn.Module):
     precision: Any = None
     gradient_checkpointing: bool = False
     remat_policy: Any = None
+    scan_layers: bool = True
 
     def _child_kw(self) -> dict:
         """The shared fields, to build a child BartModuleBase with."""
         return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-                    gradient_checkpointing=self.gradient_checkpointing, remat_policy=self.remat_policy)
+                    gradient_checkpointing=self.gradient_checkpointing, remat_policy=self.remat_policy,
+                    scan_layers=self.scan_layers)
 
 
 class _PostLNLayer(BartModuleBase):
@@ -269,13 +273,32 @@ def _embed(module, embed_tokens, embed_positions, ids_BxT, positions_BxT):
     return module.layernorm_embedding(h)
 
 
-class BartEncoderLayerCollection(BartModuleBase):
-    def setup(self):
-        layer = maybe_remat(BartEncoderLayer, self.gradient_checkpointing, self.remat_policy, ("deterministic",))
+class _LayerCollection(BartModuleBase):
+    """Layers "0" ... "n-1" of one class (under `nn.remat` with gradient checkpointing)."""
+
+    def _build_layers(self, cls, n: int, static_names):
+        self.layer_class = maybe_remat(cls, self.gradient_checkpointing, self.remat_policy, static_names)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        self.layers = [layer(self.config, name=str(i), **kw) for i in range(self.config.encoder_layers)]
+        self.layers = [self.layer_class(self.config, name=str(i), **kw) for i in range(n)]
+
+    def _scan(self, h, layer_args, layerdrop, deterministic, output_hidden_states, output_attentions):
+        """The layers as one `lax.scan` (flax_bart.layer_scan): (h, per-layer inputs, per-layer attentions)."""
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        unbound = self.layer_class(self.config, parent=None, **kw)
+        h, states, attns = scan_layers(self, unbound, len(self.layers), h, layer_args, layerdrop, deterministic,
+                                       output_hidden_states, output_attentions)
+        return h, (states + (h,) if output_hidden_states else None), attns
+
+
+class BartEncoderLayerCollection(_LayerCollection):
+    def setup(self):
+        self._build_layers(BartEncoderLayer, self.config.encoder_layers, ("deterministic",))
 
     def __call__(self, h, mask_BxT, output_attentions=False, output_hidden_states=False, deterministic=True):
+        if can_scan(self, len(self.layers), cached=False):
+            h, states, attns = self._scan(h, (mask_BxT,), self.config.encoder_layerdrop, deterministic,
+                                          output_hidden_states, output_attentions)
+            return h, states, (tuple(a[0] for a in attns) if output_attentions else None)
         states, attns = (), ()
         for layer in self.layers:
             if output_hidden_states:
@@ -288,15 +311,22 @@ class BartEncoderLayerCollection(BartModuleBase):
         return h, (states if output_hidden_states else None), (attns if output_attentions else None)
 
 
-class BartDecoderLayerCollection(BartModuleBase):
+class BartDecoderLayerCollection(_LayerCollection):
     def setup(self):
-        layer = maybe_remat(BartDecoderLayer, self.gradient_checkpointing, self.remat_policy,
-                            ("init_cache", "cache_length", "deterministic"))
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        self.layers = [layer(self.config, name=str(i), **kw) for i in range(self.config.decoder_layers)]
+        self._build_layers(BartDecoderLayer, self.config.decoder_layers,
+                           ("init_cache", "cache_length", "deterministic"))
 
     def __call__(self, h, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=False, cache_length=0,
                  output_attentions=False, output_hidden_states=False, deterministic=True):
+        cached = init_cache or bool(self.variables.get("cache"))
+        if can_scan(self, len(self.layers), cached):
+            h, states, attns = self._scan(h, (mask_BxS, enc_BxSxD, enc_mask_BxS, False, 0),
+                                          self.config.decoder_layerdrop, deterministic, output_hidden_states,
+                                          output_attentions)
+            if not output_attentions:
+                return h, states, None, None
+            cross = tuple(a[1] for a in attns) if enc_BxSxD is not None else None
+            return h, states, tuple(a[0] for a in attns), cross
         states, attns, cross = (), (), ()
         for layer in self.layers:
             if output_hidden_states:

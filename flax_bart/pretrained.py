@@ -38,7 +38,7 @@ class FlaxBartPreTrainedModel:
 
     def __init__(self, config: BartConfig, input_shape=(1, 1), seed: int = 0, dtype=jnp.float32,
                  _do_init: bool = True, *, param_dtype=jnp.float32, precision=None,
-                 gradient_checkpointing: bool = False, **kwargs):
+                 gradient_checkpointing: bool = False, scan_layers: bool = True, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
         if isinstance(config, dict):
@@ -53,6 +53,7 @@ class FlaxBartPreTrainedModel:
         self.seed = seed
         self.key = jax.random.PRNGKey(seed)
         self._compiled: dict = {}
+        self.scan_layers = bool(scan_layers)   # flax_bart.layer_scan: one lax.scan per uncached layer stack
         self._build_module(gradient_checkpointing=bool(gradient_checkpointing), remat_policy=None)
         self._mesh = None
         self._shapes = None
@@ -155,7 +156,7 @@ class FlaxBartPreTrainedModel:
     def _build_module(self, **remat) -> None:
         """(Re)build the linen module; programs traced with the previous one are dropped."""
         self.module = self.module_class(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
-                                        precision=self.precision, **remat)
+                                        precision=self.precision, scan_layers=self.scan_layers, **remat)
         self._compiled.clear()
         self.__dict__.pop("_generate_programs", None)
 
@@ -203,10 +204,13 @@ class FlaxBartPreTrainedModel:
             out = out.replace(past_key_values=cache)
         return out if ret else out.to_tuple()
 
-    def _run(self, method: str, params, arrays: dict, static: dict, rngs=None, cache=None, mutable=False):
-        """Apply `module.<method>` through a cached `jax.jit`; returns (output, cache or None)."""
+    def _run(self, method: str, params, arrays: dict, static: dict, rngs=None, cache=None, mutable=False,
+             cache_only=False):
+        """Apply `module.<method>` through a cached `jax.jit`; returns (output, cache or None).
+        `cache_only` (with `mutable`) returns (None, cache): the program computes only what the new
+        cache holds, as XLA drops the rest (a cache is built without compiling a whole decoder step)."""
         key = (method, tuple(sorted(static.items())), cache is not None, bool(mutable), rngs is not None,
-               tuple(sorted(k for k, v in arrays.items() if v is not None)))
+               bool(cache_only), tuple(sorted(k for k, v in arrays.items() if v is not None)))
         fn = self._compiled.get(key)
         mesh = self._mesh
         if mesh is not None:
@@ -227,7 +231,7 @@ class FlaxBartPreTrainedModel:
                     new_cache = state["cache"]
                     if mesh is not None:  # keep the cache where the heads and the batch are
                         new_cache = jax.lax.with_sharding_constraint(new_cache, cache_shardings(new_cache, mesh))
-                    return out, new_cache
+                    return (None if cache_only else out), new_cache
                 return res, None
 
             fn = jax.jit(run)
@@ -240,11 +244,14 @@ class FlaxBartPreTrainedModel:
             params = self._params
         static = dict(init_cache=True, cache_length=int(max_length))
         if params is not None:
-            _, cache = self._run(method, params, arrays, static, mutable=True, cache=None)
+            _, cache = self._run(method, params, arrays, static, mutable=True, cache=None, cache_only=True)
             return cache
-        variables = jax.jit(lambda a: self.module.init(jax.random.PRNGKey(0), **a, **static, method=method))(arrays)
-        flat = traverse_util.flatten_dict(variables["cache"])
-        cache = traverse_util.unflatten_dict({k: v for k, v in flat.items() if "encoder_attn" not in k})
+        # No params: an empty cache (zeros, index 0) from the shapes alone; nothing is initialised or compiled.
+        shapes = jax.eval_shape(lambda a: self.module.init(jax.random.PRNGKey(0), **a, **static, method=method),
+                                arrays)
+        flat = traverse_util.flatten_dict(shapes["cache"])
+        cache = traverse_util.unflatten_dict({k: jnp.zeros(v.shape, v.dtype) for k, v in flat.items()
+                                              if "encoder_attn" not in k})
         if self._mesh is not None:
             from flax_bart.sharding import cache_shardings, place
 
