@@ -188,10 +188,10 @@ def load_model(args):
 
 
 def _mesh(text: str):
-    # The `--mesh` grammar and device checks of the parity gate (parity/mesh.py), imported only here.
+    # The `--mesh` grammar and device checks shared with the parity gate (flax_bart.mesh_spec).
     import jax
 
-    from parity.mesh import build_mesh, parse_mesh
+    from flax_bart.mesh_spec import build_mesh, parse_mesh
 
     return build_mesh(parse_mesh(text), jax.default_backend())
 
