@@ -18,7 +18,14 @@ Rules, per tensor, checked in this order (the first that fails is the verdict):
    (its float64 gold RMS <= ``ZERO_GRAD_RATIO`` x the RMS of all gradients of the same loss: a key
    projection's bias, which softmax ignores; the QA head's bias) is rounding noise in every
    framework, all error relative to its own RMS; it is judged by the same rules at the scale of all
-   the gradients instead (:func:`judge_at_scale`).
+   the gradients instead (:func:`judge_at_scale`). In fp16/bf16 a gradient gets
+   ``GRAD_K_FACTOR x k`` and ``GRAD_FLOOR_ULPS`` instead of ``k`` and the floor: a gradient is a sum
+   over every batch row and position, rounded in several places, and comparing the max error of two
+   such independently rounded sums is heavy-tailed. Measured on the quick demo config, 4 heads, all
+   cases (about 2,200 gradients per dtype, this machine): Flax's error is PyTorch's at the median
+   (ratio 0.85-1.0) but the ratio's p99 is 2.5-2.7 and its maximum 4.6-5.2, so rule 5 as it stands
+   fails 13-46 gradients of a correct conversion; with 2 x k and 8 ULPs the worst gradient sits at
+   0.9 of its bound, while a gradient path off by 10% or more still fails (tests/parity/test_grads.py).
 7. Parameters after optimiser steps (``kind="param"``): rule 4 with ``PARAM_RTOL_FACTOR x rtol``:
    Adam divides each gradient element by its own running RMS, which turns the fp32 rounding of a
    near-zero gradient element into a visible step difference (measured on the quick demo config:
@@ -53,6 +60,8 @@ DEFAULT_K = 2.0
 # Low-precision floor in units of MACHINE_EPS[dtype] * RMS(gold).
 DEFAULT_FLOOR_ULPS: Mapping[str, float] = {"float16": 1.0, "bfloat16": 1.0}
 ZERO_GRAD_RATIO = 1e-8
+GRAD_K_FACTOR = 2.0      # low-precision gradients: GRAD_K_FACTOR x k ...
+GRAD_FLOOR_ULPS = 8.0    # ... and this floor in ULPs at the gradient's RMS (rule 6)
 PARAM_RTOL_FACTOR = 10.0
 
 _ALIASES = {
@@ -147,6 +156,13 @@ class Policy:
             raise ValueError(f"floor: only defined for {LOW_PRECISION}, got {dtype}")
         return self.floor_ulps[dtype] * MACHINE_EPS[dtype] * gold_rms
 
+    def grad_bound(self, dtype: str, err_torch: float, gold_rms: float) -> float:
+        """Rule 6's bound on max |flax - gold| for a low-precision gradient."""
+        dtype = normalize_dtype(dtype)
+        if dtype not in LOW_PRECISION:
+            raise ValueError(f"grad_bound: only defined for {LOW_PRECISION}, got {dtype}")
+        return GRAD_K_FACTOR * self.k * err_torch + GRAD_FLOOR_ULPS * MACHINE_EPS[dtype] * gold_rms
+
     def to_dict(self) -> dict[str, Any]:
         return {"rtol": self.rtol, "k": self.k, "floor_ulps": dict(self.floor_ulps)}
 
@@ -167,8 +183,9 @@ class Policy:
                 f"{self.floor_ulps[dtype] * MACHINE_EPS[dtype]:.3g} * RMS(gold)"
             )
         lines.append("token ids: exact equality; any NaN/inf inside the mask fails")
-        lines.append(f"gradients: as above; one zero in exact arithmetic (float64 RMS <= {ZERO_GRAD_RATIO:g} x all "
-                     "gradients') at the scale of all gradients; parameters after optimiser steps: "
+        lines.append(f"gradients: as above, but fp16/bf16 with {GRAD_K_FACTOR:g} x k and a floor of "
+                     f"{GRAD_FLOOR_ULPS:g} * eps * RMS(gold); one zero in exact arithmetic (float64 RMS <= "
+                     f"{ZERO_GRAD_RATIO:g} x all gradients') at the scale of all gradients; parameters after optimiser steps: "
                      f"max |flax - torch| / RMS(torch) <= {PARAM_RTOL_FACTOR:g} x rtol")
         return lines
 
@@ -231,8 +248,13 @@ def judge(metrics: TensorMetrics, dtype: Any, policy: Policy = DEFAULT_POLICY) -
             f"{metrics.name}: judging {dtype} needs a float64 gold run "
             "(compare(..., gold=...)); none was given"
         )
-    bound = policy.k * float(metrics.gold_err_ref_max) + policy.floor(dtype, float(metrics.gold_rms))
     value = float(metrics.gold_err_cand_max)
+    if metrics.kind == "grad":
+        bound = policy.grad_bound(dtype, float(metrics.gold_err_ref_max), float(metrics.gold_rms))
+        return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
+                       f"gradient: max |flax - gold| <= {GRAD_K_FACTOR:g} * k * max |torch - gold| + "
+                       f"{GRAD_FLOOR_ULPS:g} ulps")
+    bound = policy.k * float(metrics.gold_err_ref_max) + policy.floor(dtype, float(metrics.gold_rms))
     return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
                    "max |flax - gold| <= k * max |torch - gold| + floor")
 
@@ -249,10 +271,11 @@ def judge_at_scale(metrics: TensorMetrics, dtype: Any, scale: float, policy: Pol
                        "zero gradient: max |flax - torch| / RMS(all gradients) <= rtol")
     if not metrics.has_gold:
         raise ValueError(f"{metrics.name}: judging {dtype} needs a float64 gold run; none was given")
-    bound = policy.k * float(metrics.gold_err_ref_max) + policy.floor(dtype, scale)
+    bound = policy.grad_bound(dtype, float(metrics.gold_err_ref_max), scale)
     value = float(metrics.gold_err_cand_max)
     return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
-                   "zero gradient: max |flax - gold| <= k * max |torch - gold| + floor at the RMS of all gradients")
+                   f"zero gradient: max |flax - gold| <= {GRAD_K_FACTOR:g} * k * max |torch - gold| + "
+                   f"{GRAD_FLOOR_ULPS:g} ulps at the RMS of all gradients")
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from flax_bart.modules import Dense
 from parity import harness
 from parity.adamw import PREFIX, flax_label, torch_decays
 from parity.checkpoint import ParityInputError, open_checkpoint
@@ -93,7 +94,7 @@ def test_bfloat16_gradients_are_judged_against_the_float64_gold(correct):
     ordinary = [r for r in grads if not r.verdict.rule.startswith("zero gradient")]
     for r in ordinary:
         m = r.metrics
-        assert r.verdict.tolerance == pytest.approx(policy.k * m.gold_err_ref_max + policy.floor("bfloat16", m.gold_rms))
+        assert r.verdict.tolerance == pytest.approx(policy.grad_bound("bfloat16", m.gold_err_ref_max, m.gold_rms))
     assert np.median([r.metrics.gold_ratio for r in ordinary]) <= policy.k
     assert not any(r.metrics.kind == "param" for r in col.results)  # AdamW: float32 only
 
@@ -179,12 +180,14 @@ def test_grads_with_a_mesh_is_an_input_error(ckpt_path):
 
 def _scale_kernel_gradient(factor: float, layer: str = "1"):
     """An interceptor that scales dLoss/dkernel of decoder layer `layer`'s fc1 by `factor` and nothing else:
-    fc1(x) + (factor - 1) * x @ (W - stop_gradient(W)) has fc1(x)'s value and x's gradient unchanged."""
+    fc1(x) + (factor - 1) * x @ (W - stop_gradient(W)) has fc1(x)'s value and x's gradient unchanged.
+    Used with `_unrolled`: a scanned stack runs one layer body for every layer, so a fault in the code
+    of one layer alone exists only in the unrolled stack (per-layer weights are per-layer either way)."""
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         mod = context.module
-        if context.method_name == "__call__" and isinstance(mod, nn.Dense) and \
+        if context.method_name == "__call__" and isinstance(mod, (nn.Dense, Dense)) and \
                 tuple(mod.path[-4:]) == ("decoder", "layers", layer, "fc1"):
             w = mod.variables["params"]["kernel"]
             zero = (w - jax.lax.stop_gradient(w)).astype(out.dtype)
@@ -194,8 +197,15 @@ def _scale_kernel_gradient(factor: float, layer: str = "1"):
     return nn.intercept_methods(interceptor)
 
 
-def test_a_wrong_fc1_gradient_fails_at_decoder_layer_1(ckpt_path, tmp_path, monkeypatch):
+def _unrolled(monkeypatch):
+    import flax_bart.modules
+
     monkeypatch.setattr(harness, "_MODELS", {})  # fresh models: traced under the interceptor, dropped after
+    monkeypatch.setattr(flax_bart.modules, "can_scan", lambda *args, **kwargs: False)
+
+
+def test_a_wrong_fc1_gradient_fails_at_decoder_layer_1(ckpt_path, tmp_path, monkeypatch):
+    _unrolled(monkeypatch)
     out_dir = tmp_path / "report"
     with _scale_kernel_gradient(1.001):
         code = main([str(ckpt_path), "--heads", "lm", "--grads", "--cases", "right_padding", "--steps", "0",
@@ -211,3 +221,17 @@ def test_a_wrong_fc1_gradient_fails_at_decoder_layer_1(ckpt_path, tmp_path, monk
     failing = {r.name.rsplit("/", 1)[1] for r in col.failures if r.metrics.kind == "grad"}
     assert failing == {"model.decoder.layers.1.fc1.weight"}
     assert json.loads((out_dir / "report.json").read_text())["outcome"]["exit_code"] == 1
+
+
+def test_a_gradient_off_by_a_fifth_fails_in_bfloat16(ckpt_path, tmp_path, monkeypatch):
+    """The wider low-precision gradient bound (tolerance rule 6) still catches a real fault in bf16."""
+    _unrolled(monkeypatch)
+    out_dir = tmp_path / "report"
+    with _scale_kernel_gradient(1.2):
+        code = main([str(ckpt_path), "--heads", "lm", "--grads", "--cases", "right_padding", "--steps", "0",
+                     "--dtypes", "bfloat16", "--batch-size", "2", "--seq-len", "12", "--out", str(out_dir),
+                     "--no-compile-cache", "--quiet"])
+    assert code == 1
+    col = load_report(out_dir / "report.json").column("bfloat16")
+    failing = {r.name.rsplit("/", 1)[1] for r in col.failures if r.metrics.kind == "grad"}
+    assert failing == {"model.decoder.layers.1.fc1.weight"}
