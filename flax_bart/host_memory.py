@@ -7,15 +7,20 @@ same hundreds of megabytes again. Raising the mmap and trim thresholds keeps tho
 process, which measured 10-15% faster BART-base encoding and generation on this project's CPU
 machine (README, "Benchmarks"); PyTorch's timings did not change.
 
-This changes a process-wide setting, so flax_bart never does it on import: call
-`tune_host_allocator()` once in a CPU inference process (the `flax-bart generate` and `qa` commands
-and the benchmarks do). The price: up to `trim_threshold` bytes of freed memory stay resident.
-Nothing happens on other platforms or C libraries (the function returns False).
+This changes a process-wide setting, so flax_bart never does it on import. `from_pretrained` does
+it by default when JAX's default backend is the CPU (`tune_for_cpu()`): a library user then gets the
+measured speed without knowing about it (issue 16 measured BART-base QA at 1.61x transformers' time
+untuned against 1.20x tuned on an AVX2 machine). Opt out with `from_pretrained(...,
+tune_allocator=False)` or `FLAX_BART_TUNE_ALLOCATOR=0`; call `tune_host_allocator()` yourself in other
+CPU inference processes (the `flax-bart generate` and `qa` commands and the benchmarks do). The price:
+up to `trim_threshold` bytes of freed memory stay resident. Nothing happens on other platforms or C
+libraries (the function returns False).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc <malloc.h>
@@ -64,3 +69,18 @@ def host_allocator_state() -> str:
     if not _state:
         return "default"
     return f"tuned (mmap threshold {_state['mmap_threshold'] >> 20} MiB, trim threshold {_state['trim_threshold'] >> 20} MiB)"
+
+
+def tune_for_cpu() -> bool:
+    """`tune_host_allocator()` when JAX computes on the CPU and `FLAX_BART_TUNE_ALLOCATOR` is not "0";
+    True when the settings are (now or already) in place."""
+    if os.environ.get("FLAX_BART_TUNE_ALLOCATOR", "1").strip() == "0":
+        return False
+    if _state:
+        return True
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return False
+    return tune_host_allocator()
+

@@ -272,7 +272,7 @@ class FlaxBartPreTrainedModel:
                         _do_init: bool = True, from_pt: bool = False, ignore_mismatched_sizes: bool = False,
                         cache_dir=None, revision=None, local_files_only: bool = False, force_download=False,
                         token=None, use_auth_token=None, seed: int = 0, param_dtype=None, precision=None,
-                        mesh=None, partition_rules=None, **config_overrides):
+                        mesh=None, partition_rules=None, tune_allocator: bool = True, **config_overrides):
         """Load a checkpoint: Flax msgpack (sharded too), Flax or PyTorch safetensors, pytorch_model.bin.
 
         PyTorch weights are recognised without `from_pt`; `from_pt=True` prefers them when both exist.
@@ -280,11 +280,19 @@ class FlaxBartPreTrainedModel:
 
         With `mesh` (a `jax.sharding.Mesh`), each parameter is read slice by slice straight into its
         sharding, from `partition_rules` (a preset name or (regex, PartitionSpec) pairs; default:
-        `flax_bart.sharding.DEFAULT_RULES`, axes `dp`, `fsdp`, `tp`), and the model then runs on the mesh."""
+        `flax_bart.sharding.DEFAULT_RULES`, axes `dp`, `fsdp`, `tp`), and the model then runs on the mesh.
+
+        On a CPU backend, glibc's allocator is tuned so that XLA:CPU reuses its buffers instead of
+        page-faulting them in again on every call (`flax_bart.host_memory`, process-wide); pass
+        `tune_allocator=False` (or set `FLAX_BART_TUNE_ALLOCATOR=0`) to leave it alone."""
         from flax_bart.loading import load_pretrained
 
         if model_args:
             raise TypeError(f"from_pretrained takes no extra positional arguments, got {len(model_args)}")
+        if tune_allocator:
+            from flax_bart.host_memory import tune_for_cpu
+
+            tune_for_cpu()
         return load_pretrained(
             cls, pretrained_model_name_or_path, config=config, dtype=dtype, _do_init=_do_init, from_pt=from_pt,
             ignore_mismatched_sizes=ignore_mismatched_sizes, cache_dir=cache_dir, revision=revision,
