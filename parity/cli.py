@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compare dLoss/dParam of every parameter (a loss per head on labels drawn from --seed; "
                         "PyTorch autograd on the built-in reference vs jax.grad) and every parameter after 3 AdamW "
                         "steps (float32); report rows of kind grad and param")
+    p.add_argument("--grad-heads", type=_csv, default=None, metavar="HEADS",
+                   help="--grads for these of --heads only (comma-separated; implies --grads)")
     add_cli_arguments(p)
     p.add_argument("--baseline", metavar="PATH", help="earlier report.json: fail on a metric worse by more than "
                                                       "--baseline-factor, or newly out of tolerance")
@@ -150,7 +152,7 @@ def options_from_args(args: argparse.Namespace, run_name: str):
                    batch_size=args.batch_size, seq_len=args.seq_len, cases=args.cases,
                    flax_devices=args.flax_device, torch_devices=args.torch_device, reference=args.reference,
                    texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh,
-                   grads=args.grads)
+                   grads=args.grads or args.grad_heads is not None, grad_heads=args.grad_heads)
 
 
 def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, baseline_floor=None,

@@ -5,7 +5,8 @@
    and `final_logits_bias` are drawn too, so that a port that drops them cannot pass.
 2. Convert it to Flax with `convert.convert_checkpoint` (every run).
 3. Run the parity matrix on CPU: heads qa, lm, cls; float32, bfloat16, float16 (qa and cls head weights
-   are drawn from the seed, in both frameworks alike), write the four reports, and compare with the
+   are drawn from the seed, in both frameworks alike), with gradient parity (`--grads`) for head qa in
+   every dtype, write the four reports, and compare with the
    committed baseline `reports/baselines/demo.json` (`demo-quick.json` for `--quick`, a tiny config);
    `--update-baseline` rewrites that file from a passing run (how the committed ones were made).
 
@@ -33,7 +34,9 @@ BASE_SHAPE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layer
 QUICK_SHAPE = dict(vocab_size=99, d_model=16, encoder_layers=1, decoder_layers=3, encoder_attention_heads=4,
                    decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=20, max_position_embeddings=40,
                    scale_embedding=True, dropout=0.0)
-MATRIX = dict(heads=("qa", "lm", "cls"), dtypes=("float32", "bfloat16", "float16"))
+# Gradient parity (`--grads`) for one head in every dtype: the cheapest head, whose loss still reaches
+# every encoder and decoder parameter.
+MATRIX = dict(heads=("qa", "lm", "cls"), dtypes=("float32", "bfloat16", "float16"), grad_heads=("qa",))
 FULL_INPUTS = dict(batch_size=2, seq_len=32, steps=4,
                    cases=("right_padding", "fully_padded_row", "fully_masked_row", "qa_pairs", "classification"))
 QUICK_INPUTS = dict(batch_size=2, seq_len=12, steps=2,
@@ -144,6 +147,7 @@ def run_demo(out_dir, *, quick: bool = False, cache: Path | None = None, baselin
             baseline = False
     inputs = QUICK_INPUTS if quick else FULL_INPUTS
     opts = Options(heads=MATRIX["heads"], dtypes=MATRIX["dtypes"], steps=inputs["steps"], seed=SEED,
+                   grads=True, grad_heads=MATRIX["grad_heads"],
                    batch_size=inputs["batch_size"], seq_len=inputs["seq_len"], cases=inputs["cases"],
                    run_name=Path(os.path.abspath(out_dir)).name)
     # The committed baseline was recorded on one machine; on another the comparison is judged in

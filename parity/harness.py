@@ -183,6 +183,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
 
     ckpt = open_checkpoint(checkpoint_path, flax_path)
     heads = choose(opts.heads or (ckpt.source_head,), HEADS, "--heads")
+    grad_heads = heads if not opts.grads or opts.grad_heads is None else choose(opts.grad_heads, heads, "--grads")
     cases = input_cases(ckpt, heads, opts)
     cfg = ckpt.config
     if mesh_spec is not None:  # before anything runs: the mesh must fit every head's parameters
@@ -225,7 +226,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
             base = _reference(ckpt, head, sd, opts)
             gold = None
             grad_check = None
-            if opts.grads:
+            if opts.grads and head in grad_heads:
                 from parity.grad_check import GradCheck
 
                 grad_check = GradCheck(ckpt, head, sd, params, cases[head], opts)

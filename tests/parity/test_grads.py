@@ -235,3 +235,16 @@ def test_a_gradient_off_by_a_fifth_fails_in_bfloat16(ckpt_path, tmp_path, monkey
     col = load_report(out_dir / "report.json").column("bfloat16")
     failing = {r.name.rsplit("/", 1)[1] for r in col.failures if r.metrics.kind == "grad"}
     assert failing == {"model.decoder.layers.1.fc1.weight"}
+
+
+def test_grad_heads_selects_heads_and_refuses_others(ckpt_path, tmp_path):
+    out_dir = tmp_path / "report"
+    code = main([str(ckpt_path), "--heads", "lm,qa", "--grad-heads", "qa", "--cases", "right_padding", "--steps",
+                 "0", "--batch-size", "2", "--seq-len", "12", "--out", str(out_dir), "--quiet"])
+    assert code == 0
+    col = load_report(out_dir / "report.json").column("float32")
+    grad_heads = {r.name.split("/")[0] for r in col.results if r.metrics.kind in ("grad", "param")}
+    assert grad_heads == {"qa"}
+    assert {r.name.split("/")[0] for r in col.results} == {"lm", "qa"}
+    code = main([str(ckpt_path), "--heads", "lm", "--grad-heads", "cls", "--out", str(tmp_path / "bad"), "--quiet"])
+    assert code == 2
