@@ -26,6 +26,10 @@ Rules, per tensor, checked in this order (the first that fails is the verdict):
    (ratio 0.85-1.0) but the ratio's p99 is 2.5-2.7 and its maximum 4.6-5.2, so rule 5 as it stands
    fails 13-46 gradients of a correct conversion; with 2 x k and 8 ULPs the worst gradient sits at
    0.9 of its bound, while a gradient path off by 10% or more still fails (tests/parity/test_grads.py).
+   In float32 a gradient gets ``GRAD_RTOL_FACTOR x rtol``: the quick demo's qa gradients (309 rows,
+   every case) measured max |flax - torch| / RMS(torch) at median 2.2e-6, p99 8.8e-6 and maximum
+   1.25e-5 with XLA and PyTorch capped to AVX on an AVX2 machine (7.8e-6 uncapped), so 1e-5 gave a
+   different verdict by ISA; a gradient off by 0.1% still fails (1e-3 and more).
 7. Parameters after optimiser steps (``kind="param"``): rule 4 with ``PARAM_RTOL_FACTOR x rtol``:
    Adam divides each gradient element by its own running RMS, which turns the fp32 rounding of a
    near-zero gradient element into a visible step difference (measured on the quick demo config:
@@ -63,6 +67,7 @@ ZERO_GRAD_RATIO = 1e-8
 GRAD_K_FACTOR = 2.0      # low-precision gradients: GRAD_K_FACTOR x k ...
 GRAD_FLOOR_ULPS = 8.0    # ... and this floor in ULPs at the gradient's RMS (rule 6)
 PARAM_RTOL_FACTOR = 10.0
+GRAD_RTOL_FACTOR = 4.0   # float32 gradients: max |flax - torch| / RMS(torch) <= GRAD_RTOL_FACTOR x rtol (rule 6)
 
 _ALIASES = {
     "fp64": "float64", "f64": "float64", "float64": "float64",
@@ -183,7 +188,8 @@ class Policy:
                 f"{self.floor_ulps[dtype] * MACHINE_EPS[dtype]:.3g} * RMS(gold)"
             )
         lines.append("token ids: exact equality; any NaN/inf inside the mask fails")
-        lines.append(f"gradients: as above, but fp16/bf16 with {GRAD_K_FACTOR:g} x k and a floor of "
+        lines.append(f"gradients: as above, but float32 with {GRAD_RTOL_FACTOR:g} x rtol and fp16/bf16 with "
+                     f"{GRAD_K_FACTOR:g} x k and a floor of "
                      f"{GRAD_FLOOR_ULPS:g} * eps * RMS(gold); one zero in exact arithmetic (float64 RMS <= "
                      f"{ZERO_GRAD_RATIO:g} x all gradients') at the scale of all gradients; parameters after optimiser steps: "
                      f"max |flax - torch| / RMS(torch) <= {PARAM_RTOL_FACTOR:g} x rtol")
@@ -239,6 +245,10 @@ def judge(metrics: TensorMetrics, dtype: Any, policy: Policy = DEFAULT_POLICY) -
         value, bound = float(metrics.max_rel_err), PARAM_RTOL_FACTOR * policy.rtol
         return Verdict(_within(value, bound), "max_rel_err", value, bound,
                        f"parameters after optimiser steps: max |flax - torch| / RMS(torch) <= {PARAM_RTOL_FACTOR:g} x rtol")
+    if dtype in FULL_PRECISION and metrics.kind == "grad":
+        value, bound = float(metrics.max_rel_err), GRAD_RTOL_FACTOR * policy.rtol
+        return Verdict(_within(value, bound), "max_rel_err", value, bound,
+                       f"gradient: max |flax - torch| / RMS(torch) <= {GRAD_RTOL_FACTOR:g} x rtol")
     if dtype in FULL_PRECISION:
         value = float(metrics.max_rel_err)
         return Verdict(_within(value, policy.rtol), "max_rel_err", value, policy.rtol,
@@ -267,8 +277,9 @@ def judge_at_scale(metrics: TensorMetrics, dtype: Any, scale: float, policy: Pol
         return judge(metrics, dtype, policy)
     if dtype in FULL_PRECISION:
         value = float(metrics.max_abs_err) / scale if scale > 0 else math.inf
-        return Verdict(_within(value, policy.rtol), "err_at_grad_scale", value, policy.rtol,
-                       "zero gradient: max |flax - torch| / RMS(all gradients) <= rtol")
+        bound = GRAD_RTOL_FACTOR * policy.rtol
+        return Verdict(_within(value, bound), "err_at_grad_scale", value, bound,
+                       f"zero gradient: max |flax - torch| / RMS(all gradients) <= {GRAD_RTOL_FACTOR:g} x rtol")
     if not metrics.has_gold:
         raise ValueError(f"{metrics.name}: judging {dtype} needs a float64 gold run; none was given")
     bound = policy.grad_bound(dtype, float(metrics.gold_err_ref_max), scale)
