@@ -26,14 +26,17 @@ Rules, per tensor, checked in this order (the first that fails is the verdict):
    (ratio 0.85-1.0) but the ratio's p99 is 2.5-2.7 and its maximum 4.6-5.2, so rule 5 as it stands
    fails 13-46 gradients of a correct conversion; with 2 x k and 8 ULPs the worst gradient sits at
    0.9 of its bound, while a gradient path off by 10% or more still fails (tests/parity/test_grads.py).
-   In float32 a gradient gets ``GRAD_RTOL_FACTOR x rtol``: the quick demo's qa gradients (309 rows,
-   every case) measured max |flax - torch| / RMS(torch) at median 2.2e-6, p99 8.8e-6 and maximum
-   1.25e-5 with XLA and PyTorch capped to AVX on an AVX2 machine (7.8e-6 uncapped), so 1e-5 gave a
-   different verdict by ISA; a gradient off by 0.1% still fails (1e-3 and more).
-7. Parameters after optimiser steps (``kind="param"``): rule 4 with ``PARAM_RTOL_FACTOR x rtol``:
-   Adam divides each gradient element by its own running RMS, which turns the fp32 rounding of a
-   near-zero gradient element into a visible step difference (measured on the quick demo config:
-   up to 1.8e-5 of the parameter's RMS after 3 steps).
+   Float32 gradients are judged the same way against the float64 gold (eps = 2^-23), not by rule 4:
+   rule 4's max |flax - torch| / RMS(torch) grows with the model. The quick demo's qa gradients (309
+   rows) measured it at up to 1.25e-5 with XLA and PyTorch capped to AVX (7.8e-6 uncapped), and
+   BART-base's (783 rows) at up to 7.9e-4 for the word embedding (a mostly-zero gradient, whose RMS is
+   small) with cosine 1 - 1e-9 and mean error 1e-8 of the RMS: rounding order, not a defect. A gradient
+   off by 0.1% still fails. Without a gold run, rule 4 applies with ``GRAD_RTOL_FACTOR x rtol``.
+7. Parameters after optimiser steps (``kind="param"``): ``mean |flax - torch| / RMS(torch) <=
+   PARAM_RTOL_FACTOR x rtol``. Adam divides each gradient element by its own running RMS, which turns
+   the fp32 rounding of a near-zero gradient element into a step of either sign: the max error is
+   bounded only by ``2 x steps x lr`` (BART-base after 3 steps: max 3e-2 of the parameter's RMS, mean
+   3e-6), so the mean, which a systematic error moves, is the judged metric; the max is reported.
 """
 
 from __future__ import annotations
@@ -164,8 +167,8 @@ class Policy:
     def grad_bound(self, dtype: str, err_torch: float, gold_rms: float) -> float:
         """Rule 6's bound on max |flax - gold| for a low-precision gradient."""
         dtype = normalize_dtype(dtype)
-        if dtype not in LOW_PRECISION:
-            raise ValueError(f"grad_bound: only defined for {LOW_PRECISION}, got {dtype}")
+        if dtype not in MACHINE_EPS or dtype == "float64":
+            raise ValueError(f"grad_bound: defined for float32, float16 and bfloat16, got {dtype}")
         return GRAD_K_FACTOR * self.k * err_torch + GRAD_FLOOR_ULPS * MACHINE_EPS[dtype] * gold_rms
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,11 +191,10 @@ class Policy:
                 f"{self.floor_ulps[dtype] * MACHINE_EPS[dtype]:.3g} * RMS(gold)"
             )
         lines.append("token ids: exact equality; any NaN/inf inside the mask fails")
-        lines.append(f"gradients: as above, but float32 with {GRAD_RTOL_FACTOR:g} x rtol and fp16/bf16 with "
-                     f"{GRAD_K_FACTOR:g} x k and a floor of "
+        lines.append(f"gradients (float32 too): max |flax - gold| <= {GRAD_K_FACTOR:g} x k x max |torch - gold| + "
                      f"{GRAD_FLOOR_ULPS:g} * eps * RMS(gold); one zero in exact arithmetic (float64 RMS <= "
                      f"{ZERO_GRAD_RATIO:g} x all gradients') at the scale of all gradients; parameters after optimiser steps: "
-                     f"max |flax - torch| / RMS(torch) <= {PARAM_RTOL_FACTOR:g} x rtol")
+                     f"mean |flax - torch| / RMS(torch) <= {PARAM_RTOL_FACTOR:g} x rtol")
         return lines
 
 
@@ -242,10 +244,18 @@ def judge(metrics: TensorMetrics, dtype: Any, policy: Policy = DEFAULT_POLICY) -
         value = float(metrics.mismatches)
         return Verdict(value == 0, "mismatches", value, 0.0, "token ids equal exactly")
     if dtype in FULL_PRECISION and metrics.kind == "param":
-        value, bound = float(metrics.max_rel_err), PARAM_RTOL_FACTOR * policy.rtol
-        return Verdict(_within(value, bound), "max_rel_err", value, bound,
-                       f"parameters after optimiser steps: max |flax - torch| / RMS(torch) <= {PARAM_RTOL_FACTOR:g} x rtol")
-    if dtype in FULL_PRECISION and metrics.kind == "grad":
+        rms = float(metrics.ref_rms)
+        value = float(metrics.mean_abs_err) / rms if rms > 0 else (0.0 if metrics.mean_abs_err == 0 else math.inf)
+        bound = PARAM_RTOL_FACTOR * policy.rtol
+        return Verdict(_within(value, bound), "mean_rel_err", value, bound,
+                       f"parameters after optimiser steps: mean |flax - torch| / RMS(torch) <= {PARAM_RTOL_FACTOR:g} x rtol")
+    if dtype == "float32" and metrics.kind == "grad":
+        if metrics.has_gold:
+            value = float(metrics.gold_err_cand_max)
+            bound = policy.grad_bound(dtype, float(metrics.gold_err_ref_max), float(metrics.gold_rms))
+            return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
+                           f"gradient: max |flax - gold| <= {GRAD_K_FACTOR:g} * k * max |torch - gold| + "
+                           f"{GRAD_FLOOR_ULPS:g} ulps")
         value, bound = float(metrics.max_rel_err), GRAD_RTOL_FACTOR * policy.rtol
         return Verdict(_within(value, bound), "max_rel_err", value, bound,
                        f"gradient: max |flax - torch| / RMS(torch) <= {GRAD_RTOL_FACTOR:g} x rtol")
@@ -275,7 +285,7 @@ def judge_at_scale(metrics: TensorMetrics, dtype: Any, scale: float, policy: Pol
     dtype = normalize_dtype(dtype)
     if metrics.count == 0 or metrics.nonfinite:
         return judge(metrics, dtype, policy)
-    if dtype in FULL_PRECISION:
+    if dtype in FULL_PRECISION and not (dtype == "float32" and metrics.has_gold):
         value = float(metrics.max_abs_err) / scale if scale > 0 else math.inf
         bound = GRAD_RTOL_FACTOR * policy.rtol
         return Verdict(_within(value, bound), "err_at_grad_scale", value, bound,

@@ -77,10 +77,14 @@ def test_correct_conversion_passes_with_a_row_per_parameter(correct, ckpt_path):
 
 def test_gradients_match_to_float32_rounding(correct):
     col = correct.report.column("float32")
-    ordinary = [r for r in col.results if r.metrics.kind == "grad" and r.verdict.metric == "max_rel_err"]
+    policy = correct.report.policy
+    ordinary = [r for r in col.results if r.metrics.kind == "grad" and not r.verdict.rule.startswith("zero")]
     assert len(ordinary) > 100
+    assert all(r.verdict.metric == "gold_err_cand_max" and r.verdict.passed for r in ordinary)
+    for r in ordinary:   # float32 gradients: against the float64 gold, like fp16/bf16 (tolerance rule 6)
+        m = r.metrics
+        assert r.verdict.tolerance == pytest.approx(policy.grad_bound("float32", m.gold_err_ref_max, m.gold_rms))
     assert max(r.metrics.max_rel_err for r in ordinary) < GRAD_RTOL_FACTOR * 1e-5
-    assert all(r.verdict.tolerance == GRAD_RTOL_FACTOR * 1e-5 for r in ordinary)
     assert np.median([r.metrics.max_rel_err for r in ordinary]) < 1e-5 / 3
     fc1 = next(r for r in ordinary if r.name == "lm/right_padding/grad/model.decoder.layers.1.fc1.weight")
     assert fc1.metrics.cosine > 1 - 1e-9 and fc1.metrics.ref_rms > 0
@@ -104,13 +108,13 @@ def test_zero_gradients_are_judged_at_the_scale_of_all_gradients(correct):
     col = correct.report.column("float32")
     by_name = {r.name: r for r in col.results}
     kbias = by_name["qa/right_padding/grad/model.decoder.layers.0.self_attn.k_proj.bias"]
-    assert kbias.verdict.metric == "err_at_grad_scale" and kbias.verdict.passed
+    assert kbias.verdict.rule.startswith("zero gradient") and kbias.verdict.passed
     assert kbias.metrics.max_rel_err > 1e-5  # rounding noise: meaningless against its own RMS
     qa_bias = by_name["qa/right_padding/grad/qa_outputs.bias"]
-    assert qa_bias.verdict.metric == "err_at_grad_scale"
+    assert qa_bias.verdict.rule.startswith("zero gradient")
     fb = by_name["lm/right_padding/grad/final_logits_bias"]  # a PyTorch buffer: no gradient on either side
     assert fb.metrics.max_abs_err == 0.0 and fb.verdict.passed
-    assert by_name["qa/right_padding/grad/model.decoder.layers.0.fc1.weight"].verdict.metric == "max_rel_err"
+    assert not by_name["qa/right_padding/grad/model.decoder.layers.0.fc1.weight"].verdict.rule.startswith("zero")
 
 
 def test_zero_gradient_rule_can_fail():
@@ -125,7 +129,7 @@ def test_zero_gradient_rule_can_fail():
 def test_adamw_rows_pass_within_the_param_tolerance(correct):
     col = correct.report.column("float32")
     params = [r for r in col.results if r.metrics.kind == "param"]
-    ordinary = [r for r in params if r.verdict.metric == "max_rel_err"]
+    ordinary = [r for r in params if r.verdict.metric == "mean_rel_err"]
     assert ordinary and all(r.verdict.passed and r.verdict.tolerance == 1e-4 for r in ordinary)
     assert max(r.metrics.max_rel_err for r in ordinary) < 1e-4
     moved = next(r for r in params if r.name == "lm/right_padding/after_3_adamw_steps/model.decoder.layers.1.fc1.weight")
@@ -217,7 +221,7 @@ def test_a_wrong_fc1_gradient_fails_at_decoder_layer_1(ckpt_path, tmp_path, monk
     first = col.first_failure
     assert (first.group, first.layer) == ("decoder", 1)
     assert first.name == "lm/right_padding/grad/model.decoder.layers.1.fc1.weight"
-    assert first.metric == "max_rel_err" and 1e-3 <= first.value < 1e-2  # 1e-3 x max|g| / RMS(g)
+    assert first.metric == "gold_err_cand_max" and first.value > 10 * first.tolerance  # 1e-3 x |g| vs fp32 rounding
     assert all(r.verdict.passed for r in col.results if r.metrics.kind not in ("grad", "param"))  # forward intact
     failing = {r.name.rsplit("/", 1)[1] for r in col.failures if r.metrics.kind == "grad"}
     assert failing == {"model.decoder.layers.1.fc1.weight"}
