@@ -32,7 +32,7 @@ import numpy as np
 from parity.collect import case_masks
 from parity.metrics import compare
 from parity.metrics import TensorMetrics
-from parity.tolerance import ZERO_GRAD_RATIO, Verdict, judge_at_scale
+from parity.tolerance import ZERO_GRAD_RATIO, Verdict, judge_at_scale, judge_grad
 
 IGNORE = -100
 LABEL_DROP = 0.25  # share of real tokens whose label is -100
@@ -275,7 +275,7 @@ def add_grad_rows(report, col: dict, prefix: str, torch_side: dict, flax_side: d
     for name in forward_order(torch_side):
         _, group, layer = locate(name)
         m = compare(f"{prefix}/{name}", torch_side[name], flax_side[name], kind="grad", gold=gold[name])
-        verdict = judge_at_scale(m, col["dtype"], scale, report.policy) if name in zero else None
+        verdict = (judge_at_scale if name in zero else judge_grad)(m, col["dtype"], scale, report.policy)
         report.add(m, group=group, layer=layer, verdict=verdict, **col)
     return sorted(zero, key=lambda n: locate(n)[0])
 

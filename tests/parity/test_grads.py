@@ -83,7 +83,9 @@ def test_gradients_match_to_float32_rounding(correct):
     assert all(r.verdict.metric == "gold_err_cand_max" and r.verdict.passed for r in ordinary)
     for r in ordinary:   # float32 gradients: against the float64 gold, like fp16/bf16 (tolerance rule 6)
         m = r.metrics
-        assert r.verdict.tolerance == pytest.approx(policy.grad_bound("float32", m.gold_err_ref_max, m.gold_rms))
+        own = policy.grad_bound("float32", m.gold_err_ref_max, m.gold_rms)  # the floor at the gradient's own RMS ...
+        assert r.verdict.tolerance >= own * (1 - 1e-9)
+        assert "x RMS of all gradients" in r.verdict.rule  # ... or at 1e-3 of all gradients' RMS
     assert max(r.metrics.max_rel_err for r in ordinary) < GRAD_RTOL_FACTOR * 1e-5
     assert np.median([r.metrics.max_rel_err for r in ordinary]) < 1e-5 / 3
     fc1 = next(r for r in ordinary if r.name == "lm/right_padding/grad/model.decoder.layers.1.fc1.weight")
@@ -99,7 +101,9 @@ def test_bfloat16_gradients_are_judged_against_the_float64_gold(correct):
     ordinary = [r for r in grads if not r.verdict.rule.startswith("zero gradient")]
     for r in ordinary:
         m = r.metrics
-        assert r.verdict.tolerance == pytest.approx(policy.grad_bound("bfloat16", m.gold_err_ref_max, m.gold_rms))
+        own = policy.grad_bound("bfloat16", m.gold_err_ref_max, m.gold_rms)  # the floor at the gradient's own RMS ...
+        assert r.verdict.tolerance >= own * (1 - 1e-9)
+        assert "x RMS of all gradients" in r.verdict.rule  # ... or at 1e-3 of all gradients' RMS
     assert np.median([r.metrics.gold_ratio for r in ordinary]) <= policy.k
     assert not any(r.metrics.kind == "param" for r in col.results)  # AdamW: float32 only
 

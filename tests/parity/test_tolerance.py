@@ -114,3 +114,17 @@ def test_policy_validation_round_trip_and_cli():
     assert Policy.from_namespace(parser.parse_args([])) == DEFAULT_POLICY
     with pytest.raises(SystemExit):
         parser.parse_args(["--k", "-1"])
+
+
+def test_a_small_gradient_gets_its_floor_from_the_scale_of_all_gradients():
+    from parity.metrics import compare
+    from parity.tolerance import GRAD_SCALE_FRACTION, judge_grad
+
+    gold = np.full(16, 1e-7)
+    torch_side, flax_side = gold + 1e-13, gold + 4e-12      # fp32 rounding of larger summands
+    m = compare("g", torch_side, flax_side, kind="grad", gold=gold)
+    assert not judge(m, "float32").passed                       # against its own RMS alone
+    assert judge_grad(m, "float32", scale=1e-2).passed          # floor at 1e-3 x 1e-2 = 1e-5 of RMS, not 1e-7
+    assert GRAD_SCALE_FRACTION * 1e-2 > 1e-7
+    wrong = compare("g", torch_side, gold * 1.2, kind="grad", gold=gold)
+    assert not judge_grad(wrong, "float32", scale=1e-2).passed  # a 20% error still fails
