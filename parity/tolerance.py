@@ -32,6 +32,8 @@ Rules, per tensor, checked in this order (the first that fails is the verdict):
    BART-base's (783 rows) at up to 7.9e-4 for the word embedding (a mostly-zero gradient, whose RMS is
    small) with cosine 1 - 1e-9 and mean error 1e-8 of the RMS: rounding order, not a defect. A gradient
    off by 0.1% still fails. Without a gold run, rule 4 applies with ``GRAD_RTOL_FACTOR x rtol``.
+   In every dtype the floor's RMS is at least ``GRAD_SCALE_FRACTION`` x the RMS of all gradients of
+   the loss (:func:`judge_grad`): a small gradient summed from large terms carries their rounding.
 7. Parameters after optimiser steps (``kind="param"``): ``mean |flax - torch| / RMS(torch) <=
    PARAM_RTOL_FACTOR x rtol``. Adam divides each gradient element by its own running RMS, which turns
    the fp32 rounding of a near-zero gradient element into a step of either sign: the max error is
