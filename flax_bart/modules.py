@@ -299,15 +299,16 @@ def _embed(module, embed_tokens, embed_positions, ids_BxT, positions_BxT):
 class _LayerCollection(BartModuleBase):
     """Layers "0" ... "n-1" of one class (under `nn.remat` with gradient checkpointing)."""
 
+    def _layer_kw(self) -> dict:
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+
     def _build_layers(self, cls, n: int, static_names):
         self.layer_class = maybe_remat(cls, self.gradient_checkpointing, self.remat_policy, static_names)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        self.layers = [self.layer_class(self.config, name=str(i), **kw) for i in range(n)]
+        self.layers = [self.layer_class(self.config, name=str(i), **self._layer_kw()) for i in range(n)]
 
     def _scan(self, h, layer_args, layerdrop, deterministic, output_hidden_states, output_attentions):
         """The layers as one `lax.scan` (flax_bart.layer_scan): (h, per-layer inputs, per-layer attentions)."""
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        unbound = self.layer_class(self.config, parent=None, **kw)
+        unbound = self.layer_class(self.config, parent=None, **self._layer_kw())
         h, states, attns = scan_layers(self, unbound, len(self.layers), h, layer_args, layerdrop, deterministic,
                                        output_hidden_states, output_attentions)
         return h, (states + (h,) if output_hidden_states else None), attns

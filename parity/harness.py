@@ -183,7 +183,9 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
 
     ckpt = open_checkpoint(checkpoint_path, flax_path)
     heads = choose(opts.heads or (ckpt.source_head,), HEADS, "--heads")
-    grad_heads = heads if not opts.grads or opts.grad_heads is None else choose(opts.grad_heads, heads, "--grads")
+    grad_heads = heads
+    if opts.grads and opts.grad_heads is not None:
+        grad_heads = choose(opts.grad_heads, heads, "--grad-heads (among --heads)")
     cases = input_cases(ckpt, heads, opts)
     cfg = ckpt.config
     if mesh_spec is not None:  # before anything runs: the mesh must fit every head's parameters

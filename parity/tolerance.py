@@ -254,13 +254,9 @@ def judge(metrics: TensorMetrics, dtype: Any, policy: Policy = DEFAULT_POLICY) -
         bound = PARAM_RTOL_FACTOR * policy.rtol
         return Verdict(_within(value, bound), "mean_rel_err", value, bound,
                        f"parameters after optimiser steps: mean |flax - torch| / RMS(torch) <= {PARAM_RTOL_FACTOR:g} x rtol")
+    if metrics.kind == "grad" and dtype != "float64" and metrics.has_gold:
+        return _gold_grad_verdict(metrics, dtype, policy)
     if dtype == "float32" and metrics.kind == "grad":
-        if metrics.has_gold:
-            value = float(metrics.gold_err_cand_max)
-            bound = policy.grad_bound(dtype, float(metrics.gold_err_ref_max), float(metrics.gold_rms))
-            return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
-                           f"gradient: max |flax - gold| <= {GRAD_K_FACTOR:g} * k * max |torch - gold| + "
-                           f"{GRAD_FLOOR_ULPS:g} ulps")
         value, bound = float(metrics.max_rel_err), GRAD_RTOL_FACTOR * policy.rtol
         return Verdict(_within(value, bound), "max_rel_err", value, bound,
                        f"gradient: max |flax - torch| / RMS(torch) <= {GRAD_RTOL_FACTOR:g} x rtol")
@@ -274,11 +270,6 @@ def judge(metrics: TensorMetrics, dtype: Any, policy: Policy = DEFAULT_POLICY) -
             "(compare(..., gold=...)); none was given"
         )
     value = float(metrics.gold_err_cand_max)
-    if metrics.kind == "grad":
-        bound = policy.grad_bound(dtype, float(metrics.gold_err_ref_max), float(metrics.gold_rms))
-        return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
-                       f"gradient: max |flax - gold| <= {GRAD_K_FACTOR:g} * k * max |torch - gold| + "
-                       f"{GRAD_FLOOR_ULPS:g} ulps")
     bound = policy.k * float(metrics.gold_err_ref_max) + policy.floor(dtype, float(metrics.gold_rms))
     return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
                    "max |flax - gold| <= k * max |torch - gold| + floor")
@@ -294,11 +285,17 @@ def judge_grad(metrics: TensorMetrics, dtype: Any, scale: float, policy: Policy 
     if (metrics.count == 0 or metrics.nonfinite or dtype == "float64" or not metrics.has_gold
             or metrics.kind != "grad"):
         return judge(metrics, dtype, policy)
+    return _gold_grad_verdict(metrics, dtype, policy, scale)
+
+
+def _gold_grad_verdict(metrics: TensorMetrics, dtype: str, policy: Policy, scale: float = 0.0) -> Verdict:
+    """Rule 6 against the float64 gold; `scale` > 0 raises the floor's RMS to GRAD_SCALE_FRACTION x scale."""
     value = float(metrics.gold_err_cand_max)
     bound = policy.grad_bound(dtype, float(metrics.gold_err_ref_max), float(metrics.gold_rms), scale)
+    at = f" at max(RMS, {GRAD_SCALE_FRACTION:g} x RMS of all gradients)" if scale > 0 else ""
     return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
                    f"gradient: max |flax - gold| <= {GRAD_K_FACTOR:g} * k * max |torch - gold| + "
-                   f"{GRAD_FLOOR_ULPS:g} ulps at max(RMS, {GRAD_SCALE_FRACTION:g} x RMS of all gradients)")
+                   f"{GRAD_FLOOR_ULPS:g} ulps{at}")
 
 
 def judge_at_scale(metrics: TensorMetrics, dtype: Any, scale: float, policy: Policy = DEFAULT_POLICY) -> Verdict:
