@@ -34,7 +34,7 @@ def _draw(keys, shapes: dict, config: BartConfig, seed: int) -> dict:
 
 def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore_mismatched_sizes, cache_dir,
                     revision, local_files_only, force_download, token, seed, param_dtype, precision,
-                    config_overrides, mesh=None, partition_rules=None):
+                    config_overrides, mesh=None, partition_rules=None, model_kwargs=None):
     from convert import head_only_prefixes, load_flax_params
 
     path = os.fspath(path_or_id)
@@ -68,7 +68,7 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
                 file_config = file_config.replace(separate_input_embeddings=True)
 
     model = cls(config, dtype=dtype, _do_init=False, seed=seed, param_dtype=param_dtype or jnp.float32,
-                precision=precision)
+                precision=precision, **(model_kwargs or {}))
     want = model.params_shape_tree()
     # With ignore_mismatched_sizes the weights are read against the checkpoint's own config, and
     # whatever then does not fit the requested config is drawn anew (with a warning).

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from flax_bart.activations import get_activation
+from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
 from flax_bart.layer_scan import can_scan, scan_layers
 from flax_bart.remat import maybe_remat
@@ -102,6 +103,7 @@ class BartAttention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     precision: Any = None
+    attention_impl: str = "auto"   # flax_bart.attention_kernels
 
     def _proj(self, name):
         return _dense(self.config, self.config.d_model, self.dtype, self.param_dtype, self.precision, name)
@@ -177,15 +179,27 @@ class BartAttention(nn.Module):
             q_pos = jnp.arange(t) + (0 if query_offset is None else query_offset)
             mask = mask & (jnp.arange(s)[None, :] <= q_pos[:, None])[None, None]
 
-        scores_BxHxTxS = jnp.einsum(
-            "bthk,bshk->bhts", q * jnp.asarray(head_dim**-0.5, self.dtype), k.astype(self.dtype),
-            precision=self.precision, preferred_element_type=jnp.float32,
-        )
-        neg = jnp.finfo(self.dtype).min
-        scores_BxHxTxS = scores_BxHxTxS + jnp.where(mask, 0.0, neg).astype(jnp.float32)
-        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
-        dropped = nn.Dropout(rate=self.config.attention_dropout)(probs_BxHxTxS, deterministic=deterministic)
-        out = jnp.einsum("bhts,bshk->bthk", dropped, v.astype(self.dtype), precision=self.precision)
+        q = q * jnp.asarray(head_dim**-0.5, self.dtype)
+        k, v = k.astype(self.dtype), v.astype(self.dtype)
+        bias_Bx1xTxS = jnp.where(mask, 0.0, jnp.finfo(self.dtype).min).astype(self.dtype)
+        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, k, precision=self.precision,
+                                    preferred_element_type=jnp.float32)
+        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS + bias_Bx1xTxS.astype(jnp.float32), axis=-1).astype(self.dtype)
+
+        def explicit():
+            dropped = nn.Dropout(rate=self.config.attention_dropout)(probs_BxHxTxS, deterministic=deterministic)
+            return jnp.einsum("bhts,bshk->bthk", dropped, v, precision=self.precision), dropped
+
+        # flax_bart.attention_kernels: a fused kernel where it serves; the weights (returned for
+        # output_attentions) stay the explicit ones, and XLA drops them when nobody reads them.
+        kernel = choose_kernel(self.attention_impl, self.dtype, head_dim,
+                               dropout_active=not deterministic and self.config.attention_dropout > 0)
+        if kernel is None:
+            out, dropped = explicit()
+        else:
+            out = fused_attention(q, k, v, bias_Bx1xTxS, kernel, self.precision,
+                                  fallback=(lambda: explicit()[0]) if self.attention_impl == "auto" else None)
+            dropped = probs_BxHxTxS
         out = self._proj("out_proj")(out.reshape(b, t, self.config.d_model))
         if query_offset is not None:
             # Past the end of the cache the update would be clamped: say so with NaN, not a wrong number.
@@ -206,12 +220,18 @@ class BartModuleBase(nn.Module):
     gradient_checkpointing: bool = False
     remat_policy: Any = None
     scan_layers: bool = True
+    attention_impl: str = "auto"   # flax_bart.attention_kernels
 
     def _child_kw(self) -> dict:
         """The shared fields, to build a child BartModuleBase with."""
         return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
                     gradient_checkpointing=self.gradient_checkpointing, remat_policy=self.remat_policy,
-                    scan_layers=self.scan_layers)
+                    scan_layers=self.scan_layers, attention_impl=self.attention_impl)
+
+    def _attention_kw(self) -> dict:
+        """The fields a BartAttention of this layer takes."""
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
+                    attention_impl=self.attention_impl)
 
 
 class _PostLNLayer(BartModuleBase):
@@ -235,7 +255,7 @@ class _PostLNLayer(BartModuleBase):
 class BartEncoderLayer(_PostLNLayer):
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.self_attn = BartAttention(c, c.encoder_attention_heads, precision=self.precision, **kw)
+        self.self_attn = BartAttention(c, c.encoder_attention_heads, **self._attention_kw())
         self.self_attn_layer_norm = _layer_norm(name="self_attn_layer_norm", **kw)
         self._setup_ffn(c.encoder_ffn_dim)
 
@@ -255,9 +275,9 @@ class BartDecoderLayer(_PostLNLayer):
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         heads = c.decoder_attention_heads
-        self.self_attn = BartAttention(c, heads, causal=True, precision=self.precision, **kw)
+        self.self_attn = BartAttention(c, heads, causal=True, **self._attention_kw())
         self.self_attn_layer_norm = _layer_norm(name="self_attn_layer_norm", **kw)
-        self.encoder_attn = BartAttention(c, heads, is_cross=True, precision=self.precision, **kw)
+        self.encoder_attn = BartAttention(c, heads, is_cross=True, **self._attention_kw())
         self.encoder_attn_layer_norm = _layer_norm(name="encoder_attn_layer_norm", **kw)
         self._setup_ffn(c.decoder_ffn_dim)
 
@@ -300,7 +320,7 @@ class _LayerCollection(BartModuleBase):
     """Layers "0" ... "n-1" of one class (under `nn.remat` with gradient checkpointing)."""
 
     def _layer_kw(self) -> dict:
-        return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        return self._attention_kw()
 
     def _build_layers(self, cls, n: int, static_names):
         self.layer_class = maybe_remat(cls, self.gradient_checkpointing, self.remat_policy, static_names)

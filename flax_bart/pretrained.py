@@ -16,6 +16,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
+from flax_bart.attention_kernels import check_attention_impl
 from flax_bart.config import BartConfig
 from flax_bart.validation import InputError
 
@@ -38,7 +39,8 @@ class FlaxBartPreTrainedModel:
 
     def __init__(self, config: BartConfig, input_shape=(1, 1), seed: int = 0, dtype=jnp.float32,
                  _do_init: bool = True, *, param_dtype=jnp.float32, precision=None,
-                 gradient_checkpointing: bool = False, scan_layers: bool = True, **kwargs):
+                 gradient_checkpointing: bool = False, scan_layers: bool = True, attention_impl: str = "auto",
+                 **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
         if isinstance(config, dict):
@@ -54,6 +56,7 @@ class FlaxBartPreTrainedModel:
         self.key = jax.random.PRNGKey(seed)
         self._compiled: dict = {}
         self.scan_layers = bool(scan_layers)   # flax_bart.layer_scan: one lax.scan per uncached layer stack
+        self.attention_impl = check_attention_impl(attention_impl)   # flax_bart.attention_kernels
         self._build_module(gradient_checkpointing=bool(gradient_checkpointing), remat_policy=None)
         self._mesh = None
         self._shapes = None
@@ -156,7 +159,8 @@ class FlaxBartPreTrainedModel:
     def _build_module(self, **remat) -> None:
         """(Re)build the linen module; programs traced with the previous one are dropped."""
         self.module = self.module_class(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
-                                        precision=self.precision, scan_layers=self.scan_layers, **remat)
+                                        precision=self.precision, scan_layers=self.scan_layers,
+                                        attention_impl=self.attention_impl, **remat)
         self._compiled.clear()
         self.__dict__.pop("_generate_programs", None)
 
@@ -272,7 +276,8 @@ class FlaxBartPreTrainedModel:
                         _do_init: bool = True, from_pt: bool = False, ignore_mismatched_sizes: bool = False,
                         cache_dir=None, revision=None, local_files_only: bool = False, force_download=False,
                         token=None, use_auth_token=None, seed: int = 0, param_dtype=None, precision=None,
-                        mesh=None, partition_rules=None, tune_allocator: bool = True, **config_overrides):
+                        mesh=None, partition_rules=None, tune_allocator: bool = True, scan_layers: bool = True,
+                        attention_impl: str = "auto", **config_overrides):
         """Load a checkpoint: Flax msgpack (sharded too), Flax or PyTorch safetensors, pytorch_model.bin.
 
         PyTorch weights are recognised without `from_pt`; `from_pt=True` prefers them when both exist.
@@ -284,7 +289,9 @@ class FlaxBartPreTrainedModel:
 
         On a CPU backend, glibc's allocator is tuned so that XLA:CPU reuses its buffers instead of
         page-faulting them in again on every call (`flax_bart.host_memory`, process-wide); pass
-        `tune_allocator=False` (or set `FLAX_BART_TUNE_ALLOCATOR=0`) to leave it alone."""
+        `tune_allocator=False` (or set `FLAX_BART_TUNE_ALLOCATOR=0`) to leave it alone.
+
+        `scan_layers` and `attention_impl` are passed to the model's constructor."""
         from flax_bart.loading import load_pretrained
 
         if model_args:
@@ -299,6 +306,7 @@ class FlaxBartPreTrainedModel:
             local_files_only=local_files_only, force_download=force_download,
             token=token if token is not None else use_auth_token, seed=seed, param_dtype=param_dtype,
             precision=precision, config_overrides=config_overrides, mesh=mesh, partition_rules=partition_rules,
+            model_kwargs=dict(scan_layers=scan_layers, attention_impl=check_attention_impl(attention_impl)),
         )
 
     def save_pretrained(self, save_directory, params=None, push_to_hub: bool = False,

@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "count=N")
     p.add_argument("--reference", choices=("builtin", "transformers"), default="builtin",
                    help="PyTorch reference: the built-in one (torch only) or transformers' BART")
+    p.add_argument("--attention", choices=("auto", "explicit", "xla", "cudnn"), default="auto",
+                   help="the Flax model's attention kernel (flax_bart.attention_kernels): auto (default: cuDNN's "
+                        "fused attention on a GPU for float16/bfloat16, the explicit einsum path elsewhere), "
+                        "explicit, xla (jax.nn.dot_product_attention's XLA path), cudnn")
     p.add_argument("--grads", action="store_true",
                    help="also compare dLoss/dParam of every parameter (a loss per head on labels drawn from --seed; "
                         "PyTorch autograd on the built-in reference vs jax.grad) and every parameter after 3 AdamW "
@@ -152,7 +156,8 @@ def options_from_args(args: argparse.Namespace, run_name: str):
                    batch_size=args.batch_size, seq_len=args.seq_len, cases=args.cases,
                    flax_devices=args.flax_device, torch_devices=args.torch_device, reference=args.reference,
                    texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh,
-                   grads=args.grads or args.grad_heads is not None, grad_heads=args.grad_heads)
+                   grads=args.grads or args.grad_heads is not None, grad_heads=args.grad_heads,
+                   attention=args.attention)
 
 
 def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, baseline_floor=None,

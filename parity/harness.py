@@ -80,19 +80,20 @@ _MODELS: dict = {}
 _MODELS_MAX = 12
 
 
-def flax_model(config, head: str, dtype: str, mesh=None):
-    """The Flax model of (config, head, dtype), cached; with a mesh, one that runs on it (`model.mesh`)."""
+def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto"):
+    """The Flax model of (config, head, dtype, attention_impl), cached; with a mesh, one that runs on it
+    (`model.mesh`)."""
     import jax.numpy as jnp
 
     from flax_bart.models import MODEL_CLASSES
 
     fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f not in ("extra", "labels_given")}
     mesh_key = None if mesh is None else (mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
-    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key)
+    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key, attention)
     model = _MODELS.pop(key, None)
     if model is None:
         jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
-        model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False)
+        model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False, attention_impl=attention)
         model.mesh = mesh
     _MODELS[key] = model  # most recently used last
     while len(_MODELS) > _MODELS_MAX:
@@ -100,16 +101,50 @@ def flax_model(config, head: str, dtype: str, mesh=None):
     return model
 
 
-def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device, mesh=None) -> FlaxRunner:
+def attention_for(requested: str, device) -> str:
+    """The attention_impl of a Flax column: "auto" decides by JAX's default backend, so a column on
+    another platform (--flax-device cpu on a GPU machine) gets the explicit path."""
     import jax
 
-    model = flax_model(checkpoint.config, head, dtype, mesh)
+    if requested == "auto" and device.platform != jax.default_backend():
+        return "explicit"
+    return requested
+
+
+def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device, mesh=None,
+                 attention: str = "auto") -> FlaxRunner:
+    import jax
+
+    model = flax_model(checkpoint.config, head, dtype, mesh, attention_for(attention, device))
     cast = {"float32": model.to_fp32, "float16": model.to_fp16, "bfloat16": model.to_bf16}[dtype](params)
     if mesh is None:
         return FlaxRunner(model, jax.device_put(cast, device), head, checkpoint.config)
     from flax_bart.sharding import shard_params
 
     return FlaxRunner(model, shard_params(cast, mesh, config=checkpoint.config), head, checkpoint.config)
+
+
+def _attention_kernels(requested: str, fdevs: dict, dtypes, config) -> str:
+    """What computes attention in each Flax column and dtype (for the report); a combination the
+    requested attention_impl cannot run is a ParityInputError before anything runs."""
+    from flax_bart.attention_kernels import ATTENTION_IMPLS, choose_kernel
+
+    if requested not in ATTENTION_IMPLS:
+        raise ParityInputError(f"--attention {requested!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
+    head_dims = sorted({config.d_model // config.encoder_attention_heads,
+                        config.d_model // config.decoder_attention_heads})
+    parts = []
+    for label, (dev, _) in fdevs.items():
+        impl = attention_for(requested, dev)
+        per_dtype = []
+        for dtype in dtypes:
+            try:
+                kernels = {choose_kernel(impl, dtype, hd, dropout_active=False) or "explicit" for hd in head_dims}
+            except ValueError as e:
+                raise ParityInputError(f"--attention {requested} ({label}, {dtype}): {e}") from None
+            per_dtype.append(f"{dtype} {'/'.join(sorted(kernels))}")
+        parts.append(f"{label}: " + ", ".join(per_dtype))
+    return f"requested {requested}; " + "; ".join(parts)
 
 
 def _check_mesh(config, head: str, spec) -> None:
@@ -191,8 +226,10 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     if mesh_spec is not None:  # before anything runs: the mesh must fit every head's parameters
         for head in heads:
             _check_mesh(cfg, head, mesh_spec)
+    attention = _attention_kernels(opts.attention, fdevs, dtypes, cfg)
     say(f"checkpoint {ckpt.path} ({ckpt.source_head}); Flax weights {ckpt.flax_origin}")
     env_extra = {
+        "attention": attention,
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
         "heads": ",".join(heads), "dtypes": ",".join(dtypes), "seed": opts.seed, "steps": opts.steps,
         "cases": ";".join(f"{h}:{','.join(c)}" for h, c in cases.items()),
@@ -263,7 +300,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                 for fd, (fdev, mesh) in fdevs.items():
                     bar.set_description(f"{head} {dtype} Flax {fd}")
                     with CompileMeter() as meter:
-                        runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh)
+                        runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, opts.attention)
                         if head in GREEDY_HEADS and opts.steps:
                             greedy_paths.add(f"{head}: {runner.greedy_path}")
                         flax_out[fd], layout = _run_flax(runner, head, cases[head], opts.steps, fdev)

@@ -32,6 +32,7 @@ class Options:
     mesh: str | None = None                       # "dp=2,tp=4": run the Flax side sharded (parity.mesh)
     grads: bool = False                           # also compare dLoss/dParam and 3 AdamW steps (parity.grad_check)
     grad_heads: tuple[str, ...] | None = None     # with grads: only these heads (None: every head run)
+    attention: str = "auto"                       # the Flax model's attention_impl (flax_bart.attention_kernels)
 
 
 # ---- checking the options -------------------------------------------------------------------------

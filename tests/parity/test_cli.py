@@ -174,6 +174,8 @@ def _no_traceback(code, err):
     (["--baseline", "/no/such/report.json"], "no such file"),
     (["--baseline-factor", "0.5"], "--baseline-factor"),
     (["--batch-size", "1"], "batch_size=1"),
+    (["--attention", "cudnn"], "--attention cudnn (cpu, float32): attention_impl='cudnn': the default JAX backend"),
+    (["--attention", "xla", "--dtypes", "float16"], "cannot run float16 on the cpu backend"),
 ])
 def test_bad_arguments_exit_2(checkpoint, tmp_path, capsys, extra, words):
     code, _, err = run([checkpoint, *FAST, "--out", str(tmp_path), *extra], capsys)

@@ -183,6 +183,19 @@ def test_perturbed_flax_weights_fail_at_decoder_layer_2(tmp_path):
     assert all(r.verdict.passed for r in col.results if r.group in ("embeddings", "encoder"))
 
 
+def test_fused_attention_passes_and_still_fails_on_perturbed_weights(tmp_path):
+    """--attention xla (jax.nn.dot_product_attention, the fused path's wiring on a CPU): the same verdicts."""
+    path = save_checkpoint(tmp_path)
+    opts = Options(heads=("lm",), cases=("right_padding", "fully_padded_row"), attention="xla", **SMALL)
+    good = run_parity(path, opts=opts)
+    assert good.report.passed, good.report.column("float32").first_failure
+    assert good.report.environment.extra["attention"] == "requested xla; cpu: float32 xla"
+    save_flax_next_to_it(path, scale=(FC1_DECODER_2, 1.001))
+    bad = run_parity(path, opts=opts)
+    first = bad.report.column("float32").first_failure
+    assert not bad.report.passed and (first.group, first.layer) == ("decoder", 2)
+
+
 def test_unperturbed_flax_weights_next_to_pytorch_pass(tmp_path):
     path = save_checkpoint(tmp_path)
     save_flax_next_to_it(path)
