@@ -2,6 +2,8 @@
 reports/bench/bench.json and bench.md with the machine, versions and thread settings.
 
     python -m benchmarks [--quick] [--only forward,generate,convert,shard_load,train,remat,parity] [--out reports/bench]
+    python -m benchmarks --device gpu [--quick]   # forward and generate beside transformers on that device
+                                                  # (benchmarks.device_bench), per precision mode
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ BENCHES = {
     "shard_load": "benchmarks.shard_load_bench",
     "train": "benchmarks.train_bench",
     "remat": "benchmarks.remat_bench",
+    "device": "benchmarks.device_bench",
 }
 
 
@@ -70,6 +73,15 @@ def _headline(results: dict) -> list[tuple[str, str, str]]:
         if setting != "none" and "residuals_vs_none" in r:
             rows.append((f"training gradient, remat {setting}: residuals kept for backward / without remat",
                          f"{r['residuals_vs_none']:.2f} (compiled temp {r['temp_vs_none']:.2f})", ""))
+    for r in results.get("device", {}).get("modes", []):
+        dev = results["device"]["device_kind"]
+        rows.append((f"{dev} {r['mode']} QA forward: flax / transformers time", f"{r['forward']['ratio']:.2f}",
+                     "<= 0.9 (bf16), <= 0.95 (tf32)" if r["mode"] != "fp32-exact" else ""))
+        g = r["generate"]
+        roof = g["decode_step"].get("times_roofline")
+        rows.append((f"{dev} {r['mode']} greedy: flax / transformers tokens/s"
+                     + ("" if roof is None else "; decode step / HBM roofline"),
+                     f"{g['speedup']:.2f}" + ("" if roof is None else f"; {roof:.1f}"), ">= 10; <= 2"))
     if "parity" in results:
         rows.append(("parity demo matrix wall time s", f"{results['parity']['wall_s']:.1f}", ""))
     return rows
@@ -111,8 +123,13 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help=f"comma list of {sorted(BENCHES) + ['parity']}")
     p.add_argument("--out", default="reports/bench")
     p.add_argument("--timeout", type=float, default=3600.0, help="per benchmark, seconds")
+    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                   help="run the device benchmark (forward and generate beside transformers) on this device only")
     args = p.parse_args(argv)
-    names = list(BENCHES) + ["parity"] if args.only is None else [n.strip() for n in args.only.split(",")]
+    if args.device is not None:
+        args.only = "device"
+    names = [n for n in BENCHES if n != "device"] + ["parity"] if args.only is None \
+        else [n.strip() for n in args.only.split(",")]
     unknown = [n for n in names if n not in BENCHES and n != "parity"]
     if unknown:
         print(f"error: --only names unknown benchmarks {unknown}; known: {sorted(BENCHES) + ['parity']}",
@@ -126,7 +143,8 @@ def main(argv=None) -> int:
             results["parity"] = runs[name]
         else:
             out_json = os.path.join(args.out, f"{name}.json")
-            code, wall, log = _run_module(BENCHES[name], ["--out", out_json] + (["--quick"] if args.quick else []),
+            extra = ["--device", args.device or "cpu"] if name == "device" else []
+            code, wall, log = _run_module(BENCHES[name], ["--out", out_json, *extra] + (["--quick"] if args.quick else []),
                                           args.timeout)
             runs[name] = {"exit_code": code, "wall_s": wall, "log_tail": log[-1500:]}
             if code == 0 and os.path.isfile(out_json):

@@ -75,3 +75,47 @@ def test_remat_bench_quick_writes_memory_per_setting(tmp_path):
     # Backend-independent: rematerialising keeps fewer residuals than saving everything.
     assert rows["nothing_saveable"]["saved_residual_bytes"] < rows["dots_saveable"]["saved_residual_bytes"]
     assert rows["dots_saveable"]["saved_residual_bytes"] < rows["none"]["saved_residual_bytes"]
+
+
+def test_device_bench_runs_every_mode_on_the_cpu(tmp_path):
+    """`python -m benchmarks --device cpu --quick`: the GPU benchmark's code path on the CPU: forward and
+    greedy generation beside transformers per precision mode, FLOP/s and decode-step bytes recorded."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--device", "cpu", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "device.json").read_text())
+    assert [m["mode"] for m in data["modes"]] == ["fp32-exact", "tf32", "bf16"] and data["peaks"] is None
+    for m in data["modes"]:
+        assert m["forward"]["flax"]["tflop_s"] > 0 and m["forward"]["ratio"] > 0
+        g = m["generate"]
+        assert isinstance(g["tokens_equal"], bool) and g["speedup"] > 0
+        assert g["decode_step"]["bytes"]["total"] > 0 and "times_roofline" not in g["decode_step"]
+    assert "cpu fp32-exact QA forward" in (tmp_path / "bench.md").read_text()
+
+
+def test_device_bench_without_the_device_exits_2(tmp_path):
+    import jax
+
+    if any(d.platform == "gpu" for d in jax.devices()):
+        return
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.device_bench", "--device", "gpu", "--out",
+                           str(tmp_path / "d.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--device gpu: JAX finds no gpu device" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "d.json").exists()
+
+
+def test_roofline_counts():
+    from benchmarks.common import BART_BASE
+    from benchmarks.roofline import decode_step_bytes, forward_flops, peaks_for
+
+    cfg = dict(d_model=4, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=8, decoder_ffn_dim=8, vocab_size=10)
+    # encoder layer over 3 tokens: 2*3*(4*16 + 2*4*8) + 4*3*3*4 = 768 + 144; decoder: the same plus cross
+    # attention 2*3*2*16 (Q, O) + 2*3*2*16 (K, V of 3 encoder tokens) + 4*3*3*4; QA head 2*4*2*3
+    enc = 2 * 3 * (64 + 64) + 4 * 3 * 3 * 4
+    dec = enc + 192 + 192 + 144
+    assert forward_flops(cfg, "qa", 1, 3) == enc + dec + 48
+    assert forward_flops(cfg, "lm", 2, 3) == 2 * (enc + dec + 2 * 4 * 10 * 3)
+    b = decode_step_bytes(BART_BASE, batch=32, source_length=512, cache_length=0, mode="bf16")
+    assert b["cross_kv"] == 2 * 6 * 32 * 512 * 768 * 2 and b["self_cache"] == 0
+    assert b["weights"] == (6 * (6 * 768 * 768 + 2 * 768 * 3072) + 50265 * 768) * 2
+    assert peaks_for("NVIDIA H200")["matched"] == "H200" and peaks_for("cpu") is None
