@@ -24,6 +24,7 @@ BENCHES = {
     "shard_load": "benchmarks.shard_load_bench",
     "train": "benchmarks.train_bench",
     "remat": "benchmarks.remat_bench",
+    "scan": "benchmarks.scan_bench",
     "device": "benchmarks.device_bench",
 }
 

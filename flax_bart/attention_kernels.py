@@ -84,8 +84,8 @@ def fused_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, bias_Bx1xTxS, kernel: str, 
         with _precision_context(precision):
             return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, bias=bias_Bx1xTxS, scale=1.0,
                                                 implementation=kernel)
-    except (NotImplementedError, RuntimeError) as e:
+    except (NotImplementedError, RuntimeError, ValueError):
+        # jax's cuDNN path checks the cuDNN version, GPU generation and shapes while tracing
         if fallback is None or kernel != "cudnn":
             raise
-        del e
         return fallback()

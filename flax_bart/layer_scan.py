@@ -3,8 +3,13 @@
 XLA compiles an unrolled stack layer by layer: on a CPU each layer adds a few hundred milliseconds
 of compilation (BART-base's 6+6 layers: about 6 s for one forward program), while a scan compiles
 one layer body whatever the depth. The parameter tree does not change: the layers' parameters stay
-under `layers/0`, `layers/1`, ... (the 4.x layout) and are stacked inside the traced function, where
-stacking costs one copy of the layer weights per call, nothing next to the layers' own work.
+under `layers/0`, `layers/1`, ... (the 4.x layout) and are stacked inside the traced function.
+
+That costs run time: the stacking copies the layer weights on every call, and the scanned body runs
+slower than the unrolled layers (BART-base QA forward on a 2-core AVX2 CPU, `benchmarks.scan_bench`:
+1x128 458/543 ms scanned vs 252/267 ms unrolled; 4x256 2229/2455 vs 2112/2189 ms). So the models unroll by
+default (`scan_layers=False`, as 4.x); the scan is for programs compiled once and run a few times,
+such as the parity gate's (`python -m parity`, which turns it on unless `--no-scan-layers`).
 
 The scan serves every call that has no decoding cache: the encoder always, the decoder in a full
 (teacher-forced or training) pass. Creating a cache and decoding step by step keep the unrolled

@@ -219,7 +219,7 @@ class BartModuleBase(nn.Module):
     precision: Any = None
     gradient_checkpointing: bool = False
     remat_policy: Any = None
-    scan_layers: bool = True
+    scan_layers: bool = False
     attention_impl: str = "auto"   # flax_bart.attention_kernels
 
     def _child_kw(self) -> dict:

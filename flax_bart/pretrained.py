@@ -39,7 +39,7 @@ class FlaxBartPreTrainedModel:
 
     def __init__(self, config: BartConfig, input_shape=(1, 1), seed: int = 0, dtype=jnp.float32,
                  _do_init: bool = True, *, param_dtype=jnp.float32, precision=None,
-                 gradient_checkpointing: bool = False, scan_layers: bool = True, attention_impl: str = "auto",
+                 gradient_checkpointing: bool = False, scan_layers: bool = False, attention_impl: str = "auto",
                  **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
@@ -55,7 +55,8 @@ class FlaxBartPreTrainedModel:
         self.seed = seed
         self.key = jax.random.PRNGKey(seed)
         self._compiled: dict = {}
-        self.scan_layers = bool(scan_layers)   # flax_bart.layer_scan: one lax.scan per uncached layer stack
+        # flax_bart.layer_scan: one lax.scan per uncached layer stack (compiles faster, runs slower)
+        self.scan_layers = bool(scan_layers)
         self.attention_impl = check_attention_impl(attention_impl)   # flax_bart.attention_kernels
         self._build_module(gradient_checkpointing=bool(gradient_checkpointing), remat_policy=None)
         self._mesh = None
@@ -276,7 +277,7 @@ class FlaxBartPreTrainedModel:
                         _do_init: bool = True, from_pt: bool = False, ignore_mismatched_sizes: bool = False,
                         cache_dir=None, revision=None, local_files_only: bool = False, force_download=False,
                         token=None, use_auth_token=None, seed: int = 0, param_dtype=None, precision=None,
-                        mesh=None, partition_rules=None, tune_allocator: bool = True, scan_layers: bool = True,
+                        mesh=None, partition_rules=None, tune_allocator: bool = True, scan_layers: bool = False,
                         attention_impl: str = "auto", **config_overrides):
         """Load a checkpoint: Flax msgpack (sharded too), Flax or PyTorch safetensors, pytorch_model.bin.
 

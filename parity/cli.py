@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Flax model's attention kernel (flax_bart.attention_kernels): auto (default: cuDNN's "
                         "fused attention on a GPU for float16/bfloat16, the explicit einsum path elsewhere), "
                         "explicit, xla (jax.nn.dot_product_attention's XLA path), cudnn")
+    p.add_argument("--no-scan-layers", action="store_true",
+                   help="compile the Flax layer stacks unrolled, as the models run by default (slower to compile); "
+                        "by default the gate compiles each uncached stack as one lax.scan")
     p.add_argument("--grads", action="store_true",
                    help="also compare dLoss/dParam of every parameter (a loss per head on labels drawn from --seed; "
                         "PyTorch autograd on the built-in reference vs jax.grad) and every parameter after 3 AdamW "
@@ -157,7 +160,7 @@ def options_from_args(args: argparse.Namespace, run_name: str):
                    flax_devices=args.flax_device, torch_devices=args.torch_device, reference=args.reference,
                    texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh,
                    grads=args.grads or args.grad_heads is not None, grad_heads=args.grad_heads,
-                   attention=args.attention)
+                   attention=args.attention, scan_layers=not args.no_scan_layers)
 
 
 def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, baseline_floor=None,

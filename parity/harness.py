@@ -80,20 +80,23 @@ _MODELS: dict = {}
 _MODELS_MAX = 12
 
 
-def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto"):
+def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto",
+               scan_layers: bool = True):
     """The Flax model of (config, head, dtype, attention_impl), cached; with a mesh, one that runs on it
-    (`model.mesh`)."""
+    (`model.mesh`). Layer stacks compile as one scan by default (flax_bart.layer_scan): each program
+    here runs a few times, so compile time is what counts."""
     import jax.numpy as jnp
 
     from flax_bart.models import MODEL_CLASSES
 
     fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f not in ("extra", "labels_given")}
     mesh_key = None if mesh is None else (mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
-    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key, attention)
+    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key, attention, scan_layers)
     model = _MODELS.pop(key, None)
     if model is None:
         jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
-        model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False, attention_impl=attention)
+        model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False, attention_impl=attention,
+                                    scan_layers=scan_layers)
         model.mesh = mesh
     _MODELS[key] = model  # most recently used last
     while len(_MODELS) > _MODELS_MAX:
@@ -112,10 +115,10 @@ def attention_for(requested: str, device) -> str:
 
 
 def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device, mesh=None,
-                 attention: str = "auto") -> FlaxRunner:
+                 attention: str = "auto", scan_layers: bool = True) -> FlaxRunner:
     import jax
 
-    model = flax_model(checkpoint.config, head, dtype, mesh, attention_for(attention, device))
+    model = flax_model(checkpoint.config, head, dtype, mesh, attention_for(attention, device), scan_layers)
     cast = {"float32": model.to_fp32, "float16": model.to_fp16, "bfloat16": model.to_bf16}[dtype](params)
     if mesh is None:
         return FlaxRunner(model, jax.device_put(cast, device), head, checkpoint.config)
@@ -230,6 +233,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     say(f"checkpoint {ckpt.path} ({ckpt.source_head}); Flax weights {ckpt.flax_origin}")
     env_extra = {
         "attention": attention,
+        "layer_stacks": "one lax.scan per uncached stack" if opts.scan_layers else "unrolled",
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
         "heads": ",".join(heads), "dtypes": ",".join(dtypes), "seed": opts.seed, "steps": opts.steps,
         "cases": ";".join(f"{h}:{','.join(c)}" for h, c in cases.items()),
@@ -300,7 +304,8 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                 for fd, (fdev, mesh) in fdevs.items():
                     bar.set_description(f"{head} {dtype} Flax {fd}")
                     with CompileMeter() as meter:
-                        runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, opts.attention)
+                        runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, opts.attention,
+                                              opts.scan_layers)
                         if head in GREEDY_HEADS and opts.steps:
                             greedy_paths.add(f"{head}: {runner.greedy_path}")
                         flax_out[fd], layout = _run_flax(runner, head, cases[head], opts.steps, fdev)

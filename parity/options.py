@@ -33,6 +33,7 @@ class Options:
     grads: bool = False                           # also compare dLoss/dParam and 3 AdamW steps (parity.grad_check)
     grad_heads: tuple[str, ...] | None = None     # with grads: only these heads (None: every head run)
     attention: str = "auto"                       # the Flax model's attention_impl (flax_bart.attention_kernels)
+    scan_layers: bool = True                      # compile each uncached layer stack as one lax.scan
 
 
 # ---- checking the options -------------------------------------------------------------------------

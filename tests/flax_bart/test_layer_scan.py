@@ -15,7 +15,7 @@ CFG = BartConfig(**{**TINY, "encoder_layers": 3, "decoder_layers": 3})
 
 
 def _pair(head, **kw):
-    scanned = MODEL_CLASSES[head](CFG, seed=0, **kw)
+    scanned = MODEL_CLASSES[head](CFG, seed=0, scan_layers=True, **kw)
     unrolled = MODEL_CLASSES[head](CFG, seed=0, _do_init=False, scan_layers=False, **kw)
     return scanned, unrolled
 
@@ -56,7 +56,7 @@ def test_scanned_stack_equals_unrolled(head):
 def test_gradients_and_train_mode_match():
     cfg = BartConfig(**{**TINY, "encoder_layers": 3, "decoder_layers": 3, "dropout": 0.2,
                         "attention_dropout": 0.1, "encoder_layerdrop": 0.3, "decoder_layerdrop": 0.3})
-    scanned = MODEL_CLASSES["lm"](cfg, seed=0)
+    scanned = MODEL_CLASSES["lm"](cfg, seed=0, scan_layers=True)
     unrolled = MODEL_CLASSES["lm"](cfg, seed=0, _do_init=False, scan_layers=False)
     ids, kw = _inputs("lm")
     kw["attention_mask"] = np.ones_like(ids)
@@ -81,7 +81,7 @@ def test_layerdrop_in_a_scanned_stack_skips_about_its_rate():
     """With LayerDrop 0.5 and no other dropout, a train-mode pass equals one of the 2^n layer subsets;
     over many keys the number of layers kept is about half."""
     cfg = BartConfig(**{**TINY, "encoder_layers": 4, "decoder_layers": 2, "encoder_layerdrop": 0.5})
-    model = MODEL_CLASSES["base"](cfg, seed=0)
+    model = MODEL_CLASSES["base"](cfg, seed=0, scan_layers=True)
     ids, kw = _inputs("base")
     kw["attention_mask"] = np.ones_like(ids)
     eval_states = model(ids, **kw, output_hidden_states=True).encoder_hidden_states
@@ -114,6 +114,12 @@ def test_cache_and_intermediates_keep_the_unrolled_layers():
         decoder_position_ids=jnp.broadcast_to(jnp.arange(9), ids.shape),
         capture_intermediates=True, mutable=["intermediates"])
     assert {"0", "1", "2"} <= set(state["intermediates"]["model"]["encoder"]["layers"])
+
+
+def test_models_unroll_by_default():
+    """Scanning costs run time (the stacked weights are copied on every call): opt-in only."""
+    assert MODEL_CLASSES["qa"](CFG, _do_init=False).module.scan_layers is False
+    assert MODEL_CLASSES["qa"](CFG, _do_init=False, scan_layers=True).module.scan_layers is True
 
 
 def test_compiled_forward_holds_one_layer_body():

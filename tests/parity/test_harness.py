@@ -196,6 +196,13 @@ def test_fused_attention_passes_and_still_fails_on_perturbed_weights(tmp_path):
     assert not bad.report.passed and (first.group, first.layer) == ("decoder", 2)
 
 
+def test_unrolled_layer_stacks_pass_and_are_recorded(tmp_path):
+    """--no-scan-layers: the gate compiles the layers as the models run by default."""
+    path = save_checkpoint(tmp_path)
+    out = run_parity(path, opts=Options(heads=("lm",), cases=("right_padding",), scan_layers=False, **SMALL))
+    assert out.report.passed and out.report.environment.extra["layer_stacks"] == "unrolled"
+
+
 def test_unperturbed_flax_weights_next_to_pytorch_pass(tmp_path):
     path = save_checkpoint(tmp_path)
     save_flax_next_to_it(path)
