@@ -89,7 +89,10 @@ def _dense(config, features, dtype, param_dtype, precision, name, use_bias=True)
 
 
 def _layer_norm(dtype, param_dtype, name):
-    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name)
+    # Two-pass variance, mean((x - mean)^2), as PyTorch computes it; flax's default mean(x^2) - mean^2
+    # (4.x's choice) cancels when |mean| >> std.
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+                        name=name)
 
 
 class BartAttention(nn.Module):

@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=_csv, default=None,
                    help="input cases to run (default: all of right_padding, left_padding, fully_padded_row / "
                         "fully_masked_row, length_1, max_length, qa_pairs, classification)")
+    p.add_argument("--max-length-dtypes", type=_csv, default=("float32",), metavar="DTYPES",
+                   help="dtypes that also run the max_length case (one row of max_position_embeddings tokens, the "
+                        "costliest): comma-separated, or 'all' (default float32; --cases max_length runs it in every "
+                        "dtype)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows per generated input case (default 3, rounded up to a multiple of the mesh's dp x fsdp)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per generated row (default 12)")
@@ -160,7 +164,8 @@ def options_from_args(args: argparse.Namespace, run_name: str):
                    flax_devices=args.flax_device, torch_devices=args.torch_device, reference=args.reference,
                    texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh,
                    grads=args.grads or args.grad_heads is not None, grad_heads=args.grad_heads,
-                   attention=args.attention, scan_layers=not args.no_scan_layers)
+                   attention=args.attention, scan_layers=not args.no_scan_layers,
+                   max_length_dtypes=None if tuple(args.max_length_dtypes) == ("all",) else args.max_length_dtypes)
 
 
 def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, baseline_floor=None,

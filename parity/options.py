@@ -34,6 +34,19 @@ class Options:
     grad_heads: tuple[str, ...] | None = None     # with grads: only these heads (None: every head run)
     attention: str = "auto"                       # the Flax model's attention_impl (flax_bart.attention_kernels)
     scan_layers: bool = True                      # compile each uncached layer stack as one lax.scan
+    max_length_dtypes: tuple[str, ...] | None = ("float32",)  # dtypes that run the default max_length case
+    #                                               (None: every dtype); --cases max_length runs it in all
+
+
+def cases_for_dtype(cases: dict, dtype: str, opts: Options) -> dict:
+    """A head's cases in `dtype`: the default `max_length` case (1 x max_position_embeddings, the costliest)
+    runs only in `opts.max_length_dtypes`, unless --cases names it. The positions it proves are looked up
+    the same way in every dtype; PyTorch's bf16/fp16 forward of that row cost 50-74 s per head and dtype on
+    a CPU without AVX512-BF16 (BART-base, this project's AVX2 machine)."""
+    explicit = opts.cases is not None and "max_length" in opts.cases
+    if explicit or opts.max_length_dtypes is None or dtype in opts.max_length_dtypes:
+        return cases
+    return {name: case for name, case in cases.items() if name != "max_length"}
 
 
 # ---- checking the options -------------------------------------------------------------------------
@@ -46,20 +59,20 @@ def choose(values, allowed, what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
 
-def check_dtypes(dtypes) -> tuple[str, ...]:
+def check_dtypes(dtypes, what: str = "--dtypes") -> tuple[str, ...]:
     out = []
     for d in dtypes:
         try:
             name = normalize_dtype(d)
         except ValueError:
-            raise ParityInputError(f"--dtypes: unknown dtype {d!r}; expected some of float32, bfloat16, float16") \
+            raise ParityInputError(f"{what}: unknown dtype {d!r}; expected some of float32, bfloat16, float16") \
                 from None
         if name == "float64":
-            raise ParityInputError("--dtypes: float64 is the gold yardstick, not a compared dtype; "
+            raise ParityInputError(f"{what}: float64 is the gold yardstick, not a compared dtype; "
                                    "expected some of float32, bfloat16, float16")
         out.append(name)
     if not out:
-        raise ParityInputError("--dtypes: no dtype given")
+        raise ParityInputError(f"{what}: no dtype given")
     return tuple(dict.fromkeys(out))
 
 

@@ -6,7 +6,17 @@ Rules, per tensor, checked in this order (the first that fails is the verdict):
 2. No NaN or infinity inside the mask in the reference, candidate or gold run.
 3. Token ids (``kind="ids"``): exact equality, in every dtype.
 4. ``float32`` / ``float64``: ``max |flax - torch| / RMS(torch) <= rtol``
-   (``rtol`` = 1e-5 unless overridden with ``--rtol``).
+   (``rtol`` = 1e-5 unless overridden with ``--rtol``). A float32 tensor outside it still passes when
+   the float64 gold run shows Flax within a small multiple of PyTorch's own distance from exact
+   arithmetic (``max |flax - gold| <= FP32_K_FACTOR * k * max |torch - gold| + FP32_FLOOR_ULPS *
+   eps(float32) * RMS(gold)``). The ratio to the RMS grows with the tensor: BART-base's attention maps
+   over 1024 positions (RMS ~3e-3, weights up to 1) differ by a few float32 ULPs of their largest
+   weights (max 1.5-3.6e-7), 5e-5 to 1.3e-4 of the RMS, with cosine 1 - 1e-13. The multiple is not 1:
+   XLA:CPU's float32 GEMM accumulates with 2.6-5.3x the error of PyTorch's (MKL/oneDNN) at K = 768-3072
+   (1024-row products against float64, this 2-core AVX2 machine), so Flax's hidden states sit ~2x and
+   the BART-base 1024-position logits 4.3x further from the gold than PyTorch's. A layer off by 0.1%
+   is ~100x outside the bound. The harness runs the gold for a float32-only matrix only when rule 4
+   fails somewhere.
 5. ``float16`` / ``bfloat16``: a PyTorch float64 run is the gold yardstick.
    ``err_torch = max |torch - gold|``, ``err_flax = max |flax - gold|``; pass when
    ``err_flax <= k * err_torch + floor`` with ``k`` = 2 (``--k``) and
@@ -68,6 +78,8 @@ DEFAULT_RTOL = 1e-5
 DEFAULT_K = 2.0
 # Low-precision floor in units of MACHINE_EPS[dtype] * RMS(gold).
 DEFAULT_FLOOR_ULPS: Mapping[str, float] = {"float16": 1.0, "bfloat16": 1.0}
+FP32_K_FACTOR = 4.0      # rule 4's gold fallback: FP32_K_FACTOR x k x PyTorch's error ...
+FP32_FLOOR_ULPS = 4.0    # ... plus this floor in units of eps(float32) * RMS(gold)
 ZERO_GRAD_RATIO = 1e-8
 GRAD_K_FACTOR = 2.0      # low-precision gradients: GRAD_K_FACTOR x k ...
 GRAD_FLOOR_ULPS = 8.0    # ... and this floor in ULPs at the gradient's RMS (rule 6) ...
@@ -187,7 +199,9 @@ class Policy:
     def describe(self) -> list[str]:
         """One line per rule, for reports and the README."""
         lines = [
-            f"float32/float64: max |flax - torch| / RMS(torch) <= rtol = {self.rtol:g}",
+            f"float32/float64: max |flax - torch| / RMS(torch) <= rtol = {self.rtol:g}; a float32 tensor "
+            f"outside it passes when max |flax - gold| <= {FP32_K_FACTOR:g} x k x max |torch - gold| + "
+            f"{FP32_FLOOR_ULPS:g} * eps(float32) * RMS(gold) (float64 gold run)",
         ]
         for dtype in LOW_PRECISION:
             lines.append(
@@ -262,8 +276,11 @@ def judge(metrics: TensorMetrics, dtype: Any, policy: Policy = DEFAULT_POLICY) -
                        f"gradient: max |flax - torch| / RMS(torch) <= {GRAD_RTOL_FACTOR:g} x rtol")
     if dtype in FULL_PRECISION:
         value = float(metrics.max_rel_err)
-        return Verdict(_within(value, policy.rtol), "max_rel_err", value, policy.rtol,
-                       "max |flax - torch| / RMS(torch) <= rtol")
+        verdict = Verdict(_within(value, policy.rtol), "max_rel_err", value, policy.rtol,
+                          "max |flax - torch| / RMS(torch) <= rtol")
+        if verdict.passed or dtype != "float32" or not metrics.has_gold:
+            return verdict
+        return _fp32_gold_fallback(metrics, verdict, policy)
     if not metrics.has_gold:
         raise ValueError(
             f"{metrics.name}: judging {dtype} needs a float64 gold run "
@@ -273,6 +290,19 @@ def judge(metrics: TensorMetrics, dtype: Any, policy: Policy = DEFAULT_POLICY) -
     bound = policy.k * float(metrics.gold_err_ref_max) + policy.floor(dtype, float(metrics.gold_rms))
     return Verdict(_within(value, bound), "gold_err_cand_max", value, bound,
                    "max |flax - gold| <= k * max |torch - gold| + floor")
+
+
+def _fp32_gold_fallback(metrics: TensorMetrics, rule4: Verdict, policy: Policy) -> Verdict:
+    """Rule 4's second chance for a float32 tensor outside rtol: as close to the float64 gold as PyTorch."""
+    value = float(metrics.gold_err_cand_max)
+    bound = FP32_K_FACTOR * policy.k * float(metrics.gold_err_ref_max) + \
+        FP32_FLOOR_ULPS * MACHINE_EPS["float32"] * float(metrics.gold_rms)
+    rule = f"{FP32_K_FACTOR:g} * k * max |torch - gold| + floor"
+    if _within(value, bound):
+        return Verdict(True, "gold_err_cand_max", value, bound,
+                       f"outside rtol of PyTorch, but max |flax - gold| <= {rule}")
+    return dataclasses.replace(rule4, rule=rule4.rule + f" (nor max |flax - gold| = {value:.3g} <= {rule} = "
+                                                     f"{bound:.3g})")
 
 
 def judge_grad(metrics: TensorMetrics, dtype: Any, scale: float, policy: Policy = DEFAULT_POLICY) -> Verdict:

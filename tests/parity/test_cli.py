@@ -176,6 +176,8 @@ def _no_traceback(code, err):
     (["--batch-size", "1"], "batch_size=1"),
     (["--attention", "cudnn"], "--attention cudnn (cpu, float32): attention_impl='cudnn': the default JAX backend"),
     (["--attention", "xla", "--dtypes", "float16"], "cannot run float16 on the cpu backend"),
+    (["--max-length-dtypes", "float64"], "--max-length-dtypes: float64 is the gold yardstick"),
+    (["--max-length-dtypes", "int8"], "--max-length-dtypes: unknown dtype 'int8'"),
 ])
 def test_bad_arguments_exit_2(checkpoint, tmp_path, capsys, extra, words):
     code, _, err = run([checkpoint, *FAST, "--out", str(tmp_path), *extra], capsys)

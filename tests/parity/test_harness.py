@@ -183,6 +183,47 @@ def test_perturbed_flax_weights_fail_at_decoder_layer_2(tmp_path):
     assert all(r.verdict.passed for r in col.results if r.group in ("embeddings", "encoder"))
 
 
+def test_fp32_outside_rtol_is_judged_against_a_gold_run_started_then(tmp_path):
+    """A float32-only matrix runs no float64 gold until rule 4 fails; then the gold judges those tensors
+    (as close to exact as PyTorch passes), and a perturbed layer still fails."""
+    from parity.tolerance import Policy
+
+    path = save_checkpoint(tmp_path)
+    opts = Options(heads=("lm",), cases=("right_padding",), **SMALL)
+    plain = run_parity(path, opts=opts)
+    assert plain.report.passed and "lm/float64 gold" not in plain.report.timings["steps"]
+    tight = Options(heads=("lm",), cases=("right_padding",), policy=Policy(rtol=1e-12), **SMALL)
+    out = run_parity(path, opts=tight)
+    assert "lm/float64 gold" in out.report.timings["steps"]
+    col = out.report.column("float32")
+    by_gold = [r for r in col.results if r.verdict.metric == "gold_err_cand_max"]
+    assert len(by_gold) > 10 and all(r.verdict.passed for r in by_gold)
+    # greedy decoding keeps exact float32 rules (no gold path there): ids equal, scores by rule 4 only
+    assert {r.name for r in col.failures} == {"lm/right_padding/greedy_scores"}
+    save_flax_next_to_it(path, scale=(FC1_DECODER_2, 1.001))
+    first = run_parity(path, opts=tight).report.column("float32").first_failure
+    assert (first.group, first.layer) == ("decoder", 2)
+
+
+def test_max_length_case_runs_in_float32_unless_asked(tmp_path):
+    """The 1 x max_position_embeddings row is float32's by default; --max-length-dtypes all or --cases
+    max_length runs it in every dtype; the report says which."""
+    path = save_checkpoint(tmp_path)
+    kw = dict(heads=("causal",), dtypes=("float32", "bfloat16"), **SMALL)
+
+    def long_rows(out, dtype):
+        return [r.name for r in out.report.column(dtype).results if "/max_length/" in r.name]
+
+    default = run_parity(path, opts=Options(**kw))
+    assert default.report.passed and long_rows(default, "float32") and not long_rows(default, "bfloat16")
+    assert default.report.environment.extra["max_length_dtypes"] == "float32"
+    assert any("max_length case" in n and "not in bfloat16" in n for n in default.report.notes)
+    every = run_parity(path, opts=Options(max_length_dtypes=None, **kw))
+    assert every.report.passed and long_rows(every, "bfloat16") == long_rows(every, "float32")
+    named = run_parity(path, opts=Options(heads=("causal",), dtypes=("bf16",), cases=("max_length",), **SMALL))
+    assert long_rows(named, "bfloat16") and named.report.passed
+
+
 def test_fused_attention_passes_and_still_fails_on_perturbed_weights(tmp_path):
     """--attention xla (jax.nn.dot_product_attention, the fused path's wiring on a CPU): the same verdicts."""
     path = save_checkpoint(tmp_path)

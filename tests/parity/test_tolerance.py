@@ -39,6 +39,31 @@ def test_fp32_relative_error_rule():
     assert judge(_fp32(2e-5), "float32", DEFAULT_POLICY.with_overrides(rtol=1e-4)).passed
 
 
+def test_fp32_outside_rtol_passes_when_as_close_to_the_gold_as_pytorch():
+    """A long attention row: a few float32 ULPs of weights near 1, many times rtol x the map's small RMS."""
+    from parity.tolerance import FP32_FLOOR_ULPS, FP32_K_FACTOR
+
+    gold = np.full(1024, 1e-3)
+    gold[0] = 1.0
+    ulp = 2.0**-23
+    torch_side, flax_side = gold.copy(), gold.copy()
+    torch_side[0] += 2 * ulp
+    flax_side[0] -= 2 * ulp                                   # |flax - torch| = 4 ulps, RMS ~3e-2
+    alone = judge(compare("a", torch_side, flax_side), "float32")
+    assert not alone.passed and alone.metric == "max_rel_err"  # no gold: rule 4 decides
+    v = judge(compare("a", torch_side, flax_side, gold=gold), "float32")
+    assert v.passed and v.metric == "gold_err_cand_max" and v.value == pytest.approx(2 * ulp)
+    rms = float(np.sqrt(np.mean(gold ** 2)))
+    assert v.tolerance == pytest.approx(FP32_K_FACTOR * 2.0 * 2 * ulp + FP32_FLOOR_ULPS * ulp * rms)
+    wrong = flax_side.copy()
+    wrong[0] = 1.0 + 1e-4                                     # a real error: further from exact than PyTorch
+    bad = judge(compare("a", torch_side, wrong, gold=gold), "float32")
+    assert not bad.passed and bad.metric == "max_rel_err" and "nor max |flax - gold|" in bad.rule
+    inside = judge(compare("a", gold, gold + 1e-9, gold=gold), "float32")
+    assert inside.passed and inside.metric == "max_rel_err"   # within rtol: rule 4 as before
+    assert not judge(compare("a", torch_side, flax_side, gold=gold), "float64").passed  # float32 only
+
+
 def test_low_precision_k_and_per_dtype_floor():
     m = _lowp(0.01, 0.025)
     # bfloat16: bound = 2 * 0.01 + 2**-7 * 1 = 0.0278125 -> passes
