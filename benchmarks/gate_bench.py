@@ -6,7 +6,9 @@ Each run is `python -m parity CKPT --heads ... --dtypes ... --compile-cache DIR`
 "cold" with an empty DIR, then "warm" with the same DIR. The breakdown comes from the report's
 `timings` (parity.timing). Matrices: `quick4x3` = the demo's tiny config, heads qa,lm,cls,causal x
 float32,bfloat16,float16, default inputs; `demo3x3` = the BART-base demo (heads qa,lm,cls, the demo's
-inputs). `--quick` (the test suite's smoke run) runs the tiny config, head qa, float32 only.
+inputs); `base4x3` = the default gate of issue 13 on the BART-base demo checkpoint (heads qa,lm,cls,causal x
+float32,bfloat16,float16, default inputs). `--quick` (the test suite's smoke run) runs the tiny config,
+head qa, float32 only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ MATRICES = {
     "demo3x3": dict(quick=False, heads="qa,lm,cls", dtypes="float32,bfloat16,float16",
                     extra=["--batch-size", "2", "--seq-len", "32", "--steps", "4", "--cases",
                            "right_padding,fully_padded_row,fully_masked_row,qa_pairs,classification"]),
+    "base4x3": dict(quick=False, heads="qa,lm,cls,causal", dtypes="float32,bfloat16,float16", extra=[]),
     "smoke": dict(quick=True, heads="qa", dtypes="float32", extra=["--steps", "2"]),
 }
 
@@ -58,7 +61,7 @@ def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: f
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gate_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny config, head qa, float32")
-    p.add_argument("--matrix", default="quick4x3,demo3x3", help=f"comma-separated among {sorted(MATRICES)}")
+    p.add_argument("--matrix", default="quick4x3,demo3x3,base4x3", help=f"comma-separated among {sorted(MATRICES)}")
     p.add_argument("--out", default=os.path.join("reports", "bench"))
     p.add_argument("--cache-dir", default=None, help="demo checkpoint cache (default: the demo's)")
     p.add_argument("--timeout", type=float, default=3600)
