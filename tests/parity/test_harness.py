@@ -205,6 +205,20 @@ def test_fp32_outside_rtol_is_judged_against_a_gold_run_started_then(tmp_path):
     assert (first.group, first.layer) == ("decoder", 2)
 
 
+def test_only_rows_the_gold_can_judge_start_a_float32_gold_run():
+    from parity.harness import _outside_rtol
+    from parity.metrics import compare
+    from parity.report import Environment, RunReport
+
+    ref = np.array([1.0, -1.0, 1.0, -1.0])
+    report = RunReport("t", Environment.collect())
+    col = {"dtype": "float32", "flax_device": "cpu", "torch_device": "cpu"}
+    report.add(compare("lm/c/greedy_scores", ref, ref + 1e-3, kind="logits"), group="generate", **col)
+    assert not report.passed and not _outside_rtol(report, [col], [0])  # float32 greedy: exact rules only
+    report.add(compare("lm/c/logits", ref, ref + 1e-3, kind="logits"), group="output", **col)
+    assert _outside_rtol(report, [col], [0]) and not _outside_rtol(report, [col], [2])
+
+
 def test_max_length_case_runs_in_float32_unless_asked(tmp_path):
     """The 1 x max_position_embeddings row is float32's by default; --max-length-dtypes all or --cases
     max_length runs it in every dtype; the report says which."""
