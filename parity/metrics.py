@@ -304,8 +304,7 @@ def _compare_ids(name: str, ref: np.ndarray, cand: np.ndarray, m: np.ndarray | N
 
 
 def _select(arr: np.ndarray, m: np.ndarray | None, dtype: Any = np.float64) -> np.ndarray:
-    """The elements under the mask, flattened and converted to ``dtype`` (None: kept as they are)."""
-    dtype = arr.dtype if dtype is None else dtype
+    """The elements under the mask, flattened and converted to ``dtype``."""
     if m is None:
         return arr.reshape(-1).astype(dtype, copy=False)
     if m.ndim < arr.ndim:  # a leading-axes mask selects whole trailing blocks (fast path)
