@@ -11,7 +11,7 @@ from flax_bart.models import (
     FlaxBartModel,
     shift_tokens_right,
 )
-from flax_bart.pretrained import FlaxBartPreTrainedModel
+from flax_bart.pretrained import FAST_COMPILE, FlaxBartPreTrainedModel
 from flax_bart.qa import answer_question, best_spans
 from flax_bart.tokenizer import BartTokenizer
 from flax_bart.validation import InputError
@@ -22,4 +22,5 @@ __all__ = [
     "BartConfig", "ConfigError", "GenerationConfig", "InputError", "BartTokenizer", "FlaxBartPreTrainedModel", "FlaxBartModel",
     "FlaxBartForConditionalGeneration", "FlaxBartForSequenceClassification", "FlaxBartForQuestionAnswering",
     "FlaxBartForCausalLM", "shift_tokens_right", "answer_question", "best_spans", "tune_host_allocator",
+    "FAST_COMPILE",
 ]

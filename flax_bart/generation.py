@@ -366,7 +366,7 @@ class GenerationMixin:
         if plan not in programs:
             def count_trace():
                 self._generate_traces = getattr(self, "_generate_traces", 0) + 1
-            programs[plan] = make_program(self.module, plan, count_trace)
+            programs[plan] = make_program(self.module, plan, count_trace, self.compiler_options)
         return programs[plan]
 
     @staticmethod

@@ -164,7 +164,7 @@ def _map_cache(cache, fn, self_attn_only: bool):
 
 
 # ---- the program ------------------------------------------------------------------------------
-def make_program(module, plan: SearchPlan, on_trace: Callable[[], None]):
+def make_program(module, plan: SearchPlan, on_trace: Callable[[], None], compiler_options: dict | None = None):
     """A jitted fn(params, arrays, scalars, prng_key) -> dict of device arrays: `sequences` (rows,
     prompt_slots + new_tokens) token slots, `steps` run, `scores` (steps, rows, vocab) when
     output_scores; beam search adds `sequences_scores` and `generated` (longest returned length).
@@ -224,7 +224,7 @@ def make_program(module, plan: SearchPlan, on_trace: Callable[[], None]):
             return _greedy_loop(plan, decode, context, prng_key, dict(common, tokens=tokens_RxL), scalars)
         return _beam_loop(plan, decode, context, prng_key, common, tokens_RxL, scalars)
 
-    return jax.jit(program)
+    return jax.jit(program, compiler_options=compiler_options)
 
 
 def _run_loop(plan: SearchPlan, decode, step, more, state, max_length, prompt_len):
