@@ -1,6 +1,7 @@
 """The parity gate's wall time, cold and warm compile cache, and where it goes (PyTorch, Flax build, Flax run).
 
-    python -m benchmarks.gate_bench [--quick] [--matrix quick4x3,demo3x3] [--out reports/bench]
+    python -m benchmarks.gate_bench [--quick] [--matrix quick4x3,demo3x3] [--compile-modes auto,optimized]
+                                    [--out reports/bench]
 
 Each run is `python -m parity CKPT --heads ... --dtypes ... --compile-cache DIR` in a child process:
 "cold" with an empty DIR, then "warm" with the same DIR. The breakdown comes from the report's
@@ -33,9 +34,10 @@ MATRICES = {
 }
 
 
-def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: float) -> dict:
+def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: float,
+             compile_mode: str = "auto") -> dict:
     cmd = [sys.executable, "-m", "parity", checkpoint, "--heads", matrix["heads"], "--dtypes", matrix["dtypes"],
-           "--compile-cache", cache_dir, "--out", out, "--quiet", *matrix["extra"]]
+           "--compile-cache", cache_dir, "--out", out, "--quiet", "--compile-mode", compile_mode, *matrix["extra"]]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
@@ -65,7 +67,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join("reports", "bench"))
     p.add_argument("--cache-dir", default=None, help="demo checkpoint cache (default: the demo's)")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--compile-modes", default="auto",
+                   help="comma-separated parity --compile-mode values, each run side by side (results of a mode "
+                        "other than auto are keyed MATRIX/MODE)")
     args = p.parse_args(argv)
+    modes = [m.strip() for m in args.compile_modes.split(",") if m.strip()]
+    if not modes or any(m not in ("auto", "fast", "optimized") for m in modes):
+        print(f"gate_bench: --compile-modes {args.compile_modes!r}; expected some of auto, fast, optimized",
+              file=sys.stderr)
+        return 2
     names = ["smoke"] if args.quick else [m.strip() for m in args.matrix.split(",") if m.strip()]
     unknown = [n for n in names if n not in MATRICES]
     if unknown:
@@ -78,19 +88,22 @@ def main(argv=None) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
     results = {}
     with tempfile.TemporaryDirectory(prefix="gate-bench-") as tmp:
-        for name in names:
+        for name, mode in [(n, m) for n in names for m in modes]:
             matrix = MATRICES[name]
             ckpt = str(ensure_checkpoint(matrix["quick"], cache, log=lambda msg: print(msg, file=sys.stderr)))
-            compile_dir = os.path.join(tmp, f"{name}-xla")
+            label = name if mode == "auto" else f"{name}/{mode}"
+            compile_dir = os.path.join(tmp, f"{name}-{mode}-xla")
             runs = {}
             for phase in ("cold", "warm"):
-                runs[phase] = run_gate(ckpt, matrix, compile_dir, os.path.join(tmp, f"{name}-{phase}"), args.timeout)
+                runs[phase] = run_gate(ckpt, matrix, compile_dir, os.path.join(tmp, f"{name}-{mode}-{phase}"),
+                                       args.timeout, mode)
                 r = runs[phase]
-                print(f"{name} {phase}: wall {r['wall_s']:.1f} s; PyTorch {r.get('torch_s', 0):.1f} s, Flax "
+                print(f"{label} {phase}: wall {r['wall_s']:.1f} s; PyTorch {r.get('torch_s', 0):.1f} s, Flax "
                       f"{r.get('flax_s', 0):.1f} s (building {r.get('programs', 0)} programs {r.get('flax_build_s', 0):.1f} s"
                       f", {r.get('cache_hits', 0)} from the cache; running {r.get('flax_run_s', 0):.1f} s); exit "
                       f"{r['exit_code']}", flush=True)
-            results[name] = {"heads": matrix["heads"], "dtypes": matrix["dtypes"], "args": matrix["extra"], **runs}
+            results[label] = {"heads": matrix["heads"], "dtypes": matrix["dtypes"], "args": matrix["extra"],
+                              "compile_mode": mode, **runs}
     data = {"benchmark": "gate", "quick": args.quick, "environment": environment(), "results": results}
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "gate.json"), data)

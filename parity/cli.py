@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scan-layers", action="store_true",
                    help="compile the Flax layer stacks unrolled, as the models run by default (slower to compile); "
                         "by default the gate compiles each uncached stack as one lax.scan")
+    p.add_argument("--compile-mode", choices=("auto", "fast", "optimized"), default="auto",
+                   help="XLA's backend optimisation of the Flax programs: auto (default: off for shape buckets under "
+                        "20 GFLOP a forward pass, 2 in float16, i.e. test-sized models, where compiling costs more "
+                        "than running; on above), fast (off everywhere: flax_bart.FAST_COMPILE), optimized (XLA's "
+                        "default everywhere)")
     p.add_argument("--grads", action="store_true",
                    help="also compare dLoss/dParam of every parameter (a loss per head on labels drawn from --seed; "
                         "PyTorch autograd on the built-in reference vs jax.grad) and every parameter after 3 AdamW "
@@ -164,7 +169,7 @@ def options_from_args(args: argparse.Namespace, run_name: str):
                    flax_devices=args.flax_device, torch_devices=args.torch_device, reference=args.reference,
                    texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh,
                    grads=args.grads or args.grad_heads is not None, grad_heads=args.grad_heads,
-                   attention=args.attention, scan_layers=not args.no_scan_layers,
+                   attention=args.attention, scan_layers=not args.no_scan_layers, compile_mode=args.compile_mode,
                    max_length_dtypes=None if tuple(args.max_length_dtypes) == ("all",) else args.max_length_dtypes)
 
 

@@ -153,16 +153,24 @@ def _cut_greedy(head: str, greedy: dict, case: dict, rows: slice, steps: int, co
 
 
 # ---- the run ---------------------------------------------------------------------------------------
-def run_buckets(runner, head: str, cases: dict, steps: int) -> tuple[dict, dict]:
+def _for_bucket(runner, merged: dict):
+    """The runner whose compilation suits this bucket (FlaxRunner.for_bucket), and its label."""
+    pick = getattr(runner, "for_bucket", None)
+    return pick(merged) if pick is not None else (runner, "optimized")
+
+
+def run_buckets(top_runner, head: str, cases: dict, steps: int) -> tuple[dict, dict]:
     """Outputs per case as the per-case runs give them, from one run per bucket; and the plan
-    ({"forward": [[case, ...], ...], "greedy": ...}) for the report."""
-    cfg = runner.config
+    ({"forward": [[case, ...], ...], "compile": ["fast" | "optimized", ...], "greedy": ...}) for the report."""
+    cfg = top_runner.config
     pad_id = greedy_settings(cfg, head)["pad_token_id"]
     out = {name: {} for name in cases}
-    layout = {"forward": []}
+    layout = {"forward": [], "compile": []}
     for bucket in plan(head, cases):
         merged = merge(head, cases, bucket, pad_id)
         layout["forward"].append([m[0] for m in bucket.members])
+        runner, mode = _for_bucket(top_runner, merged)
+        layout["compile"].append(mode)
         fwd, enc = runner.forward(merged)
         run_steps = steps and head in DECODING_HEADS
         cached = runner.cached_steps(merged, enc, steps) if run_steps else None
@@ -179,7 +187,8 @@ def run_buckets(runner, head: str, cases: dict, steps: int) -> tuple[dict, dict]
         layout["greedy"] = []
         for bucket in plan(head, cases, pad=False):
             layout["greedy"].append([m[0] for m in bucket.members])
-            _greedy_bucket(runner, head, cases, bucket, merge(head, cases, bucket, pad_id), None, steps, out)
+            merged = merge(head, cases, bucket, pad_id)
+            _greedy_bucket(_for_bucket(top_runner, merged)[0], head, cases, bucket, merged, None, steps, out)
     return out, layout
 
 

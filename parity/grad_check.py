@@ -2,8 +2,9 @@
 
 Per dtype, Flax device and PyTorch device: for each input case, dLoss/dParam of every parameter
 (`parity.grads`); in float32 then three AdamW steps on the first case (`parity.adamw`). A float64
-gold gradient of the PyTorch reference on the CPU, computed once per head, is the yardstick of
-fp16/bf16 and tells, in every dtype, which gradients are zero in exact arithmetic. Rows are named `{head}/{case}/grad/{transformers name}` and
+gold gradient of the PyTorch reference on the CPU, computed once per head and case, is the yardstick of
+fp16/bf16 and tells, in every dtype, which gradients are zero in exact arithmetic. The `max_length`
+case runs only in the dtypes that run it forward (`parity.options.cases_for_dtype`). Rows are named `{head}/{case}/grad/{transformers name}` and
 `{head}/{case}/after_3_adamw_steps/{transformers name}`.
 """
 
@@ -39,26 +40,35 @@ class GradCheck:
         if not cases:
             raise ParityInputError(f"--grads: head {head!r} has no input case")
         self.config, self.head, self.sd, self.params, self.cases = checkpoint.config, head, state_dict, params, cases
+        self.opts = opts
         self.targets = {c: draw_targets(self.config, head, case, opts.seed) for c, case in cases.items()}
-        self._gold = None
+        self._gold: dict = {}
+
+    def cases_for(self, dtype: str) -> dict:
+        """The cases checked in `dtype`: the max_length case only in --max-length-dtypes, as the forward rows."""
+        from parity.options import cases_for_dtype
+
+        return cases_for_dtype(self.cases, dtype, self.opts)
 
     def _reference(self, dtype: str, device):
         from parity.reference import build_reference
 
         return build_reference(self.config, self.head, self.sd, dtype=_torch_dtype(dtype), device=device)
 
-    def torch_side(self, dtype: str, device) -> dict:
+    def torch_side(self, dtype: str, device, cases: dict) -> dict:
         model = self._reference(dtype, device)
-        return {c: torch_grads(model, self.head, case, self.targets[c]) for c, case in self.cases.items()}
+        return {c: torch_grads(model, self.head, case, self.targets[c]) for c, case in cases.items()}
 
-    def gold(self) -> dict:
+    def gold(self, cases: dict) -> dict:
+        """The float64 gold gradients of `cases`, each case computed once per head."""
         import torch
 
-        if self._gold is None:
-            self._gold = self.torch_side("float64", torch.device("cpu"))
-        return self._gold
+        missing = {c: case for c, case in cases.items() if c not in self._gold}
+        if missing:
+            self._gold.update(self.torch_side("float64", torch.device("cpu"), missing))
+        return {c: self._gold[c] for c in cases}
 
-    def flax_side(self, dtype: str, device) -> dict:
+    def flax_side(self, dtype: str, device, cases: dict) -> dict:
         import jax
 
         from parity.harness import flax_model
@@ -68,20 +78,21 @@ class GradCheck:
         with jax.default_device(device):
             params = jax.device_put(cast, device)
             return {c: flax_grads(model, params, self.head, case, self.targets[c], self.config)
-                    for c, case in self.cases.items()}
+                    for c, case in cases.items()}
 
     def judge(self, report, dtype: str, fdevs: dict, tdevs: dict) -> None:
         """Add the rows of `dtype` to every (Flax device, PyTorch device) column, after the forward rows."""
         for note in (LOSS_NOTE, TIED_NOTE, ORDER_NOTE) + ((adamw.NOTE,) if dtype == "float32" else ()):
             if note not in report.notes:
                 report.notes.append(note)
-        gold = self.gold()
-        torch_out = {td: self.torch_side(dtype, dev) for td, dev in tdevs.items()}
-        flax_out = {fd: self.flax_side(dtype, dev) for fd, (dev, _) in fdevs.items()}
+        cases = self.cases_for(dtype)
+        gold = self.gold(cases)
+        torch_out = {td: self.torch_side(dtype, dev, cases) for td, dev in tdevs.items()}
+        flax_out = {fd: self.flax_side(dtype, dev, cases) for fd, (dev, _) in fdevs.items()}
         for fd in fdevs:
             for td in tdevs:
                 col = {"dtype": dtype, "flax_device": fd, "torch_device": td}
-                for c in self.cases:
+                for c in cases:
                     t, f = torch_out[td][c], flax_out[fd][c]
                     check_names(t, f, self.head)
                     zero = add_grad_rows(report, col, f"{self.head}/{c}/grad", t, f, gold[c])
@@ -103,7 +114,7 @@ class GradCheck:
 
         name, case = next(iter(self.cases.items()))
         targets = self.targets[name]
-        noisy = zero_gradients(self.gold()[name])[0]
+        noisy = zero_gradients(self.gold({name: case})[name])[0]
         torch_out = {td: adamw.torch_steps(self._reference("float32", dev), self.head, case, targets)
                      for td, dev in tdevs.items()}
         model = flax_model(self.config, self.head, "float32")

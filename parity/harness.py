@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from parity.checkpoint import Checkpoint, ParityInputError, open_checkpoint
 from parity.judge import GREEDY_NOTE, gold_margins, judge_head
 from parity.options import (
-    FLAX_DEVICES, HEADS, REFERENCES, Options, cases_for_dtype, check_dtypes, choose, flax_device, input_cases,
-    torch_device,
+    COMPILE_MODES, FAST_BELOW_FLOPS, FLAX_DEVICES, HEADS, REFERENCES, Options, cases_for_dtype, check_dtypes,
+    choose, flax_device, input_cases, torch_device,
 )
 from parity.flax_batch import run_buckets
 from parity.mesh import build_mesh, parse_mesh
@@ -85,22 +85,25 @@ _MODELS_MAX = 12
 
 
 def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto",
-               scan_layers: bool = True):
+               scan_layers: bool = True, fast_compile: bool = False):
     """The Flax model of (config, head, dtype, attention_impl), cached; with a mesh, one that runs on it
     (`model.mesh`). Layer stacks compile as one scan by default (flax_bart.layer_scan): each program
-    here runs a few times, so compile time is what counts."""
+    here runs a few times, so compile time is what counts. `fast_compile`: compiled with
+    flax_bart.FAST_COMPILE (parity.options.fast_compile)."""
     import jax.numpy as jnp
 
+    from flax_bart import FAST_COMPILE
     from flax_bart.models import MODEL_CLASSES
 
     fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f not in ("extra", "labels_given")}
     mesh_key = None if mesh is None else (mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
-    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key, attention, scan_layers)
+    key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key, attention, scan_layers,
+           fast_compile)
     model = _MODELS.pop(key, None)
     if model is None:
         jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
         model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False, attention_impl=attention,
-                                    scan_layers=scan_layers)
+                                    scan_layers=scan_layers, compiler_options=FAST_COMPILE if fast_compile else None)
         model.mesh = mesh
     _MODELS[key] = model  # most recently used last
     while len(_MODELS) > _MODELS_MAX:
@@ -119,16 +122,22 @@ def attention_for(requested: str, device) -> str:
 
 
 def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device, mesh=None,
-                 attention: str = "auto", scan_layers: bool = True) -> FlaxRunner:
+                 attention: str = "auto", scan_layers: bool = True, compile_mode: str = "auto") -> FlaxRunner:
     import jax
 
-    model = flax_model(checkpoint.config, head, dtype, mesh, attention_for(attention, device), scan_layers)
+    models = [flax_model(checkpoint.config, head, dtype, mesh, attention_for(attention, device), scan_layers,
+                         fast_compile=fast) for fast in ((False, True) if compile_mode == "auto" else
+                                                          (compile_mode == "fast",))]
+    model = models[0]
     cast = {"float32": model.to_fp32, "float16": model.to_fp16, "bfloat16": model.to_bf16}[dtype](params)
     if mesh is None:
-        return FlaxRunner(model, jax.device_put(cast, device), head, checkpoint.config)
-    from flax_bart.sharding import shard_params
+        placed = jax.device_put(cast, device)
+    else:
+        from flax_bart.sharding import shard_params
 
-    return FlaxRunner(model, shard_params(cast, mesh, config=checkpoint.config), head, checkpoint.config)
+        placed = shard_params(cast, mesh, config=checkpoint.config)
+    return FlaxRunner(model, placed, head, checkpoint.config, fast_model=models[1] if len(models) > 1 else None,
+                      compile_mode=compile_mode)
 
 
 def _attention_kernels(requested: str, fdevs: dict, dtypes, config) -> str:
@@ -224,6 +233,8 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         opts = dataclasses.replace(opts, max_length_dtypes=check_dtypes(opts.max_length_dtypes, "--max-length-dtypes"))
     if opts.reference not in REFERENCES:
         raise ParityInputError(f"--reference {opts.reference!r}: expected one of {', '.join(REFERENCES)}")
+    if opts.compile_mode not in COMPILE_MODES:
+        raise ParityInputError(f"--compile-mode {opts.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     if opts.steps < 0:
         raise ParityInputError(f"--steps {opts.steps}: expected a number >= 0")
     mesh_spec = parse_mesh(opts.mesh) if opts.mesh is not None else None
@@ -261,6 +272,11 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         "attention": attention,
         "layer_stacks": "one lax.scan per uncached stack" if opts.scan_layers else "unrolled",
         "max_length_dtypes": "all" if opts.max_length_dtypes is None else ",".join(opts.max_length_dtypes),
+        "xla_compile": {"auto": "auto: backend optimisation off (flax_bart.FAST_COMPILE) for shape buckets under " +
+                                ", ".join(f"{v / 1e9:g} GFLOP ({k})" for k, v in FAST_BELOW_FLOPS.items()) +
+                                " a forward pass, on above",
+                        "fast": "backend optimisation off (flax_bart.FAST_COMPILE) for every program",
+                        "optimized": "XLA's default optimisation for every program"}[opts.compile_mode],
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
         "heads": ",".join(heads), "dtypes": ",".join(dtypes), "seed": opts.seed, "steps": opts.steps,
         "cases": ";".join(f"{h}:{','.join(c)}" for h, c in cases.items()),
@@ -342,7 +358,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                     bar.set_description(f"{head} {dtype} Flax {fd}")
                     with CompileMeter() as meter:
                         runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, opts.attention,
-                                              opts.scan_layers)
+                                              opts.scan_layers, opts.compile_mode)
                         if head in GREEDY_HEADS and opts.steps:
                             greedy_paths.add(f"{head}: {runner.greedy_path}")
                         flax_out[fd], layout = _run_flax(runner, head, dcases, opts.steps, fdev)
@@ -402,7 +418,9 @@ def describe_buckets(buckets: dict) -> str:
     """'lm: right_padding+length_1 | max_length; greedy ...' : which cases shared one Flax program."""
     parts = []
     for head, layout in buckets.items():
-        text = " | ".join("+".join(b) for b in layout["forward"])
+        modes = layout.get("compile") or [""] * len(layout["forward"])
+        text = " | ".join("+".join(b) + (" [fast compile]" if m == "fast" else "")
+                          for b, m in zip(layout["forward"], modes))
         if "greedy" in layout:
             text += "; greedy " + " | ".join("+".join(b) for b in layout["greedy"])
         parts.append(f"{head}: {text}")

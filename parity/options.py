@@ -36,6 +36,27 @@ class Options:
     scan_layers: bool = True                      # compile each uncached layer stack as one lax.scan
     max_length_dtypes: tuple[str, ...] | None = ("float32",)  # dtypes that run the default max_length case
     #                                               (None: every dtype); --cases max_length runs it in all
+    compile_mode: str = "auto"                    # XLA backend optimisation: auto, fast (off), optimized (on)
+
+
+COMPILE_MODES = ("auto", "fast", "optimized")
+# auto: a bucket whose forward pass costs less compiles with flax_bart.FAST_COMPILE (float16 has the
+# lower bar: XLA:CPU emits its float16 arithmetic through LLVM, which then runs unvectorised)
+FAST_BELOW_FLOPS = {"float32": 20e9, "bfloat16": 20e9, "float16": 2e9}
+
+
+def fast_compile(mode: str, n_params: int, tokens: int, dtype: str = "float32") -> bool:
+    """Whether a shape bucket's programs compile with XLA's backend optimisation off (flax_bart.FAST_COMPILE).
+    Each program of the gate runs once (forward, greedy) or a few times (the cached steps), so for a small
+    model compiling is nearly all of its cost. "auto" turns it on below FAST_BELOW_FLOPS[dtype] (about
+    2 x parameters x tokens, tokens being rows x (encoder + decoder length)): test-sized models. Measured
+    on this project's AVX2 CPU (`python -m benchmarks.gate_bench`), a tiny config's 4 x 3 gate went from
+    121 s to 80 s cold; on BART-base the running lost what the compiling saved or more (lm bfloat16, default
+    inputs: 5.6 s compiling + 4.4 s running against 7.5 s + 3.0 s; causal float16: 71.6 s running against
+    15.0 s), so BART-size buckets compile fully optimised."""
+    if mode != "auto":
+        return mode == "fast"
+    return 2.0 * n_params * tokens < FAST_BELOW_FLOPS.get(dtype, FAST_BELOW_FLOPS["float16"])
 
 
 def cases_for_dtype(cases: dict, dtype: str, opts: Options) -> dict:

@@ -112,9 +112,27 @@ class TorchRunner:
 class FlaxRunner:
     """A flax_bart model of one head and dtype with its params (already cast and on the device)."""
 
-    def __init__(self, model, params, head: str, config):
+    def __init__(self, model, params, head: str, config, fast_model=None, compile_mode: str = "optimized"):
         self.model, self.params, self.head, self.config = model, params, head, config
         self.greedy_path = "model.generate" if callable(getattr(model, "generate", None)) else "init_cache + decode loop"
+        # compile_mode "auto": buckets of little work run `fast_model` (flax_bart.FAST_COMPILE) instead
+        self.fast_model, self.compile_mode = fast_model, compile_mode
+
+    def for_bucket(self, case: dict) -> tuple["FlaxRunner", str]:
+        """(the runner for a shape bucket's inputs, "fast" or "optimized"): see parity.options.fast_compile."""
+        from parity.options import fast_compile
+
+        if self.fast_model is None:
+            return self, self.compile_mode
+        import jax
+
+        ids = case["input_ids"]
+        dec = 0 if self.head == "causal" else case["decoder_input_ids"].shape[1]
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
+        dtype = np.dtype(self.model.dtype).name
+        if not fast_compile("auto", n_params, ids.shape[0] * (ids.shape[1] + dec), dtype):
+            return self, "optimized"
+        return FlaxRunner(self.fast_model, self.params, self.head, self.config), "fast"
 
     def forward(self, case: dict):
         """(numpy outputs, encoder states on the device or None); the outputs leave the device in one

@@ -132,3 +132,31 @@ def test_the_report_names_which_cases_shared_a_program():
                              "causal": {"forward": [["a", "b"]], "greedy": [["a"], ["b"]]}})
     assert text == "lm: max_length | right_padding+length_1; causal: a+b; greedy a | b"
     assert describe_buckets({}) == "none"
+    marked = describe_buckets({"qa": {"forward": [["max_length"], ["a", "b"]], "compile": ["optimized", "fast"]}})
+    assert marked == "qa: max_length | a+b [fast compile]"
+
+
+def test_fast_compile_policy_weighs_the_work_of_a_forward_pass():
+    from parity.options import FAST_BELOW_FLOPS, fast_compile
+
+    assert fast_compile("fast", 10**12, 10**6) and not fast_compile("optimized", 1, 1)
+    base, tiny = 140_000_000, 30_000   # BART-base's default 12-row bucket (12 x (12 + 12) tokens) compiles optimised
+    assert not fast_compile("auto", base, 12 * 24) and fast_compile("auto", tiny, 15 * 128)
+    for dtype, flops in FAST_BELOW_FLOPS.items():
+        assert fast_compile("auto", 1, int(flops / 2) - 1, dtype) and not fast_compile("auto", 1, int(flops / 2), dtype)
+    assert FAST_BELOW_FLOPS["float16"] < FAST_BELOW_FLOPS["bfloat16"] == FAST_BELOW_FLOPS["float32"]
+
+
+def test_auto_compile_mode_picks_a_model_per_bucket():
+    cases = cases_for_head(CFG, "qa", seed=0, batch_size=2, seq_len=12)
+    slow, fast = flax_model(CFG, "qa", "float32"), flax_model(CFG, "qa", "float32", fast_compile=True)
+    assert slow.compiler_options is None and fast.compiler_options == {"xla_backend_optimization_level": 0}
+    runner = FlaxRunner(slow, _params("qa"), "qa", CFG, fast_model=fast, compile_mode="auto")
+    merged = flax_batch.merge("qa", cases, flax_batch.plan("qa", cases)[0], CFG.pad_token_id)
+    picked, mode = runner.for_bucket(merged)
+    assert mode == "fast" and picked.model is fast and picked.params is runner.params   # a tiny model: fast
+    _, layout = flax_batch.run_buckets(runner, "qa", cases, 0)
+    assert layout["compile"] == ["fast"] * len(layout["forward"])
+    for mode in ("fast", "optimized"):   # a fixed mode keeps the runner's own model
+        fixed = FlaxRunner(slow, runner.params, "qa", CFG, compile_mode=mode)
+        assert fixed.for_bucket(merged) == (fixed, mode)

@@ -257,3 +257,27 @@ def test_grad_heads_selects_heads_and_refuses_others(ckpt_path, tmp_path):
     assert {r.name.split("/")[0] for r in col.results} == {"lm", "qa"}
     code = main([str(ckpt_path), "--heads", "lm", "--grad-heads", "cls", "--out", str(tmp_path / "bad"), "--quiet"])
     assert code == 2
+
+
+def test_max_length_gradients_follow_the_forward_dtypes(ckpt_path, monkeypatch):
+    """The max_length case's gradients run in --max-length-dtypes only (float32 by default), and each
+    case's float64 gold is computed once however many dtypes ask for it."""
+    from parity.grad_check import GradCheck
+    from parity.inputs import cases_for_head
+
+    ckpt = open_checkpoint(ckpt_path)
+    cases = {k: v for k, v in cases_for_head(ckpt.config, "qa", seed=0, batch_size=2, seq_len=12).items()
+             if k in ("right_padding", "max_length")}
+    assert set(cases) == {"right_padding", "max_length"}
+    check = GradCheck(ckpt, "qa", ckpt.reference_weights("qa", 0), None, cases, Options(dtypes=("float32", "bf16")))
+    assert set(check.cases_for("float32")) == {"right_padding", "max_length"}
+    assert set(check.cases_for("bfloat16")) == {"right_padding"}
+    every = GradCheck(ckpt, "qa", ckpt.reference_weights("qa", 0), None, cases, Options(max_length_dtypes=None))
+    assert set(every.cases_for("bfloat16")) == set(cases)
+    computed = []
+    monkeypatch.setattr(GradCheck, "torch_side",
+                        lambda self, dtype, device, todo: computed.append((dtype, sorted(todo))) or
+                        {c: {"g": c} for c in todo})
+    assert check.gold(check.cases_for("bfloat16")) == {"right_padding": {"g": "right_padding"}}
+    assert set(check.gold(check.cases_for("float32"))) == set(cases)
+    assert computed == [("float64", ["right_padding"]), ("float64", ["max_length"])]

@@ -238,6 +238,22 @@ def test_max_length_case_runs_in_float32_unless_asked(tmp_path):
     assert long_rows(named, "bfloat16") and named.report.passed
 
 
+def test_fast_compile_passes_and_still_fails_on_perturbed_weights(tmp_path):
+    """--compile-mode fast (XLA's backend optimisation off) changes how programs compile, not the verdicts."""
+    path = save_checkpoint(tmp_path)
+    opts = Options(heads=("lm",), cases=("right_padding", "length_1"), compile_mode="fast", **SMALL)
+    good = run_parity(path, opts=opts)
+    assert good.report.passed, good.report.column("float32").first_failure
+    assert good.report.environment.extra["xla_compile"].startswith("backend optimisation off")
+    assert "[fast compile]" in good.report.environment.extra["flax_buckets"]
+    save_flax_next_to_it(path, scale=(FC1_DECODER_2, 1.001))
+    bad = run_parity(path, opts=opts)
+    first = bad.report.column("float32").first_failure
+    assert not bad.report.passed and (first.group, first.layer) == ("decoder", 2)
+    with pytest.raises(ParityInputError, match="--compile-mode 'quick'"):
+        run_parity(path, opts=Options(heads=("lm",), compile_mode="quick", **SMALL))
+
+
 def test_fused_attention_passes_and_still_fails_on_perturbed_weights(tmp_path):
     """--attention xla (jax.nn.dot_product_attention, the fused path's wiring on a CPU): the same verdicts."""
     path = save_checkpoint(tmp_path)
