@@ -43,20 +43,22 @@ COMPILE_MODES = ("auto", "fast", "optimized")
 # auto: a bucket whose forward pass costs less compiles with flax_bart.FAST_COMPILE (float16 has the
 # lower bar: XLA:CPU emits its float16 arithmetic through LLVM, which then runs unvectorised)
 FAST_BELOW_FLOPS = {"float32": 20e9, "bfloat16": 20e9, "float16": 2e9}
+MIN_TOKENS = 256   # a bucket counts at least this many tokens: its decoding reads every weight at every step
 
 
 def fast_compile(mode: str, n_params: int, tokens: int, dtype: str = "float32") -> bool:
     """Whether a shape bucket's programs compile with XLA's backend optimisation off (flax_bart.FAST_COMPILE).
     Each program of the gate runs once (forward, greedy) or a few times (the cached steps), so for a small
     model compiling is nearly all of its cost. "auto" turns it on below FAST_BELOW_FLOPS[dtype] (about
-    2 x parameters x tokens, tokens being rows x (encoder + decoder length)): test-sized models. Measured
-    on this project's AVX2 CPU (`python -m benchmarks.gate_bench`), a tiny config's 4 x 3 gate went from
-    121 s to 80 s cold; on BART-base the running lost what the compiling saved or more (lm bfloat16, default
-    inputs: 5.6 s compiling + 4.4 s running against 7.5 s + 3.0 s; causal float16: 71.6 s running against
-    15.0 s), so BART-size buckets compile fully optimised."""
+    2 x parameters x tokens, tokens being rows x (encoder + decoder length), at least MIN_TOKENS):
+    test-sized models. Measured on this project's AVX2 CPU (`python -m benchmarks.gate_bench`), a tiny
+    config's 4 x 3 gate went from 106 s to 76 s cold; on BART-base the running lost what the compiling
+    saved or more (lm bfloat16, default inputs: 5.6 s compiling + 4.4 s running against 7.5 s + 3.0 s;
+    causal float16: 71.6 s running against 15.0 s, and 33.9 s against 18.8 s when only its greedy
+    buckets of 1-token prompts compiled fast), so BART-size buckets compile fully optimised."""
     if mode != "auto":
         return mode == "fast"
-    return 2.0 * n_params * tokens < FAST_BELOW_FLOPS.get(dtype, FAST_BELOW_FLOPS["float16"])
+    return 2.0 * n_params * max(tokens, MIN_TOKENS) < FAST_BELOW_FLOPS.get(dtype, FAST_BELOW_FLOPS["float16"])
 
 
 def cases_for_dtype(cases: dict, dtype: str, opts: Options) -> dict:

@@ -137,13 +137,16 @@ def test_the_report_names_which_cases_shared_a_program():
 
 
 def test_fast_compile_policy_weighs_the_work_of_a_forward_pass():
-    from parity.options import FAST_BELOW_FLOPS, fast_compile
+    from parity.options import FAST_BELOW_FLOPS, MIN_TOKENS, fast_compile
 
     assert fast_compile("fast", 10**12, 10**6) and not fast_compile("optimized", 1, 1)
-    base, tiny = 140_000_000, 30_000   # BART-base's default 12-row bucket (12 x (12 + 12) tokens) compiles optimised
-    assert not fast_compile("auto", base, 12 * 24) and fast_compile("auto", tiny, 15 * 128)
+    base, tiny = 140_000_000, 30_000   # no BART-base bucket compiles fast, not even 3 one-token greedy prompts
+    assert not any(fast_compile("auto", base, t, d) for t in (1, 3, 12 * 24) for d in FAST_BELOW_FLOPS)
+    assert fast_compile("auto", tiny, 15 * 128) and fast_compile("auto", tiny, 1, "float16")
     for dtype, flops in FAST_BELOW_FLOPS.items():
         assert fast_compile("auto", 1, int(flops / 2) - 1, dtype) and not fast_compile("auto", 1, int(flops / 2), dtype)
+        assert fast_compile("auto", int(flops / 2 / MIN_TOKENS) - 1, 1, dtype)
+        assert not fast_compile("auto", int(flops / 2 / MIN_TOKENS) + 1, 1, dtype)   # MIN_TOKENS, not 1 token
     assert FAST_BELOW_FLOPS["float16"] < FAST_BELOW_FLOPS["bfloat16"] == FAST_BELOW_FLOPS["float32"]
 
 
