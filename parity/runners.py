@@ -122,8 +122,8 @@ class FlaxRunner:
         """(the runner for a shape bucket's inputs, "fast" or "optimized"): see parity.options.fast_compile."""
         from parity.options import fast_compile
 
-        if self.fast_model is None:
-            return self, self.compile_mode
+        if self.fast_model is None:   # one model for every bucket ("auto" without a fast copy: optimised)
+            return self, "fast" if self.compile_mode == "fast" else "optimized"
         import jax
 
         ids = case["input_ids"]

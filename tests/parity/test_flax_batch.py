@@ -163,3 +163,5 @@ def test_auto_compile_mode_picks_a_model_per_bucket():
     for mode in ("fast", "optimized"):   # a fixed mode keeps the runner's own model
         fixed = FlaxRunner(slow, runner.params, "qa", CFG, compile_mode=mode)
         assert fixed.for_bucket(merged) == (fixed, mode)
+    alone = FlaxRunner(slow, runner.params, "qa", CFG, compile_mode="auto")   # no fast copy to switch to
+    assert alone.for_bucket(merged) == (alone, "optimized")
