@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from parity.checkpoint import Checkpoint, ParityInputError, open_checkpoint
 from parity.judge import GREEDY_NOTE, gold_margins, judge_head
 from parity.options import (
-    COMPILE_MODES, FAST_BELOW_FLOPS, FLAX_DEVICES, HEADS, REFERENCES, Options, cases_for_dtype, check_dtypes,
-    choose, flax_device, input_cases, torch_device,
+    COMPILE_MODES, FAST_BELOW_FLOPS, FLAX_DEVICES, HEADS, MIN_TOKENS, REFERENCES, Options, cases_for_dtype,
+    check_dtypes, choose, flax_device, input_cases, torch_device,
 )
 from parity.flax_batch import run_buckets
 from parity.mesh import build_mesh, parse_mesh
@@ -274,7 +274,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         "max_length_dtypes": "all" if opts.max_length_dtypes is None else ",".join(opts.max_length_dtypes),
         "xla_compile": {"auto": "auto: backend optimisation off (flax_bart.FAST_COMPILE) for shape buckets under " +
                                 ", ".join(f"{v / 1e9:g} GFLOP ({k})" for k, v in FAST_BELOW_FLOPS.items()) +
-                                " a forward pass, on above",
+                                f" a forward pass (at least {MIN_TOKENS} tokens counted), on above",
                         "fast": "backend optimisation off (flax_bart.FAST_COMPILE) for every program",
                         "optimized": "XLA's default optimisation for every program"}[opts.compile_mode],
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
