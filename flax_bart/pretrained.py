@@ -24,9 +24,11 @@ logger = logging.getLogger("flax_bart")
 
 FLAX_WEIGHTS_NAME = "flax_model.msgpack"
 
-# XLA's backend (LLVM) optimisation off: BART programs compiled 2.1-2.9x faster and ran 1.25-1.8x slower
-# (AVX2 CPU, tiny and BART-base forward passes); it pays when a program runs once or twice on small inputs.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# XLA's backend (LLVM) optimisation off, and XLA:CPU's elemental emitters instead of its fusion emitters:
+# the tiny config's forward compiled 3x faster, on one core instead of two; BART-base's no faster (float16
+# 1.9x) and ran 1.5-2x slower (AVX2 CPU, `python -m benchmarks.compile_bench`). It pays when a program of a
+# small model runs once or twice on small inputs (tests, a notebook, the parity gate's tiny configs).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def check_compiler_options(options) -> dict | None:

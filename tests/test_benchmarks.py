@@ -119,3 +119,25 @@ def test_roofline_counts():
     assert b["cross_kv"] == 2 * 6 * 32 * 512 * 768 * 2 and b["self_cache"] == 0
     assert b["weights"] == (6 * (6 * 768 * 768 + 2 * 768 * 3072) + 50265 * 768) * 2
     assert peaks_for("NVIDIA H200")["matched"] == "H200" and peaks_for("cpu") is None
+
+
+def test_compile_bench_quick_compiles_each_variant_of_one_program(tmp_path):
+    """`python -m benchmarks.compile_bench --quick`: one lowered tiny forward compiled with each option
+    set; the fast ones drift from the optimized one by rounding only."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_bench", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "compile-quick.json").read_text())
+    (row,) = data["results"]
+    assert row["shape"] == "quick" and row["dtype"] == "float32" and data["environment"]["cpu"]
+    assert set(row["variants"]) == {"optimized", "O0", "fast"}
+    assert row["fast_compile"]["xla_backend_optimization_level"] == 0
+    for v in row["variants"].values():
+        assert v["compile_s"] > 0 and v["run_median_s"] > 0 and 0 <= v["drift_rel_rms"] < 1e-4
+    assert row["variants"]["optimized"]["drift_rel_rms"] == 0.0
+
+
+def test_gate_bench_rejects_bad_flax_jobs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gate_bench", "--flax-jobs", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--flax-jobs" in proc.stderr
