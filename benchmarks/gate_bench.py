@@ -1,6 +1,7 @@
 """The parity gate's wall time, cold and warm compile cache, and where it goes (PyTorch, Flax build, Flax run).
 
     python -m benchmarks.gate_bench [--quick] [--matrix quick4x3,demo3x3] [--compile-modes auto,optimized]
+                                    [--flax-jobs 1,default]
                                     [--out reports/bench]
 
 Each run is `python -m parity CKPT --heads ... --dtypes ... --compile-cache DIR` in a child process:
@@ -35,9 +36,11 @@ MATRICES = {
 
 
 def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: float,
-             compile_mode: str = "auto") -> dict:
+             compile_mode: str = "auto", flax_jobs: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "parity", checkpoint, "--heads", matrix["heads"], "--dtypes", matrix["dtypes"],
            "--compile-cache", cache_dir, "--out", out, "--quiet", "--compile-mode", compile_mode, *matrix["extra"]]
+    if flax_jobs is not None:
+        cmd += ["--flax-jobs", str(flax_jobs)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
@@ -53,6 +56,7 @@ def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: f
     result.update({
         "harness_s": timings["seconds"], "torch_s": timings["torch_s"], "flax_s": timings["flax_s"],
         "flax_build_s": round(build, 2), "flax_run_s": round(timings["flax_s"] - build, 2),
+        "flax_wait_s": timings.get("flax_wait_s", timings["flax_s"]),
         "compare_s": timings["compare_s"], "programs": sum(v.get("flax_programs", 0) for v in steps),
         "cache_hits": sum(v.get("flax_cache_hits", 0) for v in steps),
         "startup_and_io_s": round(wall - timings["seconds"], 2), "steps": timings["steps"],
@@ -70,11 +74,21 @@ def main(argv=None) -> int:
     p.add_argument("--compile-modes", default="auto",
                    help="comma-separated parity --compile-mode values, each run side by side (results of a mode "
                         "other than auto are keyed MATRIX/MODE)")
+    p.add_argument("--flax-jobs", default="default",
+                   help="comma-separated parity --flax-jobs values, each run side by side ('default': parity's own "
+                        "choice; results of another value are keyed MATRIX/jobsN)")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.compile_modes.split(",") if m.strip()]
     if not modes or any(m not in ("auto", "fast", "optimized") for m in modes):
         print(f"gate_bench: --compile-modes {args.compile_modes!r}; expected some of auto, fast, optimized",
               file=sys.stderr)
+        return 2
+    try:
+        jobs_list = [None if j.strip() == "default" else int(j) for j in args.flax_jobs.split(",") if j.strip()]
+    except ValueError:
+        jobs_list = []
+    if not jobs_list or any(j is not None and j < 1 for j in jobs_list):
+        print(f"gate_bench: --flax-jobs {args.flax_jobs!r}; expected 'default' or numbers >= 1", file=sys.stderr)
         return 2
     names = ["smoke"] if args.quick else [m.strip() for m in args.matrix.split(",") if m.strip()]
     unknown = [n for n in names if n not in MATRICES]
@@ -88,22 +102,24 @@ def main(argv=None) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
     results = {}
     with tempfile.TemporaryDirectory(prefix="gate-bench-") as tmp:
-        for name, mode in [(n, m) for n in names for m in modes]:
+        for name, mode, jobs in [(n, m, j) for n in names for m in modes for j in jobs_list]:
             matrix = MATRICES[name]
             ckpt = str(ensure_checkpoint(matrix["quick"], cache, log=lambda msg: print(msg, file=sys.stderr)))
-            label = name if mode == "auto" else f"{name}/{mode}"
-            compile_dir = os.path.join(tmp, f"{name}-{mode}-xla")
+            label = name + ("" if mode == "auto" else f"/{mode}") + ("" if jobs is None else f"/jobs{jobs}")
+            tag = label.replace("/", "-")
+            compile_dir = os.path.join(tmp, f"{tag}-xla")
             runs = {}
             for phase in ("cold", "warm"):
-                runs[phase] = run_gate(ckpt, matrix, compile_dir, os.path.join(tmp, f"{name}-{mode}-{phase}"),
-                                       args.timeout, mode)
+                runs[phase] = run_gate(ckpt, matrix, compile_dir, os.path.join(tmp, f"{tag}-{phase}"),
+                                       args.timeout, mode, jobs)
                 r = runs[phase]
                 print(f"{label} {phase}: wall {r['wall_s']:.1f} s; PyTorch {r.get('torch_s', 0):.1f} s, Flax "
                       f"{r.get('flax_s', 0):.1f} s (building {r.get('programs', 0)} programs {r.get('flax_build_s', 0):.1f} s"
-                      f", {r.get('cache_hits', 0)} from the cache; running {r.get('flax_run_s', 0):.1f} s); exit "
+                      f", {r.get('cache_hits', 0)} from the cache; running {r.get('flax_run_s', 0):.1f} s; waited for "
+                      f"{r.get('flax_wait_s', 0):.1f} s); exit "
                       f"{r['exit_code']}", flush=True)
             results[label] = {"heads": matrix["heads"], "dtypes": matrix["dtypes"], "args": matrix["extra"],
-                              "compile_mode": mode, **runs}
+                              "compile_mode": mode, "flax_jobs": "default" if jobs is None else jobs, **runs}
     data = {"benchmark": "gate", "quick": args.quick, "environment": environment(), "results": results}
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "gate.json"), data)

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "20 GFLOP a forward pass, 2 in float16, i.e. test-sized models, where compiling costs more "
                         "than running; on above), fast (off everywhere: flax_bart.FAST_COMPILE), optimized (XLA's "
                         "default everywhere)")
+    p.add_argument("--flax-jobs", type=int, default=None, metavar="N",
+                   help="Flax runs (the dtypes of a head) traced, compiled and run side by side in N threads while "
+                        "PyTorch runs (default: the CPU cores, at most 4, where compiling dominates: a test-sized "
+                        "model, or an accelerator; otherwise 1; always 1 with --mesh)")
     p.add_argument("--grads", action="store_true",
                    help="also compare dLoss/dParam of every parameter (a loss per head on labels drawn from --seed; "
                         "PyTorch autograd on the built-in reference vs jax.grad) and every parameter after 3 AdamW "
@@ -170,6 +174,7 @@ def options_from_args(args: argparse.Namespace, run_name: str):
                    texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh,
                    grads=args.grads or args.grad_heads is not None, grad_heads=args.grad_heads,
                    attention=args.attention, scan_layers=not args.no_scan_layers, compile_mode=args.compile_mode,
+                   flax_jobs=args.flax_jobs,
                    max_length_dtypes=None if tuple(args.max_length_dtypes) == ("all",) else args.max_length_dtypes)
 
 

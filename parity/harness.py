@@ -21,16 +21,20 @@ import copy
 import dataclasses
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from parity.checkpoint import Checkpoint, ParityInputError, open_checkpoint
 from parity.judge import GREEDY_NOTE, gold_margins, judge_head
 from parity.options import (
     COMPILE_MODES, FAST_BELOW_FLOPS, FLAX_DEVICES, HEADS, MIN_TOKENS, REFERENCES, Options, cases_for_dtype,
-    check_dtypes, choose, flax_device, input_cases, torch_device,
+    check_dtypes, choose, flax_device, flax_jobs, input_cases, torch_device,
 )
 from parity.flax_batch import run_buckets
+from parity.jobs import FlaxJobs
 from parity.mesh import build_mesh, parse_mesh
 from parity import machine
 from parity.timing import CompileMeter
@@ -82,6 +86,7 @@ def _cast_reference(base, dtype: str, device):
 # demo after a gate) reuse their compiled functions. Models hold no weights; a few entries suffice.
 _MODELS: dict = {}
 _MODELS_MAX = 12
+_MODELS_LOCK = threading.Lock()   # Flax jobs of several dtypes build their models side by side (parity.jobs)
 
 
 def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto",
@@ -99,16 +104,18 @@ def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto"
     mesh_key = None if mesh is None else (mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
     key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key, attention, scan_layers,
            fast_compile)
-    model = _MODELS.pop(key, None)
-    if model is None:
-        jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
-        model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False, attention_impl=attention,
-                                    scan_layers=scan_layers, compiler_options=FAST_COMPILE if fast_compile else None)
-        model.mesh = mesh
-    _MODELS[key] = model  # most recently used last
-    while len(_MODELS) > _MODELS_MAX:
-        _MODELS.pop(next(iter(_MODELS)))
-    return model
+    with _MODELS_LOCK:
+        model = _MODELS.pop(key, None)
+        if model is None:
+            jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
+            model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False, attention_impl=attention,
+                                        scan_layers=scan_layers,
+                                        compiler_options=FAST_COMPILE if fast_compile else None)
+            model.mesh = mesh
+        _MODELS[key] = model  # most recently used last
+        while len(_MODELS) > _MODELS_MAX:
+            _MODELS.pop(next(iter(_MODELS)))
+        return model
 
 
 def attention_for(requested: str, device) -> str:
@@ -238,6 +245,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     if opts.steps < 0:
         raise ParityInputError(f"--steps {opts.steps}: expected a number >= 0")
     mesh_spec = parse_mesh(opts.mesh) if opts.mesh is not None else None
+    flax_jobs(opts.flax_jobs, mesh_spec is not None)   # a bad --flax-jobs fails before anything runs
     fdevs = {}  # column label -> (first device, mesh or None)
     for name in choose(opts.flax_devices, FLAX_DEVICES, "--flax-device"):
         dev = flax_device(name)
@@ -280,7 +288,8 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
         "heads": ",".join(heads), "dtypes": ",".join(dtypes), "seed": opts.seed, "steps": opts.steps,
         "cases": ";".join(f"{h}:{','.join(c)}" for h, c in cases.items()),
-        "torch_threads": torch.get_num_threads(), "gold": "PyTorch reference in float64 on cpu",
+        "torch_threads": torch.get_num_threads(),
+        "flax_jobs": "",   # filled in per head below "gold": "PyTorch reference in float64 on cpu",
         "mesh": "none" if mesh_spec is None else
         f"{mesh_spec.label} ({mesh_spec.size} devices per platform, flax_bart.sharding.DEFAULT_RULES)",
     }
@@ -305,92 +314,108 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                             f"{', '.join(d for d in dtypes if d not in skipped) or 'no compared dtype'}, not in "
                             f"{', '.join(skipped)}: the positions it proves are looked up alike in every dtype "
                             "(--max-length-dtypes all runs it everywhere).")
-    timings = {"torch_s": 0.0, "flax_s": 0.0, "compare_s": 0.0}
+    timings = {"torch_s": 0.0, "flax_s": 0.0, "flax_wait_s": 0.0, "compare_s": 0.0}
     steps_timing: dict[str, dict] = {}  # "head/dtype" -> seconds (parity.timing)
     greedy_paths = set()
     buckets: dict[str, dict] = {}  # head -> the Flax side's shape buckets (parity.flax_batch)
     low = any(d in LOW_PRECISION for d in dtypes)
     bar = progress_bar(len(heads) * (len(dtypes) * (len(tdevs) + len(fdevs)) + low), disable=log is None)
 
+    def flax_job(head, params, dtype, fd, dcases):
+        """One Flax run (maybe in a worker thread): (outputs, bucket layout, CompileMeter, greedy path)."""
+        fdev, mesh = fdevs[fd]
+        with jax.default_matmul_precision(MATMUL_PRECISION), CompileMeter() as meter:
+            runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, opts.attention, opts.scan_layers,
+                                  opts.compile_mode)
+            out, layout = _run_flax(runner, head, dcases, opts.steps, fdev)
+            return out, layout, meter, runner.greedy_path
+
+    on_cpu = all(dev.platform == "cpu" for dev, _ in fdevs.values())
+    jobs_used: dict[str, int] = {}
     with jax.default_matmul_precision(MATMUL_PRECISION):
         for head in heads:
             sd = ckpt.reference_weights(head, opts.seed)
             params = ckpt.flax_weights(head, sd)
-            base = _reference(ckpt, head, sd, opts)
-            gold = None
-            grad_check = None
-            if opts.grads and head in grad_heads:
-                from parity.grad_check import GradCheck
+            n_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
+            jobs_used[head] = flax_jobs(opts.flax_jobs, mesh_spec is not None, on_cpu, n_params)
+            with FlaxJobs(jobs_used[head]) as jobs:   # a failure drops the head's Flax runs not started
+                per_dtype = {d: cases_for_dtype(cases[head], d, opts) for d in dtypes}
+                for dtype in dtypes:   # started now in worker threads when there are several (parity.jobs)
+                    for fd in fdevs:
+                        jobs.submit((dtype, fd), lambda h=head, p=params, d=dtype, f=fd, c=per_dtype[dtype]:
+                                    flax_job(h, p, d, f, c))
+                base = _reference(ckpt, head, sd, opts)
+                gold = None
+                grad_check = None
+                if opts.grads and head in grad_heads:
+                    from parity.grad_check import GradCheck
 
-                grad_check = GradCheck(ckpt, head, sd, params, cases[head], opts)
-            per_dtype = {d: cases_for_dtype(cases[head], d, opts) for d in dtypes}
-            # the gold covers what a low-precision dtype runs, and float32's cases for rule 4's fallback
-            gold_cases = {n: c for d in dtypes for n, c in per_dtype[d].items()}
+                    grad_check = GradCheck(ckpt, head, sd, params, cases[head], opts)
+                # the gold covers what a low-precision dtype runs, and float32's cases for rule 4's fallback
+                gold_cases = {n: c for d in dtypes for n, c in per_dtype[d].items()}
 
-            def run_gold():
-                bar.set_description(f"{head} float64 gold")
-                t0 = time.perf_counter()
-                out = _gold(base, head, cfg, gold_cases, opts.steps)
-                timings["torch_s"] += time.perf_counter() - t0
-                steps_timing[f"{head}/float64 gold"] = {"torch_s": round(time.perf_counter() - t0, 3)}
-                say(f"[{head} float64 gold] PyTorch cpu: {time.perf_counter() - t0:.1f} s")
-                return out
-
-            if low:
-                gold = run_gold()
-                bar.update()
-            for dtype in dtypes:
-                dcases = per_dtype[dtype]
-                torch_out, flax_out = {}, {}
-                step = steps_timing.setdefault(f"{head}/{dtype}", {"torch_s": 0.0})
-                for td, tdev in tdevs.items():
-                    bar.set_description(f"{head} {dtype} PyTorch {td}")
+                def run_gold():
+                    bar.set_description(f"{head} float64 gold")
                     t0 = time.perf_counter()
-                    runner = TorchRunner(base if (dtype == "float32" and td == "cpu") else
-                                         _cast_reference(base, dtype, tdev), head, cfg)
-                    torch_out[td] = _run_torch(runner, head, dcases, opts.steps)
-                    del runner
+                    out = _gold(base, head, cfg, gold_cases, opts.steps)
                     timings["torch_s"] += time.perf_counter() - t0
-                    step["torch_s"] = round(step["torch_s"] + time.perf_counter() - t0, 3)
-                    bar.update()
-                    say(f"[{head} {dtype}] PyTorch {td}: {time.perf_counter() - t0:.1f} s")
-                for fd, (fdev, mesh) in fdevs.items():
-                    bar.set_description(f"{head} {dtype} Flax {fd}")
-                    with CompileMeter() as meter:
-                        runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, opts.attention,
-                                              opts.scan_layers, opts.compile_mode)
-                        if head in GREEDY_HEADS and opts.steps:
-                            greedy_paths.add(f"{head}: {runner.greedy_path}")
-                        flax_out[fd], layout = _run_flax(runner, head, dcases, opts.steps, fdev)
-                        buckets[head] = layout
-                        del runner
-                    timings["flax_s"] += meter.total_s
-                    key = f"{head}/{dtype}" + ("" if len(fdevs) == 1 else f"/{fd}")
-                    steps_timing.setdefault(key, {}).update(meter.to_dict())
-                    bar.update()
-                    say(f"[{head} {dtype}] Flax {fd}: {meter.total_s:.1f} s ({meter.build_s:.1f} s building "
-                        f"{meter.programs} programs, {meter.run_s:.1f} s running)")
-                cols = [{"dtype": dtype, "flax_device": fd, "torch_device": td} for fd in fdevs for td in tdevs]
-                marks = [len(report.column(**col).results) for col in cols]
+                    steps_timing[f"{head}/float64 gold"] = {"torch_s": round(time.perf_counter() - t0, 3)}
+                    say(f"[{head} float64 gold] PyTorch cpu: {time.perf_counter() - t0:.1f} s")
+                    return out
 
-                def judge_columns(gold):
-                    t0 = time.perf_counter()
-                    for col, mark in zip(cols, marks):
-                        del report.column(**col).results[mark:]  # a re-judgement replaces the first one
-                        judge_head(report, col, head, dcases, cfg, torch_out[col["torch_device"]],
-                                   flax_out[col["flax_device"]], gold, opts)
-                    timings["compare_s"] += time.perf_counter() - t0
-
-                judge_columns(gold)
-                if gold is None and dtype == "float32" and _outside_rtol(report, cols, marks):
-                    # rule 4 failed somewhere: judge float32 against the float64 gold too (parity.tolerance)
+                if low:
                     gold = run_gold()
+                    bar.update()
+                for dtype in dtypes:
+                    dcases = per_dtype[dtype]
+                    torch_out, flax_out = {}, {}
+                    step = steps_timing.setdefault(f"{head}/{dtype}", {"torch_s": 0.0})
+                    for td, tdev in tdevs.items():
+                        bar.set_description(f"{head} {dtype} PyTorch {td}")
+                        t0 = time.perf_counter()
+                        runner = TorchRunner(base if (dtype == "float32" and td == "cpu") else
+                                             _cast_reference(base, dtype, tdev), head, cfg)
+                        torch_out[td] = _run_torch(runner, head, dcases, opts.steps)
+                        del runner
+                        timings["torch_s"] += time.perf_counter() - t0
+                        step["torch_s"] = round(step["torch_s"] + time.perf_counter() - t0, 3)
+                        bar.update()
+                        say(f"[{head} {dtype}] PyTorch {td}: {time.perf_counter() - t0:.1f} s")
+                    for fd in fdevs:
+                        bar.set_description(f"{head} {dtype} Flax {fd}")
+                        t0 = time.perf_counter()
+                        flax_out[fd], layout, meter, greedy_path = jobs.result((dtype, fd))
+                        timings["flax_wait_s"] += time.perf_counter() - t0
+                        buckets[head] = layout
+                        if head in GREEDY_HEADS and opts.steps:
+                            greedy_paths.add(f"{head}: {greedy_path}")
+                        timings["flax_s"] += meter.total_s
+                        key = f"{head}/{dtype}" + ("" if len(fdevs) == 1 else f"/{fd}")
+                        steps_timing.setdefault(key, {}).update(meter.to_dict())
+                        bar.update()
+                        say(f"[{head} {dtype}] Flax {fd}: {meter.total_s:.1f} s ({meter.build_s:.1f} s building "
+                            f"{meter.programs} programs, {meter.run_s:.1f} s running)")
+                    cols = [{"dtype": dtype, "flax_device": fd, "torch_device": td} for fd in fdevs for td in tdevs]
+                    marks = [len(report.column(**col).results) for col in cols]
+
+                    def judge_columns(gold):
+                        t0 = time.perf_counter()
+                        for col, mark in zip(cols, marks):
+                            del report.column(**col).results[mark:]  # a re-judgement replaces the first one
+                            judge_head(report, col, head, dcases, cfg, torch_out[col["torch_device"]],
+                                       flax_out[col["flax_device"]], gold, opts)
+                        timings["compare_s"] += time.perf_counter() - t0
+
                     judge_columns(gold)
-                if grad_check is not None:
-                    t0 = time.perf_counter()
-                    grad_check.judge(report, dtype, fdevs, tdevs)
-                    step["grads_s"] = round(time.perf_counter() - t0, 3)
-            del base, gold
+                    if gold is None and dtype == "float32" and _outside_rtol(report, cols, marks):
+                        # rule 4 failed somewhere: judge float32 against the float64 gold too (parity.tolerance)
+                        gold = run_gold()
+                        judge_columns(gold)
+                    if grad_check is not None:
+                        t0 = time.perf_counter()
+                        grad_check.judge(report, dtype, fdevs, tdevs)
+                        step["grads_s"] = round(time.perf_counter() - t0, 3)
+                del base, gold
 
     if ckpt.drawn:
         report.notes.append("Head weights absent from the checkpoint were drawn from seed "
@@ -405,13 +430,24 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     report.environment = Environment.collect(
         devices=report.environment.devices, matmul_precision=MATMUL_PRECISION,
         extra={**env_extra, "flax_greedy": "; ".join(sorted(greedy_paths)) or "none",
-               "flax_buckets": describe_buckets(buckets),
+               "flax_buckets": describe_buckets(buckets), "flax_jobs": describe_jobs(jobs_used),
                **{k: round(v, 2) for k, v in timings.items()}, "seconds": round(seconds, 2)})
     bar.close()
     report.timings = {**{k: round(v, 3) for k, v in timings.items()}, "seconds": round(seconds, 3),
                       "steps": steps_timing}
     report.machine = machine.collect()
     return Outcome(report, ckpt, seconds, timings)
+
+
+def describe_jobs(jobs_used: dict) -> str:
+    """'2 (qa, lm): the Flax runs of a head's dtypes side by side in threads' or '1: one Flax run at a time'."""
+    parts = []
+    for n in sorted(set(jobs_used.values())):
+        heads = [h for h, k in jobs_used.items() if k == n]
+        parts.append(f"{n} ({', '.join(heads)})" if len(set(jobs_used.values())) > 1 else str(n))
+    rule = "the Flax runs of a head's dtypes side by side in threads (parity.jobs)"
+    return "; ".join(parts) + (f": {rule}" if any(k > 1 for k in jobs_used.values()) else
+                               ": one Flax run at a time") if parts else "none"
 
 
 def describe_buckets(buckets: dict) -> str:
