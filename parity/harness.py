@@ -288,8 +288,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
         "heads": ",".join(heads), "dtypes": ",".join(dtypes), "seed": opts.seed, "steps": opts.steps,
         "cases": ";".join(f"{h}:{','.join(c)}" for h, c in cases.items()),
-        "torch_threads": torch.get_num_threads(),
-        "flax_jobs": "",   # filled in per head below "gold": "PyTorch reference in float64 on cpu",
+        "torch_threads": torch.get_num_threads(), "gold": "PyTorch reference in float64 on cpu",
         "mesh": "none" if mesh_spec is None else
         f"{mesh_spec.label} ({mesh_spec.size} devices per platform, flax_bart.sharding.DEFAULT_RULES)",
     }

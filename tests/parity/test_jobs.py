@@ -109,3 +109,4 @@ def test_harness_gives_the_same_numbers_with_one_job_or_several(tmp_path):
     assert all(x[0] == y[0] and (x[1] == y[1] or (np.isnan(x[1]) and np.isnan(y[1]))) for x, y in zip(a, b))
     assert two.environment.extra["flax_jobs"].startswith("2: ")
     assert one.environment.extra["flax_jobs"].startswith("1: ")
+    assert one.environment.extra["gold"] == "PyTorch reference in float64 on cpu"
