@@ -70,7 +70,7 @@ def flax_jobs(requested: int | None, mesh: bool, on_cpu: bool = True, n_params: 
     or on a CPU for a test-sized model (`compile_bound`). A BART-size model on a CPU computes on every
     core already, and runs side by side only contend: on this project's 2-core AVX2 machine the BART-base
     demo matrix took 140 s instead of 130 s cold and 92 s instead of 83 s warm with 2 jobs, while the
-    tiny 4 x 3 matrix took 45 s instead of 58 s cold (`python -m benchmarks.gate_bench --flax-jobs 1,default`)."""
+    tiny 4 x 3 matrix took 45 s instead of 54 s cold (`python -m benchmarks.gate_bench --flax-jobs 1,default`)."""
     if requested is not None and requested < 1:
         raise ParityInputError(f"--flax-jobs {requested}: expected a number >= 1")
     if mesh:
