@@ -25,13 +25,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from parity.checkpoint import Checkpoint, ParityInputError, open_checkpoint
 from parity.judge import GREEDY_NOTE, gold_margins, judge_head
 from parity.options import (
     COMPILE_MODES, FAST_BELOW_FLOPS, FLAX_DEVICES, HEADS, MIN_TOKENS, REFERENCES, Options, cases_for_dtype,
-    check_dtypes, choose, flax_device, flax_jobs, input_cases, torch_device,
+    check_dtypes, choose, count_params, flax_device, flax_jobs, input_cases, torch_device,
 )
 from parity.flax_batch import run_buckets
 from parity.jobs import FlaxJobs
@@ -335,8 +333,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         for head in heads:
             sd = ckpt.reference_weights(head, opts.seed)
             params = ckpt.flax_weights(head, sd)
-            n_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
-            jobs_used[head] = flax_jobs(opts.flax_jobs, mesh_spec is not None, on_cpu, n_params)
+            jobs_used[head] = flax_jobs(opts.flax_jobs, mesh_spec is not None, on_cpu, count_params(params))
             with FlaxJobs(jobs_used[head]) as jobs:   # a failure drops the head's Flax runs not started
                 per_dtype = {d: cases_for_dtype(cases[head], d, opts) for d in dtypes}
                 for dtype in dtypes:   # started now in worker threads when there are several (parity.jobs)
@@ -439,14 +436,17 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
 
 
 def describe_jobs(jobs_used: dict) -> str:
-    """'2 (qa, lm): the Flax runs of a head's dtypes side by side in threads' or '1: one Flax run at a time'."""
-    parts = []
-    for n in sorted(set(jobs_used.values())):
-        heads = [h for h, k in jobs_used.items() if k == n]
-        parts.append(f"{n} ({', '.join(heads)})" if len(set(jobs_used.values())) > 1 else str(n))
-    rule = "the Flax runs of a head's dtypes side by side in threads (parity.jobs)"
-    return "; ".join(parts) + (f": {rule}" if any(k > 1 for k in jobs_used.values()) else
-                               ": one Flax run at a time") if parts else "none"
+    """'2: the Flax runs ... side by side ...', '1: one Flax run at a time', or per head when heads differ."""
+    if not jobs_used:
+        return "none"
+    counts = sorted(set(jobs_used.values()))
+    if len(counts) == 1:
+        parts = str(counts[0])
+    else:
+        parts = "; ".join(f"{n} ({', '.join(h for h, k in jobs_used.items() if k == n)})" for n in counts)
+    if counts[-1] > 1:
+        return f"{parts}: the Flax runs of a head's dtypes side by side in threads (parity.jobs)"
+    return f"{parts}: one Flax run at a time"
 
 
 def describe_buckets(buckets: dict) -> str:

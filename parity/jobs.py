@@ -16,7 +16,6 @@ from typing import Callable
 
 class FlaxJobs:
     def __init__(self, workers: int):
-        self.workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="flax-job") if workers > 1 else None
         self._jobs: dict = {}
 

@@ -62,6 +62,13 @@ def fast_compile(mode: str, n_params: int, tokens: int, dtype: str = "float32") 
     return 2.0 * n_params * max(tokens, MIN_TOKENS) < FAST_BELOW_FLOPS.get(dtype, FAST_BELOW_FLOPS["float16"])
 
 
+def count_params(tree) -> int:
+    """Number of parameters (elements) in a parameter tree."""
+    import jax
+
+    return sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(tree))
+
+
 def flax_jobs(requested: int | None, mesh: bool, on_cpu: bool = True, n_params: int = 0) -> int:
     """How many Flax runs (the dtypes of one head) trace, compile and run side by side in threads, next to
     the PyTorch runs of the main thread (parity.jobs). `requested` (--flax-jobs) wins, except on a device
@@ -87,7 +94,7 @@ def flax_jobs(requested: int | None, mesh: bool, on_cpu: bool = True, n_params: 
 def compile_bound(n_params: int) -> bool:
     """Whether a model this size is test-sized: its gate programs cost more to compile than to run
     (the same bar as `fast_compile` at MIN_TOKENS tokens: about 39M parameters)."""
-    return 2.0 * n_params * MIN_TOKENS < FAST_BELOW_FLOPS["float32"]
+    return fast_compile("auto", n_params, MIN_TOKENS)
 
 
 def cases_for_dtype(cases: dict, dtype: str, opts: Options) -> dict:

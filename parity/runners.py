@@ -117,20 +117,20 @@ class FlaxRunner:
         self.greedy_path = "model.generate" if callable(getattr(model, "generate", None)) else "init_cache + decode loop"
         # compile_mode "auto": buckets of little work run `fast_model` (flax_bart.FAST_COMPILE) instead
         self.fast_model, self.compile_mode = fast_model, compile_mode
+        self._n_params = None
 
     def for_bucket(self, case: dict) -> tuple["FlaxRunner", str]:
         """(the runner for a shape bucket's inputs, "fast" or "optimized"): see parity.options.fast_compile."""
-        from parity.options import fast_compile
+        from parity.options import count_params, fast_compile
 
         if self.fast_model is None:   # one model for every bucket ("auto" without a fast copy: optimised)
             return self, "fast" if self.compile_mode == "fast" else "optimized"
-        import jax
-
         ids = case["input_ids"]
         dec = 0 if self.head == "causal" else case["decoder_input_ids"].shape[1]
-        n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
+        if self._n_params is None:   # counted once per runner, not per bucket
+            self._n_params = count_params(self.params)
         dtype = np.dtype(self.model.dtype).name
-        if not fast_compile("auto", n_params, ids.shape[0] * (ids.shape[1] + dec), dtype):
+        if not fast_compile("auto", self._n_params, ids.shape[0] * (ids.shape[1] + dec), dtype):
             return self, "optimized"
         return FlaxRunner(self.fast_model, self.params, self.head, self.config), "fast"
 
