@@ -308,6 +308,20 @@ def test_loading_accepts_any_subset_of_tied_copies():
             assert torch.equal(build_reference(config, "lm", sd).forward(np.array([[0, 5, 6, 2]]))["logits"], want)
 
 
+@pytest.mark.parametrize("head", ["base", "lm", "cls", "qa", "causal"])
+def test_loaded_reference_holds_exactly_the_state_dict(head):
+    # the model is built on the meta device and given fresh storage: nothing of that storage may survive
+    config = make_config("gelu_tied")
+    sd = build_reference(config, head, seed=3).hf_state_dict(tied_copies=False)
+    for dtype in (torch.float32, torch.bfloat16):
+        ref = build_reference(config, head, sd, dtype=dtype)
+        got = ref.hf_state_dict(tied_copies=False)
+        assert sorted(got) == sorted(sd)
+        for key, value in sd.items():
+            assert got[key].dtype == dtype and torch.equal(got[key], value.to(dtype)), key
+    assert build_reference(config, head, seed=3).hf_state_dict(tied_copies=False).keys() == sd.keys()
+
+
 def test_loading_errors_list_every_problem():
     config = make_config("gelu_tied")
     sd = dict(hf_model(config, "lm", seed=1).state_dict())
