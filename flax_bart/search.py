@@ -120,7 +120,13 @@ def _lm_head(module, params, seq2seq: bool):
     def logits(h_RxD):
         h_RxD = h_RxD.astype(dtype)
         if h_RxD.shape[0] >= 2 and jax.default_backend() == "cpu":
-            out = jnp.sum(table_VxD[None] * h_RxD[:, None, :], axis=-1, dtype=jnp.float32).astype(dtype)
+            table, rows = table_VxD[None], h_RxD[:, None, :]
+            if jnp.dtype(dtype) == jnp.float16:
+                # XLA:CPU has no vector float16 arithmetic: float16 products ran element by element, 23x
+                # slower (BART-base greedy, 2 rows, 16 tokens: 13.4 s against 0.59 s). float32 products of
+                # float16 values are exact, so this is PyTorch's half matmul: exact products, float32 sums.
+                table, rows = table.astype(jnp.float32), rows.astype(jnp.float32)
+            out = jnp.sum(table * rows, axis=-1, dtype=jnp.float32).astype(dtype)
         else:
             out = jnp.einsum("rd,vd->rv", h_RxD, table_VxD, precision=module.precision)
         if bias_1xV is not None:

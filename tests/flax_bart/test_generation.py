@@ -172,3 +172,32 @@ def test_bench_quick_mode_writes_valid_json(tmp_path):
     for side in ("flax", "transformers"):
         assert result[side]["tokens_per_s"] > 0 and len(result[side]["samples_s"]) == result["case"]["repeats"]
     assert result["speedup"] > 0 and result["first_call_s"] > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decoding_lm_head_equals_exact_logits(dtype, rows):
+    # the LM head of the decoding loop (a multiply-reduce on CPU for 2+ rows): the exact logits of the
+    # dtype's values, rounded once to the dtype (float16: float32 products, no per-element float16)
+    import types
+
+    import jax.numpy as jnp
+
+    from flax_bart.search import _lm_head
+
+    cfg = BartConfig(**{**TINY, "vocab_size": 97, "tie_word_embeddings": True})
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((97, cfg.d_model)).astype(np.float32)
+    bias = rng.standard_normal((1, 97)).astype(np.float32)
+    h = rng.standard_normal((rows, cfg.d_model)).astype(np.float32)
+    module = types.SimpleNamespace(config=cfg, dtype=getattr(jnp, dtype), precision="highest")
+    params = {"model": {"shared": {"embedding": table}}, "final_logits_bias": bias}
+    got = np.asarray(jax.jit(_lm_head(module, params, seq2seq=True))(h), np.float64)
+    q = lambda a: np.asarray(jnp.asarray(a).astype(dtype), np.float64)   # noqa: E731
+    exact = q(q(h) @ q(table).T)            # one rounding of the exact sum of exact products
+    want = q(exact + q(bias))               # then the bias, in the dtype, as the model adds it
+    ulp = {"float32": 2.0 ** -23, "bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}[dtype]
+    # two roundings to the dtype (sum, bias), plus float32 summation error; bfloat16 rounds each product
+    per_term = 2.0 ** -8 if dtype == "bfloat16" else 2.0 ** -22
+    tol = 2 * ulp * np.abs(want) + per_term * (np.abs(q(h)) @ np.abs(q(table)).T)
+    assert np.all(np.abs(got - want) <= tol), float(np.max(np.abs(got - want) / tol))
