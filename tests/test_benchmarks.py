@@ -141,3 +141,20 @@ def test_gate_bench_rejects_bad_flax_jobs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gate_bench", "--flax-jobs", "0", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--flax-jobs" in proc.stderr
+
+
+def test_dtype_bench_quick_times_every_dtype(tmp_path):
+    """`python -m benchmarks.dtype_bench --quick`: forward and greedy generation per compute dtype."""
+    out = tmp_path / "dtypes.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.dtype_bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "dtypes" and data["quick"] is True and data["environment"]["cpu"]
+    case = data["case"]
+    assert set(data["results"]) == {"float32", "bfloat16", "float16"}
+    for r in data["results"].values():
+        assert r["generated_shape"] == [case["batch"], case["new_tokens"] + 1]
+        for what in ("forward", "generate"):
+            assert r[what]["median_s"] > 0 and r[what]["first_call_s"] > 0
+            assert len(r[what]["samples_s"]) == case["repeats"]
