@@ -212,7 +212,7 @@ def build_reference(config, head: str, state_dict: Mapping | None = None, dtype=
     # modules (the tied embedding is read by reference), so `to_empty` breaks no tie.
     with torch.device("meta"):
         model = BartReference(config, head, attn_impl)
-    model = model.to_empty(device=device).to(dtype=resolve_dtype(dtype))
+    model = model.to(dtype=resolve_dtype(dtype)).to_empty(device=device)   # storage allocated once, in the dtype
     with torch.no_grad():
         for t in itertools.chain(model.parameters(), model.buffers()):
             t.zero_()
