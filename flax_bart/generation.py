@@ -18,7 +18,6 @@ import os
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
@@ -26,6 +25,7 @@ from flax_bart.generation_config import (
     GENERATION_CONFIG_NAME, UNSUPPORTED, GenerationConfig, unsupported_settings,
 )
 from flax_bart.logits_process import ProcessorSpec
+from flax_bart.modules import ABSENT
 from flax_bart.outputs import ModelOutput
 from flax_bart.search import SearchPlan, make_program
 from flax_bart.validation import InputError, check_ids, check_length, check_mask
@@ -237,7 +237,7 @@ class GenerationMixin:
         arrays, prompt_len, slots, src = self._generation_prompt(ids, mask, cfg, pad)
         plan, scalars = self._generation_plan(cfg, default_max, ids.shape[0], prompt_len, slots, src, eos, pad)
         program = self._generate_program(plan)
-        args = (self._resolve_params(params), {k: jnp.asarray(a) for k, a in arrays.items()}, scalars,
+        args = (self._resolve_params(params), dict(arrays), scalars,
                 _check_key(prng_key))
         if trace:
             out = program(*args)
@@ -279,14 +279,14 @@ class GenerationMixin:
         if self.head == "causal":  # the prompt is the decoder's: left-pad it to its bucket
             slots = bucket_length(t)
             return dict(prompt=np.pad(ids, ((0, 0), (slots - t, 0)), constant_values=fill),
-                        prompt_mask=np.pad(mask, ((0, 0), (slots - t, 0)))), t, slots, 0
+                        prompt_mask=np.pad(mask, ((0, 0), (slots - t, 0)), constant_values=ABSENT)), t, slots, 0
         start = _one_token("decoder_start_token_id", cfg.decoder_start_token_id, c.vocab_size)
         start = start if start is not None else _one_token("bos_token_id", cfg.bos_token_id, c.vocab_size)
         if start is None:
             raise InputError("decoder_start_token_id (or bos_token_id) must be set for encoder-decoder generation")
         src = min(bucket_length(t), c.max_position_embeddings)  # right-pad the source, masked
         arrays = dict(input_ids=np.pad(ids, ((0, 0), (0, src - t)), constant_values=fill),
-                      attention_mask=np.pad(mask, ((0, 0), (0, src - t))),
+                      attention_mask=np.pad(mask, ((0, 0), (0, src - t)), constant_values=ABSENT),
                       prompt=np.full((b, 1), start, np.int32), prompt_mask=np.ones((b, 1), np.int32))
         return arrays, 1, 1, src
 
@@ -373,12 +373,12 @@ class GenerationMixin:
     def _generate_output(plan: SearchPlan, out: dict, prompt_len: int):
         first = plan.prompt_slots - prompt_len
         steps = int(out["steps"])
-        scores = tuple(jnp.asarray(out["scores"][i]) for i in range(steps)) if plan.output_scores else None
+        scores = tuple(jax.device_put(out["scores"][i]) for i in range(steps)) if plan.output_scores else None
         if plan.mode in ("greedy", "sample"):
-            seqs = jnp.asarray(out["sequences"][:, first:plan.prompt_slots + steps])
+            seqs = jax.device_put(out["sequences"][:, first:plan.prompt_slots + steps])
             cls = FlaxGreedySearchOutput if plan.mode == "greedy" else FlaxSampleOutput
             return cls(sequences=seqs, scores=scores)
-        seqs = jnp.asarray(out["sequences"][:, first:plan.prompt_slots + int(out["generated"])])
-        seq_scores = jnp.asarray(out["sequences_scores"])
+        seqs = jax.device_put(out["sequences"][:, first:plan.prompt_slots + int(out["generated"])])
+        seq_scores = jax.device_put(out["sequences_scores"])
         return FlaxBeamSearchOutput(sequences=seqs, scores=scores if plan.output_scores else seq_scores,
                                     sequences_scores=seq_scores)

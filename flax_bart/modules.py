@@ -3,6 +3,11 @@
 Module and parameter names mirror PyTorch BART and the 4.x Flax port, so the parameter tree is the
 4.x `flax_model.msgpack` layout. Numerics follow PyTorch BART (post-LN, eps 1e-5, positions offset by
 2, additive masks of the dtype's most negative value, the fp16 clamp after each encoder layer).
+Attention masks: an entry > 0 is attended, 0 masked (a row with nothing attended attends uniformly, as
+in PyTorch BART), < 0 (`ABSENT`) not part of the sequence: never attended, not even by such a row, so
+that padding a sequence with absent positions changes none of its outputs. Generation pads its
+length buckets so, and the parity harness the cases it runs as one batch; a row needs at least one
+position that is not absent.
 `dtype` is the compute dtype, `param_dtype` the storage dtype of newly initialised parameters.
 """
 
@@ -22,6 +27,7 @@ from flax_bart.remat import maybe_remat
 
 Dtype = Any
 POSITION_OFFSET = 2
+ABSENT = -1   # attention mask value of a position outside the sequence (padding to a shared shape)
 LAYER_NORM_EPS = 1e-5
 
 
@@ -169,22 +175,35 @@ class BartAttention(nn.Module):
                     k, v, query_offset = cached
         s = k.shape[1]
 
-        # Boolean mask (B, 1, T, S): key padding, causality, and cache fill.
+        # Boolean mask (B, 1, T, S): key padding, causality, and cache fill. A key mask entry > 0 is
+        # attended, 0 masked, < 0 absent (padding added to share a compiled shape; see below).
         mask = jnp.ones((b, 1, t, s), dtype=bool)
+        absent_Bx1x1xS = None
         if key_mask_BxS is not None:
             if key_mask_BxS.shape[-1] not in (s, 1):
                 raise ValueError(
                     f"attention mask covers {key_mask_BxS.shape[-1]} key positions, expected {s}"
                     + (" (with a cache, the decoder mask spans max_length)" if query_offset is not None else "")
                 )
-            mask = mask & key_mask_BxS.astype(bool)[:, None, None, :]
+            mask = mask & (key_mask_BxS > 0)[:, None, None, :]
+            absent_Bx1x1xS = (key_mask_BxS < 0)[:, None, None, :]
         if self.causal:
             q_pos = jnp.arange(t) + (0 if query_offset is None else query_offset)
             mask = mask & (jnp.arange(s)[None, :] <= q_pos[:, None])[None, None]
+        if query_offset is not None:   # cache slots not filled yet: absent, as PyTorch's cache lacks them
+            unfilled_1x1x1xS = (jnp.arange(s) >= query_offset + t)[None, None, None, :]
+            absent_Bx1x1xS = unfilled_1x1x1xS if absent_Bx1x1xS is None else absent_Bx1x1xS | unfilled_1x1x1xS
 
         q = q * jnp.asarray(head_dim**-0.5, self.dtype)
         k, v = k.astype(self.dtype), v.astype(self.dtype)
         bias_Bx1xTxS = jnp.where(mask, 0.0, jnp.finfo(self.dtype).min).astype(self.dtype)
+        if absent_Bx1x1xS is not None:
+            # A masked key gets the dtype's minimum, so a row with no attended key attends uniformly
+            # (PyTorch BART); an absent key gets -inf, weight exactly 0 even in such a row, so padding a
+            # sequence with absent keys changes no output at its real positions. A row whose keys are
+            # all absent keeps the minimum (finite: no NaN to leak into later layers as 0 x NaN).
+            absent_Bx1x1xS = absent_Bx1x1xS & jnp.any(~absent_Bx1x1xS, axis=-1, keepdims=True)
+            bias_Bx1xTxS = jnp.where(absent_Bx1x1xS, -jnp.inf, bias_Bx1xTxS).astype(self.dtype)
         scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, k, precision=self.precision,
                                     preferred_element_type=jnp.float32)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS + bias_Bx1xTxS.astype(jnp.float32), axis=-1).astype(self.dtype)

@@ -214,7 +214,7 @@ def make_program(module, plan: SearchPlan, on_trace: Callable[[], None], compile
                              dec_mask_RxC, enc, enc_mask)
             return lm_head(h), _split_cross(cache)[0]
 
-        penalty_from = jnp.maximum(jnp.argmax(prompt_mask_RxP != 0, axis=1).astype(jnp.int32), first_slot)
+        penalty_from = jnp.maximum(jnp.argmax(prompt_mask_RxP > 0, axis=1).astype(jnp.int32), first_slot)
 
         def context(s):
             return StepContext(

@@ -58,6 +58,20 @@ def test_padding_to_a_bucket_changes_nothing(model):
                                   np.asarray(plain.sequences))
 
 
+def test_a_fully_masked_source_row_ignores_the_bucket_padding(model):
+    """A source row with nothing attended attends uniformly over its own positions (PyTorch BART):
+    the positions generate() pads the source with to its length bucket (9 -> 16) must not join them."""
+    ids, _ = batch(seed=4, b=2, t=9)
+    mask = np.ones_like(ids)
+    mask[1] = 0
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=2, output_scores=True, min_length=0,
+                         forced_bos_token_id=None, forced_eos_token_id=None, no_repeat_ngram_size=0)
+    enc = model.encode(ids, attention_mask=mask)   # the first step without a bucket: 9 source positions
+    start = np.full((2, 1), model.config.decoder_start_token_id, np.int32)
+    first = model.decode(start, enc, encoder_attention_mask=mask).logits[:, 0]
+    np.testing.assert_allclose(np.asarray(out.scores[0]), np.asarray(first), rtol=1e-5, atol=1e-5)
+
+
 def test_bucket_lengths():
     assert [bucket_length(n) for n in (1, 16, 17, 100, 128, 129, 256, 257)] == [16, 16, 32, 128, 128, 256, 256, 384]
 
