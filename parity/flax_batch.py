@@ -6,12 +6,12 @@ cases of a bucket are stacked into one batch, padded on the right to the bucket'
 `pad_token_id` and attention mask 0. One forward program, one cached-decoding step and one greedy
 program then serve the whole bucket; each case's outputs are cut back out (its rows, its positions).
 
-A padded position is invisible to the positions before it: its key is masked (its softmax weight is
-exactly 0), the decoder is causal, and BART's positions count from the left edge whatever the mask.
-So a case may be padded when every row has at least one attended token. A row with none (the
-`fully_padded_row` and `fully_masked_row` cases) attends uniformly over all its positions, padding
-included, so such a case keeps its own length and other cases pad into it. A case is padded only up
-to `max(4 x its length, 64)` positions, so the short cases never pay for the `max_length` case. The
+A padded position is absent (attention mask `flax_bart.modules.ABSENT`): no query ever attends to it,
+not even in a row that attends to nothing else (the `fully_padded_row` and `fully_masked_row` cases,
+which attend uniformly over their own positions, as in PyTorch BART); the decoder is causal, and
+BART's positions count from the left edge whatever the mask. So padding changes no output at a case's
+own positions, and any case may pad into a longer bucket. A case is padded only up to
+`max(4 x its length, 64)` positions, so the short cases never pay for a long `max_length` case. The
 causal head's greedy decoding continues after the last prompt position, so its greedy buckets merge
 only prompts of equal length, without padding. PyTorch runs every case at its own shape: the
 comparison checks the padded Flax run against the unpadded reference, within the same tolerance.
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flax_bart.modules import ABSENT
 from parity.runners import DECODING_HEADS, GREEDY_HEADS, decode_steps, greedy_settings, new_tokens
 
 PAD_FACTOR = 4     # a case is padded to at most PAD_FACTOR x its length ...
@@ -33,18 +34,12 @@ PAD_FLOOR = 64     # ... or PAD_FLOOR positions, whichever is more
 class Bucket:
     enc_len: int                       # encoder (or causal input) length of the merged batch
     dec_len: int                       # decoder length (= enc_len for the causal head)
-    paddable: bool                     # may other cases pad into it / was it built from a paddable case
     members: list = field(default_factory=list)   # (case name, first row, end row)
 
 
 def _lengths(head: str, case: dict) -> tuple[int, int]:
     s = case["input_ids"].shape[1]
     return (s, s) if head == "causal" else (s, case["decoder_input_ids"].shape[1])
-
-
-def paddable(case: dict) -> bool:
-    """True when every row attends to at least one token (padding it on the right changes nothing)."""
-    return bool(np.asarray(case["attention_mask"]).astype(bool).any(axis=1).all())
 
 
 def _fits(own: tuple[int, int], bucket: Bucket) -> bool:
@@ -58,15 +53,14 @@ def _fits(own: tuple[int, int], bucket: Bucket) -> bool:
 def plan(head: str, cases: dict, pad: bool = True) -> list[Bucket]:
     """Buckets of `cases`, longest first; `pad=False` merges only cases of equal length."""
     buckets: list[Bucket] = []
-    # Cases that cannot pad first (they fix lengths others may pad to), then the longest first.
-    order = sorted(cases, key=lambda n: (pad and paddable(cases[n]), [-x for x in _lengths(head, cases[n])]))
+    # The longest first: they fix the lengths the shorter ones may pad to.
+    order = sorted(cases, key=lambda n: [-x for x in _lengths(head, cases[n])])
     for name in order:
         case, own = cases[name], _lengths(head, cases[name])
-        can_pad = pad and paddable(case)
-        fit = [b for b in buckets if own == (b.enc_len, b.dec_len) or (can_pad and _fits(own, b))]
+        fit = [b for b in buckets if own == (b.enc_len, b.dec_len) or (pad and _fits(own, b))]
         bucket = min(fit, key=lambda b: (b.enc_len, b.dec_len), default=None)
         if bucket is None:
-            bucket = Bucket(own[0], own[1], can_pad)
+            bucket = Bucket(own[0], own[1])
             buckets.append(bucket)
         rows = case["input_ids"].shape[0]
         start = bucket.members[-1][2] if bucket.members else 0
@@ -85,7 +79,7 @@ def merge(head: str, cases: dict, bucket: Bucket, pad_token_id: int) -> dict:
     enc = bucket.enc_len
     merged = {
         "input_ids": np.concatenate([_pad_right(cases[n]["input_ids"], enc, pad_token_id) for n in names]),
-        "attention_mask": np.concatenate([_pad_right(cases[n]["attention_mask"], enc, 0) for n in names]),
+        "attention_mask": np.concatenate([_pad_right(cases[n]["attention_mask"], enc, ABSENT) for n in names]),
     }
     if head == "causal":
         return merged
@@ -94,9 +88,9 @@ def merge(head: str, cases: dict, bucket: Bucket, pad_token_id: int) -> dict:
         [_pad_right(cases[n]["decoder_input_ids"], dec, pad_token_id) for n in names])
     own_masks = [cases[n].get("decoder_attention_mask") for n in names]
     if any(m is not None for m in own_masks) or len(set(_lengths(head, cases[n]) for n in names)) > 1:
-        # The model reads no mask as all ones: the same numbers, spelled out, then padded with zeros.
+        # The model reads no mask as all ones: the same numbers, spelled out, then padded as absent.
         merged["decoder_attention_mask"] = np.concatenate([
-            _pad_right(np.ones_like(cases[n]["decoder_input_ids"]) if m is None else m, dec, 0)
+            _pad_right(np.ones_like(cases[n]["decoder_input_ids"]) if m is None else m, dec, ABSENT)
             for n, m in zip(names, own_masks)]).astype(np.int32)
     return merged
 
@@ -185,11 +179,24 @@ def run_buckets(top_runner, head: str, cases: dict, steps: int) -> tuple[dict, d
             _greedy_bucket(runner, head, cases, bucket, merged, enc, steps, out)
     if head == "causal" and steps:   # prompts of equal length only: decoding continues after them
         layout["greedy"] = []
-        for bucket in plan(head, cases, pad=False):
+        buckets = plan(head, cases, pad=False)
+        # generate() pads a prompt to its length bucket, so prompts of different lengths (1 and 12 tokens,
+        # say) share one program when their batches have as many rows: the smaller batches are filled up.
+        rows = max(b.members[-1][2] for b in buckets)
+        for bucket in buckets:
             layout["greedy"].append([m[0] for m in bucket.members])
-            merged = merge(head, cases, bucket, pad_id)
+            merged = _fill_rows(merge(head, cases, bucket, pad_id), rows)
             _greedy_bucket(_for_bucket(top_runner, merged)[0], head, cases, bucket, merged, None, steps, out)
     return out, layout
+
+
+def _fill_rows(merged: dict, rows: int) -> dict:
+    """The batch with copies of its first row appended up to `rows` rows (their outputs are dropped; a
+    copy finishes decoding when its original does, so it adds no step)."""
+    have = merged["input_ids"].shape[0]
+    if have >= rows:
+        return merged
+    return {k: np.concatenate([v, np.repeat(v[:1], rows - have, axis=0)]) for k, v in merged.items()}
 
 
 def _greedy_bucket(runner, head, cases, bucket, merged, enc, steps, out) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from flax_bart import FAST_COMPILE
+from flax_bart.modules import ABSENT
 from parity import flax_batch
 from parity.demo import demo_config
 from parity.harness import flax_model
@@ -22,15 +23,15 @@ def _names(buckets):
     return [sorted(m[0] for m in b.members) for b in buckets]
 
 
-def test_plan_keeps_fully_masked_rows_at_their_length_and_pads_the_rest_into_the_nearest_bucket():
+def test_plan_pads_every_case_into_the_nearest_bucket():
     cases = cases_for_head(CFG, "lm", seed=0, batch_size=3, seq_len=12)
     buckets = flax_batch.plan("lm", cases)
-    # max_length (40 positions) may take the 12-long cases (40 <= 64), but fully_padded_row may not pad,
-    # so the short cases join it at 12 and max_length stays alone.
-    assert _names(buckets) == [["max_length"], ["fully_padded_row", "left_padding", "length_1", "right_padding"]]
-    assert [(b.enc_len, b.dec_len) for b in buckets] == [(40, 40), (12, 12)]
-    rows = {m[0]: (m[1], m[2]) for m in buckets[1].members}
-    assert sorted(rows.values()) == [(0, 3), (3, 6), (6, 9), (9, 12)]
+    # max_length (40 positions) takes the 12-long cases (40 <= 64 = max(4 x 12, 64)), fully_padded_row
+    # too: its padding is absent, so its row still attends uniformly over its own 12 positions only.
+    assert _names(buckets) == [["fully_padded_row", "left_padding", "length_1", "max_length", "right_padding"]]
+    assert [(b.enc_len, b.dec_len) for b in buckets] == [(40, 40)]
+    rows = {m[0]: (m[1], m[2]) for m in buckets[0].members}
+    assert sorted(rows.values()) == [(0, 1), (1, 4), (4, 7), (7, 10), (10, 13)]
 
 
 def test_plan_without_padding_merges_equal_lengths_only():
@@ -46,20 +47,22 @@ def test_padding_is_bounded_by_the_cases_own_length():
     cases["long"]["attention_mask"] = np.ones_like(cases["long"]["input_ids"])
     cases["long"]["decoder_input_ids"] = cases["long"]["input_ids"].copy()
     assert len(flax_batch.plan("qa", cases)) == 2
-    assert not flax_batch.paddable({"attention_mask": np.array([[1, 1], [0, 0]])})
 
 
-def test_merge_pads_on_the_right_and_spells_out_decoder_masks():
+def test_merge_pads_on_the_right_with_absent_positions_and_spells_out_decoder_masks():
     cases = cases_for_head(CFG, "lm", seed=0, batch_size=3, seq_len=12)
-    bucket = flax_batch.plan("lm", cases)[1]
+    bucket = flax_batch.plan("lm", cases)[0]
     merged = flax_batch.merge("lm", cases, bucket, CFG.pad_token_id)
     first, end = next((m[1], m[2]) for m in bucket.members if m[0] == "length_1")
-    assert merged["input_ids"].shape == (12, 12)
-    np.testing.assert_array_equal(merged["attention_mask"][first:end, 1:], 0)
+    assert merged["input_ids"].shape == (13, 40)
+    np.testing.assert_array_equal(merged["attention_mask"][first:end, 1:], ABSENT)
     np.testing.assert_array_equal(merged["input_ids"][first:end, 1:], CFG.pad_token_id)
-    np.testing.assert_array_equal(merged["decoder_attention_mask"][first:end], [[1] + [0] * 11] * 3)
+    np.testing.assert_array_equal(merged["decoder_attention_mask"][first:end], [[1] + [ABSENT] * 39] * 3)
+    first, end = next((m[1], m[2]) for m in bucket.members if m[0] == "fully_padded_row")
+    np.testing.assert_array_equal(merged["attention_mask"][first:end, :12], cases["fully_padded_row"]["attention_mask"])
+    np.testing.assert_array_equal(merged["attention_mask"][first:end, 12:], ABSENT)
     first, end = next((m[1], m[2]) for m in bucket.members if m[0] == "left_padding")
-    np.testing.assert_array_equal(merged["decoder_attention_mask"][first:end],
+    np.testing.assert_array_equal(merged["decoder_attention_mask"][first:end, :12],
                                   cases["left_padding"]["decoder_attention_mask"])
 
 
@@ -111,8 +114,9 @@ def test_merged_run_gives_each_case_what_its_own_run_gives(head):
     runner = FlaxRunner(flax_model(CFG, head, "float32"), _params(head), head, CFG)
     with jax.default_matmul_precision("highest"):
         merged, layout = flax_batch.run_buckets(runner, head, cases, STEPS)
-        # The cases the merge changes: padded (length_1) and given a spelled-out decoder mask (left_padding).
-        for name in ("length_1", "left_padding"):
+        # The cases the merge changes: padded (length_1; fully_padded_row, whose row attends to nothing)
+        # and given a spelled-out decoder mask (left_padding).
+        for name in ("length_1", "fully_padded_row", "left_padding"):
             case = cases[name]
             fwd, enc = runner.forward(case)
             own = {"forward": fwd}
