@@ -24,14 +24,28 @@ def shift_tokens_right(input_ids, pad_token_id: int, decoder_start_token_id: int
     return xp.where(shifted == -100, pad_token_id, shifted)
 
 
+# Inputs reach the jitted programs as numpy arrays unless they are jax arrays or tracers already: outside
+# a trace, `jnp.asarray`, `jnp.ones` or `jnp.arange` run (and first compile) a small program per new
+# shape, which the parity gate, running many shapes once each, paid for by the dozen per head and dtype.
 def _positions(batch: int, length: int, start=0):
-    return (jnp.arange(length, dtype=jnp.int32)[None, :] + jnp.asarray(start, jnp.int32)) * jnp.ones(
-        (batch, 1), jnp.int32
-    )
+    if isinstance(start, jax.core.Tracer):
+        return (jnp.arange(length, dtype=jnp.int32)[None, :] + jnp.asarray(start, jnp.int32)) * jnp.ones(
+            (batch, 1), jnp.int32
+        )
+    row = np.arange(length, dtype=np.int32) + np.int32(start)
+    return np.ascontiguousarray(np.broadcast_to(row, (batch, length)))
 
 
-def _as_ids(x):
-    return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x)
+def _array(x):
+    """`x` for a program's argument: jax arrays and tracers as they are, anything else as numpy."""
+    return x if isinstance(x, (jax.Array, jax.core.Tracer)) else np.asarray(x)
+
+
+def _ones(b: int, t: int):
+    return np.ones((b, t), np.int32)
+
+
+_as_ids = _array
 
 
 def cache_info(past_key_values):
@@ -99,7 +113,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
 
     def _init_args(self, input_shape):
         ids = self._dummy_inputs(input_shape)
-        mask, pos = jnp.ones_like(ids), _positions(*ids.shape)
+        mask, pos = np.ones_like(ids), _positions(*ids.shape)
         return dict(input_ids=ids, attention_mask=mask, decoder_input_ids=ids, decoder_attention_mask=mask,
                     position_ids=pos, decoder_position_ids=pos)
 
@@ -111,8 +125,8 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
         check_mask("attention_mask", attention_mask, (b, t))
         check_mask("position_ids", position_ids, (b, t))
         check_positions("position_ids", position_ids, c.max_position_embeddings)
-        mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
-        pos = _positions(b, t) if position_ids is None else jnp.asarray(position_ids)
+        mask = _ones(b, t) if attention_mask is None else _array(attention_mask)
+        pos = _positions(b, t) if position_ids is None else _array(position_ids)
         return mask, pos
 
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
@@ -143,10 +157,10 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
             check_eos_rows(input_ids, c.eos_token_ids)
         arrays = dict(
             input_ids=_as_ids(input_ids), attention_mask=mask, decoder_input_ids=_as_ids(decoder_input_ids),
-            decoder_attention_mask=jnp.ones((b, t), jnp.int32) if decoder_attention_mask is None
-            else jnp.asarray(decoder_attention_mask),
+            decoder_attention_mask=_ones(b, t) if decoder_attention_mask is None
+            else _array(decoder_attention_mask),
             position_ids=pos,
-            decoder_position_ids=_positions(b, t) if decoder_position_ids is None else jnp.asarray(decoder_position_ids),
+            decoder_position_ids=_positions(b, t) if decoder_position_ids is None else _array(decoder_position_ids),
         )
         out = self._apply("__call__", params, arrays, attn, hid, True, train, dropout_rng)
         return _with_loss(self, out, ret, targets)
@@ -175,7 +189,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
             )
         s = enc.shape[1]
         check_mask("encoder_attention_mask", encoder_attention_mask, (b, s))
-        enc_mask = jnp.ones((b, s), jnp.int32) if encoder_attention_mask is None else jnp.asarray(encoder_attention_mask)
+        enc_mask = _ones(b, s) if encoder_attention_mask is None else _array(encoder_attention_mask)
         start = 0
         if past_key_values is not None:
             start, max_len = cache_room(past_key_values, t, "decoder_input_ids")
@@ -188,10 +202,10 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
         check_mask("decoder_position_ids", decoder_position_ids, (b, t))
         check_positions("decoder_position_ids", decoder_position_ids, c.max_position_embeddings)
         arrays = dict(
-            decoder_input_ids=_as_ids(decoder_input_ids), encoder_hidden_states=jnp.asarray(enc),
+            decoder_input_ids=_as_ids(decoder_input_ids), encoder_hidden_states=_array(enc),
             encoder_attention_mask=enc_mask,
-            decoder_attention_mask=None if decoder_attention_mask is None else jnp.asarray(decoder_attention_mask),
-            decoder_position_ids=jnp.asarray(decoder_position_ids),
+            decoder_attention_mask=None if decoder_attention_mask is None else _array(decoder_attention_mask),
+            decoder_position_ids=_array(decoder_position_ids),
         )
         return self._apply("decode", params, arrays, attn, hid, ret, train, dropout_rng, past_key_values)
 
@@ -206,8 +220,8 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
             enc = encoder_outputs[0] if not hasattr(encoder_outputs, "shape") else encoder_outputs
             if enc.shape[0] != batch_size:
                 raise InputError(f"encoder_outputs has batch size {enc.shape[0]}, batch_size is {batch_size}")
-            enc = jnp.asarray(enc)
-        ids = jnp.zeros((batch_size, 1), jnp.int32)
+            enc = _array(enc)
+        ids = np.zeros((batch_size, 1), np.int32)
         arrays = dict(decoder_input_ids=ids, encoder_hidden_states=enc, encoder_attention_mask=None,
                       decoder_attention_mask=None, decoder_position_ids=_positions(batch_size, 1))
         return self._make_cache("decode", arrays, max_length, params)
@@ -241,9 +255,9 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
 
     def _init_args(self, input_shape):
         ids = self._dummy_inputs(input_shape)
-        return dict(input_ids=ids, attention_mask=jnp.ones_like(ids), position_ids=_positions(*ids.shape),
-                    encoder_hidden_states=jnp.zeros(ids.shape + (self.config.d_model,), self.dtype),
-                    encoder_attention_mask=jnp.ones_like(ids))
+        return dict(input_ids=ids, attention_mask=np.ones_like(ids), position_ids=_positions(*ids.shape),
+                    encoder_hidden_states=np.zeros(ids.shape + (self.config.d_model,), self.dtype),
+                    encoder_attention_mask=np.ones_like(ids))
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, encoder_hidden_states=None,
                  encoder_attention_mask=None, output_attentions=None, output_hidden_states=None, return_dict=None,
@@ -260,11 +274,11 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
         if past_key_values is not None:
             start, max_len = cache_room(past_key_values, t, "input_ids")
             check_mask("attention_mask", attention_mask, (b, max_len), alternatives=[(b, 1)])
-            mask = None if attention_mask is None else jnp.asarray(attention_mask)
+            mask = None if attention_mask is None else _array(attention_mask)
         else:
             check_length("input_ids", t, c.max_position_embeddings)
             check_mask("attention_mask", attention_mask, (b, t))
-            mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
+            mask = _ones(b, t) if attention_mask is None else _array(attention_mask)
         if position_ids is None:
             position_ids = _positions(b, t, start)
         check_mask("position_ids", position_ids, (b, t))
@@ -273,16 +287,16 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
         if encoder_hidden_states is not None:
             s = encoder_hidden_states.shape[1]
             check_mask("encoder_attention_mask", encoder_attention_mask, (b, s))
-            enc_mask = jnp.ones((b, s), jnp.int32) if encoder_attention_mask is None else jnp.asarray(encoder_attention_mask)
-            encoder_hidden_states = jnp.asarray(encoder_hidden_states)
-        arrays = dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=jnp.asarray(position_ids),
+            enc_mask = _ones(b, s) if encoder_attention_mask is None else _array(encoder_attention_mask)
+            encoder_hidden_states = _array(encoder_hidden_states)
+        arrays = dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=_array(position_ids),
                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=enc_mask)
         out = self._apply("__call__", params, arrays, attn, hid, True, train, dropout_rng, past_key_values)
         return _with_loss(self, out, ret, targets)
 
     def init_cache(self, batch_size: int, max_length: int, params=None):
         check_length("max_length", max_length, self.config.max_position_embeddings)
-        ids = jnp.zeros((batch_size, 1), jnp.int32)
+        ids = np.zeros((batch_size, 1), np.int32)
         arrays = dict(input_ids=ids, attention_mask=None, position_ids=_positions(batch_size, 1),
                       encoder_hidden_states=None, encoder_attention_mask=None)
         return self._make_cache("__call__", arrays, max_length, params)

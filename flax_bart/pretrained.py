@@ -91,8 +91,8 @@ class FlaxBartPreTrainedModel:
     # ---- parameters ---------------------------------------------------------------------------
     def _dummy_inputs(self, input_shape):
         b, t = input_shape
-        ids = jnp.full((b, t), 3, dtype=jnp.int32).at[:, -1].set(self.config.eos_token_ids[0]
-                                                                 if self.config.eos_token_ids else 2)
+        ids = np.full((b, t), 3, dtype=np.int32)   # numpy: no eager program to compile
+        ids[:, -1] = self.config.eos_token_ids[0] if self.config.eos_token_ids else 2
         return ids
 
     def init_weights(self, rng, input_shape=(1, 1), params: dict | None = None) -> dict:
@@ -148,7 +148,8 @@ class FlaxBartPreTrainedModel:
 
     def _cast(self, params, dtype, mask=None):
         def cast(x, m=True):
-            return x.astype(dtype) if m and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
+            kind = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype   # jnp.asarray would compile
+            return x.astype(dtype) if m and jnp.issubdtype(kind, jnp.floating) else x
         if mask is None:
             return jax.tree_util.tree_map(cast, params)
         return jax.tree_util.tree_map(cast, params, mask)
@@ -272,6 +273,12 @@ class FlaxBartPreTrainedModel:
         static = dict(init_cache=True, cache_length=int(max_length))
         if params is not None:
             _, cache = self._run(method, params, arrays, static, mutable=True, cache=None, cache_only=True)
+            leaf = next(iter(jax.tree_util.tree_leaves(params)), None)
+            if self._mesh is None and isinstance(leaf, jax.Array):
+                # A cache that reads no parameter comes out of its program uncommitted (jit drops the
+                # unused arguments), the caches the decoding steps return are committed to the
+                # parameters' device: place it there, or the first step compiles a second program.
+                cache = jax.device_put(cache, leaf.sharding)
             return cache
         # No params: an empty cache (zeros, index 0) from the shapes alone; nothing is initialised or compiled.
         shapes = jax.eval_shape(lambda a: self.module.init(jax.random.PRNGKey(0), **a, **static, method=method),
