@@ -18,6 +18,7 @@ the same forward / encode / decode / greedy_generate API.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Mapping
 
@@ -203,6 +204,22 @@ class BartReference(ReferenceBart):
         return greedy_generate(self, input_ids, attention_mask, max_new_tokens, **kwargs)
 
 
+@contextlib.contextmanager
+def _init_skipped():
+    """`torch.nn.init`'s in-place initialisers as no-ops: on the meta device they only cost time (its
+    `normal_` imports torch._dynamo, ~3 s on the 2-core CPU, for values that are never stored)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")
+             and callable(getattr(torch.nn.init, n))]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
 def build_reference(config, head: str, state_dict: Mapping | None = None, dtype=torch.float32,
                     device="cpu", attn_impl: str = "eager", seed: int = 0) -> BartReference:
     """The reference model for `head` in eval mode; random weights from `seed` when no state dict."""
@@ -210,7 +227,7 @@ def build_reference(config, head: str, state_dict: Mapping | None = None, dtype=
     # Built on the meta device, then given zeroed storage: every tensor is set below (PyTorch's own init,
     # overwritten anyway, took ~3 s of a warm BART-base demo gate). No parameter is shared between two
     # modules (the tied embedding is read by reference), so `to_empty` breaks no tie.
-    with torch.device("meta"):
+    with torch.device("meta"), _init_skipped():
         model = BartReference(config, head, attn_impl)
     model = model.to(dtype=resolve_dtype(dtype)).to_empty(device=device)   # storage allocated once, in the dtype
     with torch.no_grad():
