@@ -6,8 +6,8 @@ Module and parameter names mirror PyTorch BART and the 4.x Flax port, so the par
 Attention masks: an entry > 0 is attended, 0 masked (a row with nothing attended attends uniformly, as
 in PyTorch BART), < 0 (`ABSENT`) not part of the sequence: never attended, not even by such a row, so
 that padding a sequence with absent positions changes none of its outputs. Generation pads its
-length buckets so, and the parity harness the cases it runs as one batch; a row needs at least one
-position that is not absent.
+length buckets so, and the parity harness the cases it runs as one batch. In a row whose keys are
+all absent they count as masked (finite outputs, no NaN).
 `dtype` is the compute dtype, `param_dtype` the storage dtype of newly initialised parameters.
 """
 
