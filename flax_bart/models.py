@@ -45,8 +45,6 @@ def _ones(b: int, t: int):
     return np.ones((b, t), np.int32)
 
 
-_as_ids = _array
-
 
 def cache_info(past_key_values):
     """(cache_index, max_length) of a cache tree from `init_cache`."""
@@ -142,7 +140,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
         mask, pos = self._check_encoder_inputs(input_ids, attention_mask, position_ids)
         if labels is not None and self.head == "lm" and decoder_input_ids is None:
             losses.check_class_ids("labels", labels, (input_ids.shape[0], None), c.vocab_size, "target_length")
-            decoder_input_ids = shift_tokens_right(_as_ids(labels), c.pad_token_id, c.decoder_start_token_id)
+            decoder_input_ids = shift_tokens_right(_array(labels), c.pad_token_id, c.decoder_start_token_id)
         if decoder_input_ids is None:
             decoder_input_ids = shift_tokens_right(input_ids, c.pad_token_id, c.decoder_start_token_id)
         check_ids("decoder_input_ids", decoder_input_ids, c.vocab_size)
@@ -156,7 +154,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
         if self.head == "cls":
             check_eos_rows(input_ids, c.eos_token_ids)
         arrays = dict(
-            input_ids=_as_ids(input_ids), attention_mask=mask, decoder_input_ids=_as_ids(decoder_input_ids),
+            input_ids=_array(input_ids), attention_mask=mask, decoder_input_ids=_array(decoder_input_ids),
             decoder_attention_mask=_ones(b, t) if decoder_attention_mask is None
             else _array(decoder_attention_mask),
             position_ids=pos,
@@ -169,7 +167,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
                output_hidden_states=None, return_dict=None, train: bool = False, params=None, dropout_rng=None):
         attn, hid, ret = self._flags(output_attentions, output_hidden_states, return_dict)
         mask, pos = self._check_encoder_inputs(input_ids, attention_mask, position_ids)
-        arrays = dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=pos)
+        arrays = dict(input_ids=_array(input_ids), attention_mask=mask, position_ids=pos)
         return self._apply("encode", params, arrays, attn, hid, ret, train, dropout_rng)
 
     def decode(self, decoder_input_ids, encoder_outputs, encoder_attention_mask=None, decoder_attention_mask=None,
@@ -202,7 +200,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
         check_mask("decoder_position_ids", decoder_position_ids, (b, t))
         check_positions("decoder_position_ids", decoder_position_ids, c.max_position_embeddings)
         arrays = dict(
-            decoder_input_ids=_as_ids(decoder_input_ids), encoder_hidden_states=_array(enc),
+            decoder_input_ids=_array(decoder_input_ids), encoder_hidden_states=_array(enc),
             encoder_attention_mask=enc_mask,
             decoder_attention_mask=None if decoder_attention_mask is None else _array(decoder_attention_mask),
             decoder_position_ids=_array(decoder_position_ids),
@@ -289,7 +287,7 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
             check_mask("encoder_attention_mask", encoder_attention_mask, (b, s))
             enc_mask = _ones(b, s) if encoder_attention_mask is None else _array(encoder_attention_mask)
             encoder_hidden_states = _array(encoder_hidden_states)
-        arrays = dict(input_ids=_as_ids(input_ids), attention_mask=mask, position_ids=_array(position_ids),
+        arrays = dict(input_ids=_array(input_ids), attention_mask=mask, position_ids=_array(position_ids),
                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=enc_mask)
         out = self._apply("__call__", params, arrays, attn, hid, True, train, dropout_rng, past_key_values)
         return _with_loss(self, out, ret, targets)

@@ -177,13 +177,18 @@ def compare(
 CHUNK = 1 << 18
 
 
+def _rows_per_chunk(width: int) -> int:
+    """How many rows of `width` elements make about CHUNK elements (at least one)."""
+    return max(1, CHUNK // max(width, 1))
+
+
 def _reader(arr: np.ndarray, m: np.ndarray | None):
     """(number of elements of `arr` under the mask `m`, a function that yields them chunk by chunk)."""
     if m is not None and m.ndim < arr.ndim:  # whole trailing blocks: take rows, no full-size index
         lead = np.broadcast_to(m, arr.shape[:m.ndim]).reshape(-1)
         rows = arr.reshape(lead.size, -1)
         idx = np.flatnonzero(lead)
-        step = max(1, CHUNK // max(rows.shape[1], 1))
+        step = _rows_per_chunk(rows.shape[1])
         return idx.size * rows.shape[1], lambda: (rows.take(idx[j:j + step], axis=0).reshape(-1)
                                                    for j in range(0, idx.size, step))
     flat = arr.reshape(-1) if m is None else arr[np.broadcast_to(m, arr.shape)]
@@ -246,7 +251,7 @@ def _logit_metrics(r: np.ndarray, c: np.ndarray, classes: np.ndarray | None) -> 
     float64 blocks of about CHUNK elements: a BART-base max_length row set (1024 x 50265) in one piece
     made float64 temporaries of 400 MB each. Per-row values are gathered, then averaged as one array.
     """
-    step = max(1, CHUNK // max(r.shape[-1], 1))
+    step = _rows_per_chunk(r.shape[-1])
     parts = [_logit_rows(r[i:i + step].astype(np.float64), c[i:i + step].astype(np.float64),
                          None if classes is None else classes[i:i + step])
              for i in range(0, r.shape[0], step)]
