@@ -56,12 +56,14 @@ class Source(abc.ABC):
 
 
 class MemorySource(Source):
-    """An in-memory state dict (torch tensors or arrays) or a (nested or flat) Flax param tree."""
+    """An in-memory state dict (torch tensors or arrays) or a (nested or flat) Flax param tree.
+    `read` hands out copies, unless `borrow`: then the caller's own arrays (for callers that never
+    write to what they get, e.g. a same-framework re-keying of weights kept read-only)."""
 
-    def __init__(self, tensors: Mapping, framework: str):
+    def __init__(self, tensors: Mapping, framework: str, borrow: bool = False):
         from convert.dtypes import torch_dtype_to_numpy
 
-        self.framework, self.format, self.files = framework, "memory", []
+        self.framework, self.format, self.files, self.borrow = framework, "memory", [], borrow
         self._tensors, self.infos = {}, {}
         for key, value in tensors.items():
             if type(value).__module__.startswith("torch"):
@@ -77,7 +79,7 @@ class MemorySource(Source):
 
         value = self._tensors[key]
         arr = torch_to_numpy(value) if type(value).__module__.startswith("torch") else np.asarray(value)
-        return np.array(arr, copy=True)  # never hand out (or later mutate) the caller's memory
+        return arr if self.borrow else np.array(arr, copy=True)  # by default never hand out the caller's memory
 
 
 class _FileSource(Source):

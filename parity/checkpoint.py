@@ -75,8 +75,9 @@ class Checkpoint:
             return self.state_dict
         missing_ok = rules.head_only_prefixes(self.config, head)
         try:
+            # re-keyed, not copied: the checkpoint's arrays are read-only to the gate
             flat, summary = convert_tree(self.state_dict, "pt", self.config, head, "pt", tied="drop",
-                                         allow_missing=missing_ok)
+                                         allow_missing=missing_ok, borrow=True)
         except ConversionError as e:
             raise ParityInputError(f"the {self.source_head!r} checkpoint {self.path} cannot serve head {head!r}: {e}") \
                 from None
@@ -90,13 +91,18 @@ class Checkpoint:
         return flat
 
     def flax_weights(self, head: str, reference_sd: Mapping[str, np.ndarray]) -> dict:
-        """Flax params of `head`: from the Flax checkpoint (or the PyTorch files converted on the fly);
-        head-only params the checkpoint lacks are converted from `reference_sd` (drawn there)."""
-        source = self.flax_path or self.path
+        """Flax params of `head`. From a Flax checkpoint: read from its files for each head, checked as
+        they are; head-only params it lacks are converted from `reference_sd` (drawn there). Without
+        one: `reference_sd` (the checkpoint's PyTorch weights as the reference holds them) converted in
+        memory, so that each head costs one pass of transposes and no reading of files."""
+        if not self.flax_path:
+            try:
+                return pt_to_flax(reference_sd, self.config, head)
+            except ConversionError as e:
+                raise ParityInputError(f"the PyTorch weights of {self.path} as head {head!r}: {e}") from None
         allow = rules.head_only_prefixes(self.config, head) if head in self.drawn else ()
-        params, summary = load_flax_params(source, self.config, head, allow_missing=allow)
-        if self.flax_path:  # converted on the fly, they are the PyTorch weights' own NaN
-            self.flax_nonfinite.update(summary.nonfinite)
+        params, summary = load_flax_params(self.flax_path, self.config, head, allow_missing=allow)
+        self.flax_nonfinite.update(summary.nonfinite)
         if summary.missing:
             flat = flatten(params)
             full = flatten(pt_to_flax(reference_sd, self.config, head))

@@ -180,3 +180,20 @@ def test_dtype_casts_floating_tensors_only_and_counts_them():
     np.testing.assert_array_equal(params["encoder"]["layers"]["0"]["fc2"]["bias"], x.astype(DTYPES["bfloat16"]))
     with pytest.raises(ConversionError, match="dtype 'int8' is not supported"):
         pt_to_flax(pt, config, "base", dtype="int8")
+
+
+def test_borrow_hands_out_the_callers_arrays_only_when_asked():
+    from convert.tree import convert_tree
+
+    config = tiny_config()
+    pt = flax_to_pt(random_flax_params(config, "lm", seed=3), config, "lm")
+    key = "model.encoder.layers.0.self_attn_layer_norm.weight"   # no transpose, no cast: passed through
+    copied, _ = convert_tree(pt, "pt", config, "qa", "pt", tied="drop", allow_missing=head_only_prefixes(config, "qa"))
+    borrowed, _ = convert_tree(pt, "pt", config, "qa", "pt", tied="drop", allow_missing=head_only_prefixes(config, "qa"),
+                               borrow=True)
+    assert not np.shares_memory(copied[key], pt[key])
+    assert borrowed[key] is pt[key]
+    assert_bits_equal(borrowed, copied)
+    kernel = "model.encoder.layers.0.fc1.weight"
+    to_flax, _ = convert_tree(pt, "pt", config, "lm", "flax", borrow=True)   # a transposed kernel is new memory
+    assert not np.shares_memory(to_flax[("model", "encoder", "layers", "0", "fc1", "kernel")], pt[kernel])

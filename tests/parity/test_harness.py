@@ -343,3 +343,35 @@ def test_transformers_reference_behind_the_same_harness(tmp_path):
     assert out.report.environment.extra["reference"] == "transformers"
     assert out.report.passed, out.report.first_failures()
     assert any(r.name == "lm/right_padding/greedy_ids" for r in out.report.column("bfloat16").results)
+
+
+@pytest.mark.parametrize("sd_dtype", [np.float32, np.float64])
+def test_16bit_references_built_from_the_state_dict_equal_the_cast_float32_one(tmp_path, sd_dtype):
+    from parity.harness import _cast_reference, _reference
+
+    ckpt = open_checkpoint(save_checkpoint(tmp_path, head="lm", seed=4))
+    sd = {k: np.asarray(v, sd_dtype) for k, v in ckpt.reference_weights("qa", seed=0).items()}
+    opts = Options()
+    base = _reference(ckpt, "qa", sd, opts)
+    for dtype in ("bfloat16", "float16"):
+        cast = _cast_reference(base, dtype, torch.device("cpu"))
+        built = _cast_reference(base, dtype, torch.device("cpu"), ckpt, "qa", sd, opts)
+        got, want = built.state_dict(), cast.state_dict()
+        assert got.keys() == want.keys()
+        assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want), dtype
+
+
+def test_flax_weights_converted_in_memory_equal_a_conversion_of_the_files(tmp_path):
+    from convert import load_flax_params, rules
+    from convert.tree import flatten
+
+    ckpt = open_checkpoint(save_checkpoint(tmp_path, head="lm", seed=5))
+    for head in ("lm", "qa", "cls", "causal", "base"):
+        sd = ckpt.reference_weights(head, seed=0)
+        got = flatten(ckpt.flax_weights(head, sd))
+        allow = rules.head_only_prefixes(ckpt.config, head)
+        want, summary = load_flax_params(tmp_path, ckpt.config, head, allow_missing=allow)
+        want = flatten(want)
+        assert set(got) == set(want) | {tuple(k.split("/")) for k in summary.missing}, head
+        for k, v in want.items():
+            assert got[k].dtype == v.dtype and np.array_equal(got[k], v), (head, k)
