@@ -375,3 +375,26 @@ def test_flax_weights_converted_in_memory_equal_a_conversion_of_the_files(tmp_pa
         assert set(got) == set(want) | {tuple(k.split("/")) for k in summary.missing}, head
         for k, v in want.items():
             assert got[k].dtype == v.dtype and np.array_equal(got[k], v), (head, k)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")   # 1e6 in float16, on purpose
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_gate_param_cast_is_the_models_cast_bit_for_bit(dtype):
+    import jax
+
+    from parity.harness import _cast_params
+
+    model = flax_model(demo_config(quick=True), "qa", dtype)
+    special = np.array([0.0, -0.0, 1e-8, -6e-8, 3e-5, 65504.0, 65520.0, 1e6, -np.inf, np.inf, np.nan, 1 / 3],
+                       np.float32)
+    rng = np.random.default_rng(0)
+    params = {"a": {"kernel": rng.standard_normal((7, 5)).astype(np.float32)}, "b": special,
+              "c": rng.standard_normal(3).astype(np.float32).astype(np.float16)}
+    got = _cast_params(model, params, dtype)
+    want = {"float32": model.to_fp32, "bfloat16": model.to_bf16, "float16": model.to_fp16}[dtype](params)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.dtype == w.dtype and g.shape == w.shape
+        nan = np.isnan(w.astype(np.float32))
+        assert np.array_equal(np.isnan(g.astype(np.float32)), nan)
+        assert np.array_equal(g[~nan].view(np.uint8), w[~nan].view(np.uint8))
