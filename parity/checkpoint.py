@@ -51,6 +51,8 @@ class Checkpoint:
     nonfinite: dict[str, dict[str, int]]
     drawn: dict[str, list[str]] = field(default_factory=dict)
     flax_nonfinite: dict[str, dict[str, int]] = field(default_factory=dict)
+    # parity.reference.random_head_weights: the random generator's state after the body's draws
+    _after_body: dict = field(default_factory=dict, repr=False)
 
     @property
     def flax_origin(self) -> str:
@@ -82,11 +84,11 @@ class Checkpoint:
             raise ParityInputError(f"the {self.source_head!r} checkpoint {self.path} cannot serve head {head!r}: {e}") \
                 from None
         if summary.missing:
-            from parity.reference import build_reference
+            from parity.reference import random_head_weights
 
-            fresh = build_reference(self.config, head, seed=seed).hf_state_dict(tied_copies=False)
+            fresh = random_head_weights(self.config, head, seed, self._after_body)
             missing = [k for k in fresh if k not in flat]
-            flat.update({k: fresh[k].numpy() for k in missing})
+            flat.update({k: fresh[k] for k in missing})
             self.drawn[head] = sorted(missing)
         return flat
 

@@ -169,21 +169,68 @@ class _KeyPlan:
         return out
 
 
+def _draw(name: str, module: nn.Module, gen: torch.Generator, std: float, pad_token_id) -> None:
+    """One module's share of BART's random init (normal(0, init_std), zero biases, unit LayerNorms)."""
+    if isinstance(module, nn.LayerNorm):
+        module.weight.fill_(1.0)
+        module.bias.zero_()
+    elif isinstance(module, (nn.Linear, nn.Embedding)):
+        w = torch.randn(module.weight.shape, generator=gen, dtype=torch.float32) * std
+        if isinstance(module, nn.Embedding) and "embed_positions" not in name and pad_token_id is not None:
+            w[pad_token_id] = 0.0
+        module.weight.copy_(w)
+        if getattr(module, "bias", None) is not None:
+            module.bias.zero_()
+
+
 def _init_weights(model: nn.Module, seed: int, std: float, pad_token_id) -> None:
-    """BART's random init (normal(0, init_std), zero biases, unit LayerNorms), same for every dtype."""
+    """BART's random init, module by module in order, from one generator: same for every dtype."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.fill_(1.0)
-                module.bias.zero_()
-            elif isinstance(module, (nn.Linear, nn.Embedding)):
-                w = torch.randn(module.weight.shape, generator=gen, dtype=torch.float32) * std
-                if isinstance(module, nn.Embedding) and "embed_positions" not in name and pad_token_id is not None:
-                    w[pad_token_id] = 0.0
-                module.weight.copy_(w)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
+            _draw(name, module, gen, std, pad_token_id)
+
+
+def _in_body(name: str) -> bool:
+    return name == "model" or name.startswith("model.")
+
+
+def random_head_weights(config, head: str, seed: int, after_body: dict) -> dict[str, np.ndarray]:
+    """What `build_reference(config, head, seed=seed)` draws for the modules outside the shared body
+    (`model.*`: `qa_outputs`, `classification_head`, `lm_head`), under transformers' names, as numpy.
+
+    The body comes first in the module order, so those values depend on the body only through the
+    generator's state after it. `after_body` (a dict the caller keeps, e.g. per checkpoint) holds that
+    state per body shape and seed: the first head drawn pays for the body's draws (about 1.8 s for
+    BART-base), any later head of the same body draws only its own weights."""
+    config = _as_config(config)
+    with torch.device("meta"), _init_skipped():
+        model = BartReference(config, head)
+    names = [n for n, _ in model.named_modules() if n]
+    if any(_in_body(a) and not _in_body(b) for a, b in zip(names[1:], names)):   # a body module after a head one
+        raise RuntimeError(f"internal: the {head!r} reference's modules do not put the body first: {names}")
+    key = (repr(sorted(config.to_dict().items())), type(model.model).__name__, seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if key in after_body:
+            gen.set_state(after_body[key])
+        else:   # the body's draws as _draw makes them, values dropped: only the generator's state is kept
+            for name, module in model.named_modules():
+                if _in_body(name) and isinstance(module, (nn.Linear, nn.Embedding)):
+                    torch.randn(module.weight.shape, generator=gen, dtype=torch.float32)
+            after_body[key] = gen.get_state()
+        for child, sub in model.named_children():
+            if child != "model":
+                sub.to_empty(device="cpu")
+                for t in itertools.chain(sub.parameters(), sub.buffers()):
+                    t.zero_()
+        for name, module in model.named_modules():   # the same order as _init_weights
+            if name and not _in_body(name):
+                _draw(name, module, gen, config.init_std, config.pad_token_id)
+        # the root's own tensors (final_logits_bias) are zero, as build_reference leaves them
+        own = {k: torch.zeros(v.shape, dtype=torch.float32) if v.is_meta else v
+               for k, v in model.state_dict().items() if not _in_body(k)}
+    return {k: v.numpy() for k, v in _KeyPlan(model).export(own, tied_copies=False).items()}
 
 
 class BartReference(ReferenceBart):

@@ -11,7 +11,8 @@ import torch
 from flax_bart.config import BartConfig
 from parity import inputs
 from parity.reference import (
-    ReferenceLoadError, build_reference, greedy_generate, legacy_cache, load_transformers_reference, to_numpy,
+    ReferenceLoadError, build_reference, greedy_generate, legacy_cache, load_transformers_reference, random_head_weights,
+    to_numpy,
 )
 from parity.reference_modules import ACTIVATIONS
 
@@ -411,3 +412,20 @@ def test_to_numpy_keeps_dtypes():
     assert arrays["logits"].dtype == ml_dtypes.bfloat16
     assert np.array_equal(arrays["logits"].astype(np.float32), out["logits"].float().numpy())
     assert arrays["past_key_values"][0][0].shape == (1, 4, 3, 8)
+
+
+@pytest.mark.parametrize("config_name", ["gelu_tied", "gelu_new_untied", "silu_scaled"])
+def test_head_weights_drawn_alone_equal_the_whole_models_draw(config_name):
+    config = make_config(config_name)
+    after_body = {}
+    for order in (("qa", "cls", "lm", "causal", "base", "qa"), ("cls", "lm")):   # a cold and a warm body state
+        for head in order:
+            own = random_head_weights(config, head, 3, after_body)
+            full = build_reference(config, head, seed=3).hf_state_dict(tied_copies=False)
+            body = ("model", "encoder", "decoder", "shared")   # "base" exports the body without "model."
+            assert set(own) == {k for k in full if k.split(".")[0] not in body}, head
+            for k, v in own.items():
+                assert v.dtype == np.float32 and np.array_equal(v, full[k].numpy()), (head, k)
+    assert len(after_body) == 2   # one state per body: seq2seq and decoder-only
+    other = random_head_weights(config, "qa", 4, after_body)   # another seed: another draw
+    assert not np.array_equal(other["qa_outputs.weight"], random_head_weights(config, "qa", 3, {})["qa_outputs.weight"])
