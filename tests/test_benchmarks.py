@@ -158,3 +158,20 @@ def test_dtype_bench_quick_times_every_dtype(tmp_path):
         for what in ("forward", "generate"):
             assert r[what]["median_s"] > 0 and r[what]["first_call_s"] > 0
             assert len(r[what]["samples_s"]) == case["repeats"]
+
+
+def test_gate_prep_bench_quick_times_every_call(tmp_path):
+    """`python -m benchmarks.gate_prep_bench --quick`: each preparation call of the gate timed per head."""
+    out = tmp_path / "gate_prep.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gate_prep_bench", "--quick", "--heads", "qa,lm",
+                           "--cache-dir", str(tmp_path / "demo"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "gate_prep" and data["heads"] == ["qa", "lm"] and data["environment"]["cpu"]
+    calls = ("reference_weights", "flax_weights", "reference", "cast_reference", "cast_params")
+    assert set(data["median_s"]) == {"open_checkpoint"} | {f"{c}/{h}" for c in calls for h in ("qa", "lm")}
+    assert all(v >= 0 for v in data["median_s"].values()) and len(data["total_s"]) == 1
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.gate_prep_bench", "--heads", "nope", "--out",
+                          str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nope" in bad.stderr and not (tmp_path / "x.json").exists()
