@@ -201,7 +201,7 @@ def random_head_weights(config, head: str, seed: int, after_body: dict) -> dict[
 
     The body comes first in the module order, so those values depend on the body only through the
     generator's state after it. `after_body` (a dict the caller keeps, e.g. per checkpoint) holds that
-    state per body shape and seed: the first head drawn pays for the body's draws (about 1.8 s for
+    state per body shape and seed: the first head drawn pays for the body's draws (about 0.7 s for
     BART-base), any later head of the same body draws only its own weights."""
     config = _as_config(config)
     with torch.device("meta"), _init_skipped():
