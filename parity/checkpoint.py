@@ -2,7 +2,7 @@
 
 The PyTorch weights are the yardstick. The Flax weights come from a Flax checkpoint when there is one
 (`--flax PATH`, or a Flax file next to the PyTorch weights: checked as they are, the gate for a
-published conversion); otherwise they are converted on the fly from the PyTorch files.
+published conversion); otherwise they are converted on the fly, in memory, from the PyTorch weights.
 
 A head the checkpoint was not saved with (e.g. "qa" from a BartForConditionalGeneration checkpoint)
 takes the shared body from the checkpoint; head-only weights it lacks (`qa_outputs`, ...) are drawn
