@@ -97,11 +97,9 @@ class Checkpoint:
         they are; head-only params it lacks are converted from `reference_sd` (drawn there). Without
         one: `reference_sd` (the checkpoint's PyTorch weights as the reference holds them) converted in
         memory, so that each head costs one pass of transposes and no reading of files."""
-        if not self.flax_path:
-            try:
-                return pt_to_flax(reference_sd, self.config, head)
-            except ConversionError as e:
-                raise ParityInputError(f"the PyTorch weights of {self.path} as head {head!r}: {e}") from None
+        if not self.flax_path:   # errors name the checkpoint, as a conversion of its files would
+            flat, _ = convert_tree(reference_sd, "pt", self.config, head, "flax", describe=f"checkpoint {self.path}")
+            return unflatten(flat)
         allow = rules.head_only_prefixes(self.config, head) if head in self.drawn else ()
         params, summary = load_flax_params(self.flax_path, self.config, head, allow_missing=allow)
         self.flax_nonfinite.update(summary.nonfinite)
