@@ -246,6 +246,8 @@ def run_multihost(out_path: str, workdir: str, pid: int, port: int) -> None:
     # the results are written ("Check failed: queue.Pop() == nullptr" in the gRPC server's destructor under
     # DistributedRuntimeService::Shutdown; seen once in a CI run, exit -6): not what this test checks.
     multihost_utils.sync_global_devices("results written")
+    if pid == 0:   # the coordinator leaves last, so that no client sees it gone while still running
+        time.sleep(1.0)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
