@@ -43,6 +43,7 @@ class GradCheck:
         self.opts = opts
         self.targets = {c: draw_targets(self.config, head, case, opts.seed) for c, case in cases.items()}
         self._gold: dict = {}
+        self._masses: dict = {}  # case -> bias name -> absolute sum of its gradient's terms (gold run)
 
     def cases_for(self, dtype: str) -> dict:
         """The cases checked in `dtype`: the max_length case only in --max-length-dtypes, as the forward rows."""
@@ -55,9 +56,12 @@ class GradCheck:
 
         return build_reference(self.config, self.head, self.sd, dtype=_torch_dtype(dtype), device=device)
 
-    def torch_side(self, dtype: str, device, cases: dict) -> dict:
+    def torch_side(self, dtype: str, device, cases: dict, masses: dict | None = None) -> dict:
+        """Each case's gradients; with `masses`, also each case's bias masses into `masses[case]`."""
         model = self._reference(dtype, device)
-        return {c: torch_grads(model, self.head, case, self.targets[c]) for c, case in cases.items()}
+        return {c: torch_grads(model, self.head, case, self.targets[c],
+                               masses=None if masses is None else masses.setdefault(c, {}))
+                for c, case in cases.items()}
 
     def gold(self, cases: dict) -> dict:
         """The float64 gold gradients of `cases`, each case computed once per head."""
@@ -65,7 +69,7 @@ class GradCheck:
 
         missing = {c: case for c, case in cases.items() if c not in self._gold}
         if missing:
-            self._gold.update(self.torch_side("float64", torch.device("cpu"), missing))
+            self._gold.update(self.torch_side("float64", torch.device("cpu"), missing, masses=self._masses))
         return {c: self._gold[c] for c in cases}
 
     def flax_side(self, dtype: str, device, cases: dict) -> dict:
@@ -95,7 +99,7 @@ class GradCheck:
                 for c in cases:
                     t, f = torch_out[td][c], flax_out[fd][c]
                     check_names(t, f, self.head)
-                    zero = add_grad_rows(report, col, f"{self.head}/{c}/grad", t, f, gold[c])
+                    zero = add_grad_rows(report, col, f"{self.head}/{c}/grad", t, f, gold[c], self._masses.get(c))
                     if zero:
                         self._note_zero(report, zero)
         if dtype == "float32":

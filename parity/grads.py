@@ -24,6 +24,7 @@ trained: its PyTorch gradient is zero, and the Flax head stops the gradient ther
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Callable
 
@@ -144,15 +145,20 @@ def trainable(model) -> dict:
     return {plan.external(k): p for k, p in model.named_parameters()}
 
 
-def torch_grads(model, head: str, case: dict, targets: dict) -> dict[str, np.ndarray]:
-    """transformers name -> dLoss/dParam (float64 numpy) of `model` (which keeps no gradients after)."""
+def torch_grads(model, head: str, case: dict, targets: dict,
+                masses: dict | None = None) -> dict[str, np.ndarray]:
+    """transformers name -> dLoss/dParam (float64 numpy) of `model` (which keeps no gradients after).
+
+    With `masses` (a dict), it also receives, for every linear layer's bias, the largest over the bias's
+    elements of the sum of |dLoss/dOutput| over every batch row and position: the total size of the terms
+    whose sum is that bias's gradient (`bias_masses`)."""
     import torch
 
     params = trainable(model)
     for p in params.values():
         p.requires_grad_(True)
         p.grad = None
-    with torch.enable_grad():
+    with torch.enable_grad(), bias_masses(model, params, masses):
         loss = torch_loss(head, torch_outputs(model, head, case), targets, model.config.num_labels)
         loss.backward()
     out = {}
@@ -165,6 +171,42 @@ def torch_grads(model, head: str, case: dict, targets: dict) -> dict[str, np.nda
     if getattr(model, "final_logits_bias", None) is not None:  # a buffer: no gradient, never trained
         out["final_logits_bias"] = np.zeros(tuple(model.final_logits_bias.shape))
     return out
+
+
+@contextlib.contextmanager
+def bias_masses(model, params: dict, masses: dict | None):
+    """While active, sum |dLoss/dOutput| of every `nn.Linear` with a bias over all but the last axis, into
+    `masses[bias name]` (the max over the bias's elements, float64), as the backward pass goes.
+
+    A bias's gradient is the sum of those terms, so its float rounding scales with their absolute sum,
+    not with the gradient: this is the yardstick of a gradient that is zero in exact arithmetic."""
+    if masses is None:
+        yield
+        return
+    import torch
+
+    names = {id(p): n for n, p in params.items()}
+    totals: dict[str, "torch.Tensor"] = {}
+
+    def on_forward(module, _inputs, output):
+        name = names.get(id(module.bias))
+        if name is None or not output.requires_grad:
+            return
+
+        def on_grad(grad):
+            term = grad.detach().abs().to(torch.float64).reshape(-1, grad.shape[-1]).sum(0)
+            totals[name] = totals[name] + term if name in totals else term
+
+        output.register_hook(on_grad)
+
+    handles = [m.register_forward_hook(on_forward) for m in model.modules()
+               if isinstance(m, torch.nn.Linear) and m.bias is not None]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        masses.update({n: float(t.max()) for n, t in totals.items()})
 
 
 # ---- Flax -----------------------------------------------------------------------------------------
@@ -268,14 +310,20 @@ def zero_gradients(gold: dict) -> tuple[set[str], float]:
     return zero, scale
 
 
-def add_grad_rows(report, col: dict, prefix: str, torch_side: dict, flax_side: dict, gold: dict) -> list[str]:
+def add_grad_rows(report, col: dict, prefix: str, torch_side: dict, flax_side: dict, gold: dict,
+                  masses: dict | None = None) -> list[str]:
     """One row per gradient, in forward order, named `{prefix}/{transformers name}`; fp32 rows also carry the
-    gold metrics. Returns the names of the gradients zero in exact arithmetic."""
+    gold metrics. A zero gradient with an entry in `masses` (`bias_masses` of the gold run) is judged with
+    it. Returns the names of the gradients zero in exact arithmetic."""
     zero, scale = zero_gradients(gold)
+    masses = masses or {}
     for name in forward_order(torch_side):
         _, group, layer = locate(name)
         m = compare(f"{prefix}/{name}", torch_side[name], flax_side[name], kind="grad", gold=gold[name])
-        verdict = (judge_at_scale if name in zero else judge_grad)(m, col["dtype"], scale, report.policy)
+        if name in zero:
+            verdict = judge_at_scale(m, col["dtype"], scale, report.policy, mass=masses.get(name, 0.0))
+        else:
+            verdict = judge_grad(m, col["dtype"], scale, report.policy)
         report.add(m, group=group, layer=layer, verdict=verdict, **col)
     return sorted(zero, key=lambda n: locate(n)[0])
 
