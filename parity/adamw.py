@@ -50,6 +50,7 @@ def flax_label(path: tuple[str, ...]) -> str:
 
 def flax_steps(model, head: str, params, inputs: dict, targets: dict, config) -> dict[str, np.ndarray]:
     """transformers name -> parameter after STEPS optax.adamw steps (float32 params)."""
+    import jax
     import optax
 
     from convert.tree import flatten, flax_to_pt, unflatten
@@ -62,19 +63,30 @@ def flax_steps(model, head: str, params, inputs: dict, targets: dict, config) ->
                                 "frozen": optax.set_to_zero()}, labels)
     state = tx.init(params)
     step = flax_value_and_grad(model, head)
+    update = jax.jit(_update_fn(tx))  # one program: eager optax dispatched ~8,700 ops (18 s on BART-base)
     for _ in range(STEPS):
         _, grads = step(params, inputs, targets)
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        params, state = update(grads, state, params)
     flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
     return flax_to_pt(unflatten(flat), config, head, tied="drop")
+
+
+def _update_fn(tx):
+    """(grads, state, params) -> (params after one step of `tx`, its new state)."""
+    import optax
+
+    def update(grads, state, params):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return update
 
 
 def torch_steps(model, head: str, case: dict, targets: dict) -> dict[str, np.ndarray]:
     """transformers name -> parameter after STEPS torch.optim.AdamW steps (two parameter groups)."""
     import torch
 
-    from parity.grads import torch_loss, torch_outputs, trainable
+    from parity.grads import host_float, torch_loss, torch_outputs, trainable
 
     named = trainable(model)
     for p in named.values():
@@ -87,7 +99,7 @@ def torch_steps(model, head: str, case: dict, targets: dict) -> dict[str, np.nda
         with torch.enable_grad():
             torch_loss(head, torch_outputs(model, head, case), targets, model.config.num_labels).backward()
         opt.step()
-    out = {n: p.detach().to(torch.float64).cpu().numpy() for n, p in named.items()}
+    out = {n: host_float(p) for n, p in named.items()}
     if getattr(model, "final_logits_bias", None) is not None:  # a buffer, untouched
-        out["final_logits_bias"] = model.final_logits_bias.detach().to(torch.float64).cpu().numpy()
+        out["final_logits_bias"] = host_float(model.final_logits_bias)
     return out

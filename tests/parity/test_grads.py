@@ -329,3 +329,17 @@ def test_max_length_gradients_follow_the_forward_dtypes(ckpt_path, monkeypatch):
     assert check.gold(check.cases_for("bfloat16")) == {"right_padding": {"g": "right_padding"}}
     assert set(check.gold(check.cases_for("float32"))) == set(cases)
     assert computed == [("float64", ["right_padding"]), ("float64", ["max_length"])]
+
+
+def test_host_float_is_exact_and_keeps_float64():
+    import torch
+
+    from parity.grads import host_float
+
+    x = torch.tensor([1.0 + 2.0**-7, -3.5e-5, 65504.0, 1e-7], dtype=torch.float64)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        t = x.to(dtype)
+        out = host_float(t)
+        assert out.dtype == np.float32
+        assert np.array_equal(out.astype(np.float64), t.to(torch.float64).numpy())
+    assert host_float(x).dtype == np.float64 and np.array_equal(host_float(x), x.numpy())
