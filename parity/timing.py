@@ -117,7 +117,11 @@ def summary_line(timings: dict) -> str:
     waited = timings.get("flax_wait_s")
     side = "" if waited is None or waited >= 0.95 * flax else \
         f" (side by side with PyTorch: the main thread waited {waited:.1f} s for it)"
+    grads = sum(v.get("grads_s", 0.0) for v in steps.values())
+    tail = f" · gradient checks (--grads, both frameworks) {grads:.1f} s" if grads > 0 else ""
+    if "seconds" in timings:
+        tail += f" · {timings['seconds']:.1f} s in all"
     return (f"PyTorch {torch_s:.1f} s (float64 gold {gold:.1f} s) · Flax {flax:.1f} s = {build:.1f} s tracing, "
             f"lowering and compiling {programs} programs ({hits} from the persistent cache) + "
             f"{max(0.0, flax - build):.1f} s running and transfers{side} · comparing "
-            f"{timings.get('compare_s', 0.0):.1f} s")
+            f"{timings.get('compare_s', 0.0):.1f} s{tail}")

@@ -343,3 +343,16 @@ def test_host_float_is_exact_and_keeps_float64():
         assert out.dtype == np.float32
         assert np.array_equal(out.astype(np.float64), t.to(torch.float64).numpy())
     assert host_float(x).dtype == np.float64 and np.array_equal(host_float(x), x.numpy())
+
+
+def test_the_time_line_counts_the_gradient_checks():
+    from parity.timing import summary_line
+
+    timings = {"seconds": 115.2, "compare_s": 1.0, "steps": {
+        "qa/float64 gold": {"torch_s": 2.8},
+        "qa/float32": {"torch_s": 0.2, "flax_s": 0.8, "grads_s": 62.0},
+        "qa/bfloat16": {"torch_s": 0.3, "flax_s": 0.7, "grads_s": 12.5}}}
+    line = summary_line(timings)
+    assert "gradient checks (--grads, both frameworks) 74.5 s" in line and line.endswith("115.2 s in all")
+    del timings["steps"]["qa/float32"]["grads_s"], timings["steps"]["qa/bfloat16"]["grads_s"]
+    assert "gradient checks" not in summary_line(timings)
