@@ -13,6 +13,9 @@ error + floor), which already scales with what the machine's kernels do). The co
   between CPU types single tensors were measured moving 2.8x and up to 0.91 of their tolerance with
   no change in the code (README, `python -m parity.cross_isa`), so no floor below the tolerance
   separates a regression from the machine there;
+- (a tensor judged by another rule in the baseline, say one recorded by an older flax-bart whose
+  gradient rules differed, is checked for newly failing only: its shares measure different bounds;
+  the diff counts these as "rule changed")
 - a whole column got worse: the geometric mean of its tensors' share ratios (columns of at least
   ``POOLED_MIN`` tensors of ``TINY_COUNT`` values or more) exceeds
   ``POOLED_FACTOR``, on any machine (measured between CPU types: 0.72 to 1.39). Machine noise
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +116,7 @@ class RegressionResult:
     fixed: list[tuple[str, str]] = field(default_factory=list)
     new: list[tuple[str, str]] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)
+    rule_changed: list[tuple[str, str]] = field(default_factory=list)  # shares not comparable
     compared: int = 0
 
     @property
@@ -158,6 +163,7 @@ class RegressionResult:
             "columns": [c.to_dict() for c in self.columns],
             "column_regressions": [c.to_dict() for c in self.column_regressions], "fixed": [list(t) for t in self.fixed],
             "new": [list(t) for t in self.new], "missing": [list(t) for t in self.missing],
+            "rule_changed": [list(t) for t in self.rule_changed],
         })
 
 
@@ -198,6 +204,9 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
                 result.fixed.append(key)
             if not (old.verdict.passed and r.verdict.passed):
                 continue
+            if rule_key(old.verdict.rule) != rule_key(r.verdict.rule):
+                result.rule_changed.append(key)
+                continue
             _judge_move(result, col.key, old, r, factor, floor)
             f_old, f_new = fraction(old.verdict), fraction(r.verdict)
             if f_old and f_new and min(old.metrics.count, r.metrics.count) >= TINY_COUNT:
@@ -206,6 +215,15 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
             result.columns.append(ColumnShift(col.key, len(logs), math.exp(sum(logs) / len(logs))))
     result.missing = [key for key in base_index if key not in cur_keys]
     return result
+
+
+_NUMBER_IN_PARENS = re.compile(r"\(\s*[-+]?[0-9][0-9.eE+-]*\s*\)")
+
+
+def rule_key(rule: str | None) -> str:
+    """A verdict's rule without the per-tensor numbers some rules print in parentheses (a zero bias
+    gradient's terms' sum): two verdicts with the same key measured their shares against the same bound."""
+    return _NUMBER_IN_PARENS.sub("()", rule or "")
 
 
 def _judge_move(result: RegressionResult, column: str, old, new, factor: float, floor: float) -> None:
@@ -265,6 +283,14 @@ def format_diff(result: RegressionResult, *, baseline_label: str = "baseline",
         if items:
             lines.append(f"{title}: {len(items)}")
             lines.extend(f"  {item}" for item in items)
+    if result.rule_changed:
+        shown = [f"{c} {n}" for c, n in result.rule_changed[:5]]
+        more = len(result.rule_changed) - len(shown)
+        lines.append(f"judged by another rule than in the baseline (checked for newly failing only; their shares "
+                     f"measure different bounds): {len(result.rule_changed)}")
+        lines.extend(f"  {item}" for item in shown)
+        if more:
+            lines.append(f"  ... and {more} more")
     if result.columns:
         lines.append("column shifts (geometric mean of share ratios): " +
                      ", ".join(f"{c.column} {format_value(c.geomean)}x" for c in result.columns))

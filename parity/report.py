@@ -293,6 +293,9 @@ def baseline_lines(report: RunReport, *, bullet: str = "", limit: int = 10) -> l
              f"{format_value(b['floor'])} of a tolerance, {b['compared']} tensors compared)."]
     if b.get("machine_line"):
         lines.append(f"{bullet}{b['machine_line'][0].upper()}{b['machine_line'][1:]}.")
+    if b.get("rule_changed"):
+        lines.append(f"{bullet}{len(b['rule_changed'])} tensors were judged by another rule in the baseline (an "
+                     "older flax-bart's): checked for newly failing only, their shares measure different bounds.")
     for column, name in b["newly_failing"][:limit]:
         lines.append(f"{bullet}newly failing: {column} `{name}`")
     for c in sorted(b["regressions"], key=lambda c: -c["current_fraction"])[:limit]:

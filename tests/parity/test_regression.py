@@ -182,3 +182,39 @@ def test_main_diff_exit_codes(tmp_path, capsys):
     assert "report.columns[0].results[0].verdict: required field is missing" in err and err.count("\n") == 1
 
     assert main_diff([str(a)]) == 2  # argparse: missing argument
+
+
+def _with_rule(rep, name, rule):
+    import dataclasses
+
+    for col in rep.columns:
+        col.results[:] = [dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, rule=rule))
+                          if r.name == name else r for r in col.results]
+    return rep
+
+
+def test_a_tensor_judged_by_another_rule_is_checked_for_failing_only():
+    """A baseline from an older flax-bart whose rule for a tensor differed: its share measured another bound
+    (the float32 gradients' multiple of k doubled), so growth is not judged; crossing the tolerance is."""
+    from parity.regression import rule_key
+
+    base = _with_rule(report(BASE), "h[1]", "an older rule")
+    grown = compare_to_baseline(base, report({**BASE, "h[1]": 0.5}))  # 10x on the same machine
+    assert grown.passed and [name for _, name in grown.rule_changed] == ["h[1]"]
+    assert not grown.regressions and "judged by another rule than in the baseline" in format_diff(grown)
+    assert grown.to_dict()["rule_changed"][0][1] == "h[1]"
+    failing = compare_to_baseline(base, report({**BASE, "h[1]": 1.5}))
+    assert not failing.passed and failing.newly_failing[0][1] == "h[1]"
+    same = compare_to_baseline(report(BASE), report({**BASE, "h[1]": 0.5}))
+    assert not same.passed and not same.rule_changed  # the same rule: growth counts as before
+    sum_rule = "zero gradient: ... + 32 ulps of its terms' absolute sum ({})"
+    assert rule_key(sum_rule.format("0.966")) == rule_key(sum_rule.format("1.2e-07")) != rule_key("other")
+    assert rule_key("x <= 4 * k") != rule_key("x <= 2 * k")
+
+
+def test_the_report_says_how_many_tensors_changed_rule():
+    from parity.report import baseline_lines
+
+    cur = report({**BASE, "h[1]": 0.5})
+    cur.baseline = {"path": "b.json", **compare_to_baseline(_with_rule(report(BASE), "h[1]", "old"), cur).to_dict()}
+    assert any("1 tensors were judged by another rule" in line for line in baseline_lines(cur))
