@@ -36,8 +36,12 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def passing_run(checkpoint, tmp_path_factory):
+    from parity import harness
+
     out = tmp_path_factory.mktemp("reports") / "gate"
-    code = main([checkpoint, *FAST, "--out", str(out), "--quiet"])
+    with pytest.MonkeyPatch.context() as mp:  # models cached by earlier tests would compile nothing here
+        mp.setattr(harness, "_MODELS", {})
+        code = main([checkpoint, *FAST, "--out", str(out), "--quiet"])
     return code, out
 
 
