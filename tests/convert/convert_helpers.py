@@ -8,7 +8,6 @@ import os
 
 import ml_dtypes
 import numpy as np
-import pytest
 
 from flax_bart.config import BartConfig
 

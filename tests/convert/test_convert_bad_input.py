@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from convert import ConversionError, convert_checkpoint, flax_to_pt, load_flax_params
+from convert import ConversionError, flax_to_pt, load_flax_params
 from convert.cli import main
 from convert.writers import CheckpointWriter
 

@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from convert import cli, load_flax_params
-from convert.rules import expected_flax_shapes, expected_pt_shapes
+from convert.rules import expected_pt_shapes
 
-from convert_helpers import DTYPES, flat, random_flax_params, read_pt_checkpoint, tiny_config, write_config, write_flax_msgpack
+from convert_helpers import DTYPES, random_flax_params, read_pt_checkpoint, tiny_config, write_config, write_flax_msgpack
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import os
 
-import numpy as np
 import pytest
 
 from convert import convert_checkpoint, flax_to_pt, load_flax_params, save_flax_params
