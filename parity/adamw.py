@@ -86,7 +86,8 @@ def torch_steps(model, head: str, case: dict, targets: dict) -> dict[str, np.nda
     """transformers name -> parameter after STEPS torch.optim.AdamW steps (two parameter groups)."""
     import torch
 
-    from parity.grads import host_float, torch_loss, torch_outputs, trainable
+    from parity.grads import torch_loss, torch_outputs, trainable
+    from parity.reference import to_numpy
 
     named = trainable(model)
     for p in named.values():
@@ -99,7 +100,7 @@ def torch_steps(model, head: str, case: dict, targets: dict) -> dict[str, np.nda
         with torch.enable_grad():
             torch_loss(head, torch_outputs(model, head, case), targets, model.config.num_labels).backward()
         opt.step()
-    out = {n: host_float(p) for n, p in named.items()}
+    out = {n: to_numpy(p) for n, p in named.items()}
     if getattr(model, "final_logits_bias", None) is not None:  # a buffer, untouched
-        out["final_logits_bias"] = host_float(model.final_logits_bias)
+        out["final_logits_bias"] = to_numpy(model.final_logits_bias)
     return out

@@ -146,23 +146,18 @@ def trainable(model) -> dict:
     return {plan.external(k): p for k, p in model.named_parameters()}
 
 
-def host_float(t) -> np.ndarray:
-    """A torch tensor as numpy, float64 if it is float64, else float32: exact for float32, bfloat16 and
-    float16, and half the memory and time of float64 (BART-base's gradients: 140M values per case)."""
-    import torch
-
-    t = t.detach()
-    return t.cpu().numpy() if t.dtype == torch.float64 else t.to(torch.float32).cpu().numpy()
-
-
 def torch_grads(model, head: str, case: dict, targets: dict,
                 masses: dict | None = None) -> dict[str, np.ndarray]:
-    """transformers name -> dLoss/dParam (numpy, `host_float`) of `model` (which keeps no gradients after).
+    """transformers name -> dLoss/dParam (numpy in the model's dtype, `parity.reference.to_numpy`: no float64
+    copy of BART-base's 140M values per case; the metrics widen in chunks) of `model` (which keeps no
+    gradients after).
 
     With `masses` (a dict), it also receives, for every linear layer's bias, the largest over the bias's
     elements of the sum of |dLoss/dOutput| over every batch row and position: the total size of the terms
     whose sum is that bias's gradient (`bias_masses`)."""
     import torch
+
+    from parity.reference import to_numpy
 
     params = trainable(model)
     for p in params.values():
@@ -176,7 +171,7 @@ def torch_grads(model, head: str, case: dict, targets: dict,
         if p.grad is None:  # not used by this head's loss (the causal LM's cross-attention): dLoss/dParam = 0
             out[name] = np.zeros(tuple(p.shape))
         else:
-            out[name] = host_float(p.grad)
+            out[name] = to_numpy(p.grad)
         p.grad = None
     if getattr(model, "final_logits_bias", None) is not None:  # a buffer: no gradient, never trained
         out["final_logits_bias"] = np.zeros(tuple(model.final_logits_bias.shape))

@@ -331,18 +331,27 @@ def test_max_length_gradients_follow_the_forward_dtypes(ckpt_path, monkeypatch):
     assert computed == [("float64", ["right_padding"]), ("float64", ["max_length"])]
 
 
-def test_host_float_is_exact_and_keeps_float64():
+def test_torch_gradients_reach_numpy_exactly_in_their_dtype(ckpt_path):
+    """No float64 copy of every gradient: each keeps the model's dtype, bit for bit (bf16 via ml_dtypes)."""
+    import ml_dtypes
     import torch
 
-    from parity.grads import host_float
+    from parity.grads import torch_grads, torch_loss, torch_outputs
+    from parity.reference import build_reference
 
-    x = torch.tensor([1.0 + 2.0**-7, -3.5e-5, 65504.0, 1e-7], dtype=torch.float64)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        t = x.to(dtype)
-        out = host_float(t)
-        assert out.dtype == np.float32
-        assert np.array_equal(out.astype(np.float64), t.to(torch.float64).numpy())
-    assert host_float(x).dtype == np.float64 and np.array_equal(host_float(x), x.numpy())
+    ckpt = open_checkpoint(ckpt_path)
+    ids = np.random.default_rng(0).integers(4, ckpt.config.vocab_size, (2, 7))
+    case = {"input_ids": ids, "attention_mask": np.ones((2, 7), np.int32), "decoder_input_ids": ids}
+    targets = draw_targets(ckpt.config, "qa", case, 0)
+    for dtype, expect in ((torch.float64, np.float64), (torch.float32, np.float32),
+                          (torch.bfloat16, ml_dtypes.bfloat16), (torch.float16, np.float16)):
+        model = build_reference(ckpt.config, "qa", ckpt.reference_weights("qa", 0), dtype=dtype)
+        grads = torch_grads(model, "qa", case, targets)
+        assert {g.dtype for g in grads.values()} == {np.dtype(expect)}, dtype
+        with torch.enable_grad():  # the same backward again, read straight from autograd
+            torch_loss("qa", torch_outputs(model, "qa", case), targets, model.config.num_labels).backward()
+        again = model.qa_outputs.weight.grad.to(torch.float64).numpy()
+        assert np.array_equal(grads["qa_outputs.weight"].astype(np.float64), again), dtype
 
 
 def test_the_time_line_counts_the_gradient_checks():
