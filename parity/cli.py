@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "by default the gate compiles each uncached stack as one lax.scan")
     p.add_argument("--compile-mode", choices=("auto", "fast", "optimized"), default="auto",
                    help="XLA's backend optimisation of the Flax programs: auto (default: off for shape buckets under "
-                        "20 GFLOP a forward pass, 2 in float16, i.e. test-sized models, where compiling costs more "
-                        "than running; on above), fast (off everywhere: flax_bart.FAST_COMPILE), optimized (XLA's "
-                        "default everywhere)")
+                        "200 GFLOP a forward pass, i.e. the ordinary inputs of models up to about BART-base size, "
+                        "where compiling costs more than running; on above, e.g. BART-base's max_length case), "
+                        "fast (off everywhere: flax_bart.FAST_COMPILE), optimized (XLA's default everywhere)")
     p.add_argument("--flax-jobs", type=int, default=None, metavar="N",
                    help="Flax runs (the dtypes of a head) traced, compiled and run side by side in N threads while "
                         "PyTorch runs (default: the CPU cores, at most 4, where compiling dominates: a test-sized "

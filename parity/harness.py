@@ -317,8 +317,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         "layer_stacks": "one lax.scan per uncached stack" if opts.scan_layers else "unrolled",
         "max_length_dtypes": "all" if opts.max_length_dtypes is None else ",".join(opts.max_length_dtypes),
         "xla_compile": {"auto": "auto: backend optimisation off (flax_bart.FAST_COMPILE) for shape buckets under " +
-                                ", ".join(f"{v / 1e9:g} GFLOP ({k})" for k, v in FAST_BELOW_FLOPS.items()) +
-                                f" a forward pass (at least {MIN_TOKENS} tokens counted), on above",
+                                f"{FAST_BELOW_FLOPS / 1e9:g} GFLOP a forward pass (at least {MIN_TOKENS} tokens counted), on above",
                         "fast": "backend optimisation off (flax_bart.FAST_COMPILE) for every program",
                         "optimized": "XLA's default optimisation for every program"}[opts.compile_mode],
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,

@@ -41,25 +41,31 @@ class Options:
 
 
 COMPILE_MODES = ("auto", "fast", "optimized")
-# auto: a bucket whose forward pass costs less compiles with flax_bart.FAST_COMPILE (float16 has the
-# lower bar: XLA:CPU emits its float16 arithmetic through LLVM, which then runs unvectorised)
-FAST_BELOW_FLOPS = {"float32": 20e9, "bfloat16": 20e9, "float16": 2e9}
+# auto: a bucket whose forward pass costs less compiles with flax_bart.FAST_COMPILE (every dtype alike)
+FAST_BELOW_FLOPS = 2e11
 MIN_TOKENS = 256   # a bucket counts at least this many tokens: its decoding reads every weight at every step
+COMPILE_BOUND_FLOPS = 2e10   # `compile_bound`: a test-sized model (about 39M parameters at MIN_TOKENS)
 
 
-def fast_compile(mode: str, n_params: int, tokens: int, dtype: str = "float32") -> bool:
+def _bucket_flops(n_params: int, tokens: int) -> float:
+    return 2.0 * n_params * max(tokens, MIN_TOKENS)
+
+
+def fast_compile(mode: str, n_params: int, tokens: int) -> bool:
     """Whether a shape bucket's programs compile with XLA's backend optimisation off (flax_bart.FAST_COMPILE).
-    Each program of the gate runs once (forward, greedy) or a few times (the cached steps), so for a small
-    model compiling is nearly all of its cost. "auto" turns it on below FAST_BELOW_FLOPS[dtype] (about
-    2 x parameters x tokens, tokens being rows x (encoder + decoder length), at least MIN_TOKENS):
-    test-sized models. Measured on this project's AVX2 CPU (`python -m benchmarks.gate_bench`), a tiny
-    config's 4 x 3 gate went from 106 s to 76 s cold; on BART-base the running lost what the compiling
-    saved or more (lm bfloat16, default inputs: 5.6 s compiling + 4.4 s running against 7.5 s + 3.0 s;
-    causal float16: 71.6 s running against 15.0 s, and 33.9 s against 18.8 s when only its greedy
-    buckets of 1-token prompts compiled fast), so BART-size buckets compile fully optimised."""
+    Each program of the gate runs once (forward, greedy) or a few times (the cached steps), so what counts
+    is compiling plus one run. "auto" turns it on below FAST_BELOW_FLOPS (about 2 x parameters x tokens,
+    tokens being rows x (encoder + decoder length), at least MIN_TOKENS). Measured cold, side by side on
+    BART-base (2-core Intel Xeon with AVX-512 and AMX, natively and capped to AVX2 with `--xla_cpu_max_isa`;
+    README, "Gate speed"): compiling fast roughly halves each program's compile time and costs 1.3-2x
+    its run time, which pays for the gate's ordinary buckets (0.7-1.1e11 here: 1-15 rows of 12-32
+    tokens; most of all for the greedy and cached-decoding loops, in every dtype) but not for the
+    1 x 1024 `max_length` bucket (2.9-5.7e11): `qa`/`cls` float32 took 1.0-1.5 s longer with it fast.
+    An earlier rule (float16 only below 2e9) dated from the float16 LM head that ran element by element in
+    the decoding loop (fixed since, `flax_bart/search.py`)."""
     if mode != "auto":
         return mode == "fast"
-    return 2.0 * n_params * max(tokens, MIN_TOKENS) < FAST_BELOW_FLOPS.get(dtype, FAST_BELOW_FLOPS["float16"])
+    return _bucket_flops(n_params, tokens) < FAST_BELOW_FLOPS
 
 
 def count_params(tree) -> int:
@@ -93,8 +99,8 @@ def flax_jobs(requested: int | None, mesh: bool, on_cpu: bool = True, n_params: 
 
 def compile_bound(n_params: int) -> bool:
     """Whether a model this size is test-sized: its gate programs cost more to compile than to run
-    (the same bar as `fast_compile` at MIN_TOKENS tokens: about 39M parameters)."""
-    return fast_compile("auto", n_params, MIN_TOKENS)
+    (below COMPILE_BOUND_FLOPS at MIN_TOKENS tokens: about 39M parameters)."""
+    return _bucket_flops(n_params, MIN_TOKENS) < COMPILE_BOUND_FLOPS
 
 
 def cases_for_dtype(cases: dict, dtype: str, opts: Options) -> dict:

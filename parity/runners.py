@@ -129,8 +129,7 @@ class FlaxRunner:
         dec = 0 if self.head == "causal" else case["decoder_input_ids"].shape[1]
         if self._n_params is None:   # counted once per runner, not per bucket
             self._n_params = count_params(self.params)
-        dtype = np.dtype(self.model.dtype).name
-        if not fast_compile("auto", self._n_params, ids.shape[0] * (ids.shape[1] + dec), dtype):
+        if not fast_compile("auto", self._n_params, ids.shape[0] * (ids.shape[1] + dec)):
             return self, "optimized"
         return FlaxRunner(self.fast_model, self.params, self.head, self.config), "fast"
 
