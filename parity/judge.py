@@ -14,7 +14,7 @@ import numpy as np
 from parity.collect import case_masks, forward_specs, pick
 from parity.metrics import compare
 from parity.runners import TorchRunner, greedy_settings
-from parity.tolerance import LOW_PRECISION, Verdict
+from parity.tolerance import LOW_PRECISION, Verdict, judge
 
 GREEDY_NOTE = ("Greedy token ids in float16/bfloat16 are compared while the float64 gold run's top-1/top-2 logit "
                "margin exceeds 2 * (k * PyTorch's own logit error + floor); past a near-tie both frameworks may "
@@ -50,11 +50,34 @@ def _last_hidden(forward: dict, head: str) -> np.ndarray:
     return forward["decoder_hidden_states"][-1]
 
 
-def _add_forward(report, col, head, cname, case, cfg, t, f, g):
-    for spec in forward_specs(cfg, head, f"{head}/{cname}/", case):
-        m = compare(spec.name, pick(t, spec.key), pick(f, spec.key), mask=spec.mask, kind=spec.kind,
-                    gold=None if g is None else pick(g, spec.key))
-        report.add(m, group=spec.group, layer=spec.layer, **col)
+def _forward_metrics(head, cname, case, cfg, t, f, g) -> list:
+    """(spec, metrics) of every compared tensor of one case's forward pass, in forward order."""
+    return [(spec, compare(spec.name, pick(t, spec.key), pick(f, spec.key), mask=spec.mask, kind=spec.kind,
+                           gold=None if g is None else pick(g, spec.key)))
+            for spec in forward_specs(cfg, head, f"{head}/{cname}/", case)]
+
+
+def pooled_torch_errors(per_case: list[list]) -> dict:
+    """spec.key -> PyTorch's largest max |torch - gold| for that output over all cases (finite ones).
+    Rule 5 compares two maxima: over a handful of elements (a length-1 case's 3 logits, a classifier's
+    9) the max is one draw, and the ratio of two such draws is heavy-tailed (BART-base float16, 6 input
+    seeds: Flax's error up to 2.1x PyTorch's on tensors under 16 elements, 1.75x at 1,000 and more).
+    A small tensor is judged against PyTorch's error on the same output over every case of the head,
+    the same computation measured on more elements (parity.tolerance.POOL_BELOW)."""
+    pooled: dict = {}
+    for rows in per_case:
+        for spec, m in rows:
+            err = m.gold_err_ref_max
+            if m.has_gold and err is not None and math.isfinite(err):
+                pooled[spec.key] = max(pooled.get(spec.key, 0.0), float(err))
+    return pooled
+
+
+def _add_forward(report, col, rows, pooled, policy):
+    low = col["dtype"] in LOW_PRECISION
+    for spec, m in rows:
+        verdict = judge(m, col["dtype"], policy, pooled.get(spec.key)) if low and m.has_gold else None
+        report.add(m, group=spec.group, layer=spec.layer, verdict=verdict, **col)
 
 
 def _stack(steps: list[dict], what: str):
@@ -143,9 +166,12 @@ def _devices(col: dict) -> dict:
 
 def judge_head(report, col, head, cases, cfg, t_all, f_all, g_all, opts):
     dtype = col["dtype"]
-    for cname, case in cases.items():
-        g = None if g_all is None else g_all[cname]["forward"]
-        _add_forward(report, col, head, cname, case, cfg, t_all[cname]["forward"], f_all[cname]["forward"], g)
+    per_case = [_forward_metrics(head, cname, case, cfg, t_all[cname]["forward"], f_all[cname]["forward"],
+                                 None if g_all is None else g_all[cname]["forward"])
+                for cname, case in cases.items()]
+    pooled = pooled_torch_errors(per_case)
+    for rows in per_case:
+        _add_forward(report, col, rows, pooled, opts.policy)
     for cname, case in cases.items():
         if "steps" in t_all[cname]:
             _add_steps(report, col, head, cname, case, t_all[cname], f_all[cname],

@@ -171,3 +171,37 @@ def test_float32_gradients_get_the_forward_fallbacks_multiple_of_k():
         verdict = judge_grad(m, "float32", 0.0)
         assert verdict.passed is passed, (factor, verdict)
         assert "4 * k" in verdict.rule
+
+
+def test_a_small_tensor_takes_pytorchs_error_over_every_case_of_its_head():
+    from parity.tolerance import POOL_BELOW
+
+    m = _lowp(0.01, 0.03)                      # 4 elements, Flax's error 3x PyTorch's: a single draw each
+    assert not judge(m, "float16").passed
+    v = judge(m, "float16", pooled_err_ref=0.02)   # the same output's PyTorch error over the head's cases
+    assert v.passed and v.tolerance == pytest.approx(2 * 0.02 + 2.0**-10) and "every case" in v.rule
+    # never tighter than the tensor's own yardstick, and a real fault still fails
+    assert judge(m, "float16", pooled_err_ref=0.001).tolerance == pytest.approx(2 * 0.01 + 2.0**-10)
+    assert not judge(_lowp(0.01, 0.2), "float16", pooled_err_ref=0.02).passed
+    # a tensor of POOL_BELOW elements or more keeps its own max, and float32 has no pooling
+    big_gold = np.tile(GOLD, POOL_BELOW // 4)
+    ref, cand = big_gold.copy(), big_gold.copy()
+    ref[0] += 0.01
+    cand[1] += 0.03
+    big = compare("h", ref, cand, gold=big_gold)
+    assert big.count == POOL_BELOW and not judge(big, "float16", pooled_err_ref=0.02).passed
+    assert judge(_fp32(1e-4), "float32", pooled_err_ref=1.0).metric == "max_rel_err"
+
+
+def test_pooled_torch_errors_take_the_largest_finite_error_per_output():
+    from types import SimpleNamespace
+
+    from parity.judge import pooled_torch_errors
+
+    def row(key, err):
+        return SimpleNamespace(key=key), SimpleNamespace(has_gold=True, gold_err_ref_max=err)
+
+    no_gold = (SimpleNamespace(key=("logits",)), SimpleNamespace(has_gold=False, gold_err_ref_max=None))
+    per_case = [[row(("logits",), 1e-3), row(("hidden", 1), 5e-3)],
+                [row(("logits",), 4e-3), row(("hidden", 1), float("nan")), no_gold]]
+    assert pooled_torch_errors(per_case) == {("logits",): 4e-3, ("hidden", 1): 5e-3}
