@@ -8,7 +8,9 @@ same chains: each elementwise function in float32 and rounded, each product with
 float32 (PyTorch keeps a Python scalar in float32 for a 16-bit tensor; jax would first round the
 constant to the tensor's dtype). jax's own functions in bf16/fp16 rounded after every internal op,
 which on BART-base's float16 decoder put Flax's error at up to 2x PyTorch's distance from float64.
-In float32 and float64 nothing changes.
+In float32 and float64 the one-kernel activations compute as jax's functions do; the chains follow
+transformers' formulas there too (`gelu_pytorch_tanh` as x * sigmoid(2u), the same function without
+1 + tanh(u)'s cancellation).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import math
 import jax
 import jax.numpy as jnp
 
-_LOW = (jnp.bfloat16, jnp.float16)
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def _once(fn):
     """`fn` computed in float32 and rounded once to a 16-bit input's dtype (one PyTorch kernel)."""
 
     def act(x):
-        if x.dtype in _LOW:
+        if x.dtype in LOW_PRECISION:
             return fn(x.astype(jnp.float32)).astype(x.dtype)
         return fn(x)
 

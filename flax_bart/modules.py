@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from flax_bart.activations import get_activation
+from flax_bart.activations import LOW_PRECISION, get_activation
 from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
 from flax_bart.layer_scan import can_scan, scan_layers
@@ -58,8 +58,6 @@ class Embed(nn.Module):
         table = jnp.asarray(self.embedding, self.dtype)
         return jnp.einsum("btd,vd->btv", x_BxTxD, table, precision=precision)
 
-
-LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 class Dense(nn.Module):

@@ -74,10 +74,9 @@ def pooled_torch_errors(per_case: list[list]) -> dict:
 
 
 def _add_forward(report, col, rows, pooled, policy):
-    low = col["dtype"] in LOW_PRECISION
-    for spec, m in rows:
-        verdict = judge(m, col["dtype"], policy, pooled.get(spec.key)) if low and m.has_gold else None
-        report.add(m, group=spec.group, layer=spec.layer, verdict=verdict, **col)
+    for spec, m in rows:   # judge uses the pooled error only in rule 5 (low precision, small tensors)
+        report.add(m, group=spec.group, layer=spec.layer, verdict=judge(m, col["dtype"], policy, pooled.get(spec.key)),
+                   **col)
 
 
 def _stack(steps: list[dict], what: str):

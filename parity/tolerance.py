@@ -92,6 +92,7 @@ DEFAULT_RTOL = 1e-5
 DEFAULT_K = 2.0
 # Low-precision floor in units of MACHINE_EPS[dtype] * RMS(gold).
 DEFAULT_FLOOR_ULPS: Mapping[str, float] = {"float16": 1.0, "bfloat16": 1.0}
+POOL_BELOW = 64          # rule 5: a tensor of fewer elements takes PyTorch's error over every case of the head
 FP32_K_FACTOR = 4.0      # rule 4's gold fallback: FP32_K_FACTOR x k x PyTorch's error ...
 FP32_FLOOR_ULPS = 4.0    # ... plus this floor in units of eps(float32) * RMS(gold)
 ZERO_GRAD_RATIO = 1e-8
@@ -100,7 +101,6 @@ GRAD_K_FACTOR = 2.0      # low-precision gradients: GRAD_K_FACTOR x k ...
 GRAD_FLOOR_ULPS = 8.0    # ... and this floor in ULPs at the gradient's RMS (rule 6) ...
 GRAD_SCALE_FRACTION = 1e-3   # ... but at least at this fraction of the RMS of all gradients of the loss
 PARAM_RTOL_FACTOR = 10.0
-POOL_BELOW = 64          # rule 5: a tensor of fewer elements takes PyTorch's error over every case of the head
 GRAD_RTOL_FACTOR = 4.0   # float32 gradients: max |flax - torch| / RMS(torch) <= GRAD_RTOL_FACTOR x rtol (rule 6)
 
 _ALIASES = {
