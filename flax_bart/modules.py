@@ -202,13 +202,14 @@ class BartAttention(nn.Module):
             # all absent keeps the minimum (finite: no NaN to leak into later layers as 0 x NaN).
             absent_Bx1x1xS = absent_Bx1x1xS & jnp.any(~absent_Bx1x1xS, axis=-1, keepdims=True)
             bias_Bx1xTxS = jnp.where(absent_Bx1x1xS, -jnp.inf, bias_Bx1xTxS).astype(self.dtype)
-        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, k, precision=self.precision,
-                                    preferred_element_type=jnp.float32)
+        scores_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
+                                    precision=self.precision, preferred_element_type=jnp.float32)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS + bias_Bx1xTxS.astype(jnp.float32), axis=-1).astype(self.dtype)
 
         def explicit():
             dropped = nn.Dropout(rate=self.config.attention_dropout)(probs_BxHxTxS, deterministic=deterministic)
-            return jnp.einsum("bhts,bshk->bthk", dropped, v, precision=self.precision), dropped
+            return jnp.einsum("bhts,bhsk->bhtk", dropped, v.transpose(0, 2, 1, 3),
+                              precision=self.precision).transpose(0, 2, 1, 3), dropped
 
         # flax_bart.attention_kernels: a fused kernel where it serves; the weights (returned for
         # output_attentions) stay the explicit ones, and XLA drops them when nobody reads them.
