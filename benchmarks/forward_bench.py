@@ -21,6 +21,7 @@ FULL_MATRIX = [
     # (shape, head, dtype, batch, length)
     *[("base", h, d, 4, 256) for h in ("qa", "cls", "lm") for d in ("float32", "bfloat16")],
     ("base", "qa", "float32", 1, 128),
+    ("base", "qa", "float32", 1, 1024),   # one long sequence: the query-blocked attention on CPU
     ("large", "qa", "float32", 4, 256),
     ("large", "qa", "bfloat16", 4, 256),
 ]

