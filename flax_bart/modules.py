@@ -30,8 +30,9 @@ POSITION_OFFSET = 2
 ABSENT = -1   # attention mask value of a position outside the sequence (padding to a shared shape)
 LAYER_NORM_EPS = 1e-5
 # On CPU, the explicit attention of more than QUERY_BLOCK queries runs block by block of queries
-# (`_blocked_attention`): each block's scores stay small enough for the caches, which made a BART-base
-# forward of 1 x 1024 tokens 26% faster on a 2-core Xeon (1435 -> 1060 ms), with the same result per row.
+# (`_blocked_attention`), the same computation per row. XLA:CPU ran the blocks' smaller products and
+# softmaxes faster than the whole sequence's: a BART-base forward of 1 x 1024 tokens took 1060 ms
+# instead of 1435 on a 2-core Xeon (AVX-512). Why it is faster was not profiled.
 QUERY_BLOCK = 256
 
 
