@@ -3,7 +3,10 @@
 One machine stands in for two CPU types: the second run caps XLA, ATen, oneDNN and MKL at the tier
 below this CPU's own (`parity.machine.restricted_isa_env`; AVX2 on an AVX-512 machine, AVX on an
 AVX2-only one), in a child process. Each run is then compared against the other as its baseline, and
-both against the committed demo baseline, with the regression rule the gate uses. The figures
+both against the committed demo baseline, with the regression rule the gate uses. The cap does not
+reach XLA:CPU's matrix products: YNNPACK and Eigen pick their kernels from the CPU at run time, so on
+an AVX-512 machine the capped run still multiplies with AVX-512 kernels on the XLA side (README,
+"Machine fingerprint"); only XLA's generated code and PyTorch run at the lower tier. The figures
 (how far each tensor's share of its tolerance moved) are what `CROSS_MACHINE_FLOOR` is chosen from.
 
 Writes OUT/summary.json and OUT/summary.md; exit 0 when every comparison passes, 1 otherwise.
