@@ -55,37 +55,29 @@ def test_blocked_attention_matches_whole_sequence(enc, dec, monkeypatch):
     assert blocked["encoder_attentions"][0].shape == (2, 2, enc, enc)   # the padded queries cut off
 
 
-def test_blocked_attention_gradients_match():
+def test_blocked_attention_gradients_match(monkeypatch):
     model = FlaxBartForConditionalGeneration(BartConfig(**CFG), seed=1)
     ids, mask, dec_ids = _inputs(1, 300, 20, seed=1)
 
-    def grads(block):
-        saved = modules.QUERY_BLOCK
-        modules.QUERY_BLOCK = block
-        try:
-            model._compiled.clear()
+    def loss(p):
+        return jnp.sum(model(ids, attention_mask=mask, decoder_input_ids=dec_ids, params=p).logits ** 2)
 
-            def loss(p):
-                return jnp.sum(model(ids, attention_mask=mask, decoder_input_ids=dec_ids, params=p).logits ** 2)
-            return jax.grad(loss)(model.params)
-        finally:
-            modules.QUERY_BLOCK = saved
+    def grads(block):
+        monkeypatch.setattr(modules, "QUERY_BLOCK", block)
+        model._compiled.clear()
+        return jax.grad(loss)(model.params)
 
     g_blocked, g_whole = grads(128), grads(10 ** 6)
     for a, b in zip(jax.tree_util.tree_leaves(g_blocked), jax.tree_util.tree_leaves(g_whole)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_blocked_attention_helper_cuts_padding_and_keeps_rows():
+def test_blocked_attention_helper_cuts_padding_and_keeps_rows(monkeypatch):
     rng = np.random.default_rng(3)
     q, k, v = (jnp.asarray(rng.standard_normal((2, 3, n, 8), np.float32)) for n in (130, 50, 50))
     bias = jnp.asarray(np.where(rng.random((2, 1, 130, 50)) < 0.2, -1e30, 0.0).astype(np.float32))
-    saved = modules.QUERY_BLOCK
-    modules.QUERY_BLOCK = 64
-    try:
-        values, probs = modules._blocked_attention(q, k, v, bias, jnp.float32, None)
-    finally:
-        modules.QUERY_BLOCK = saved
+    monkeypatch.setattr(modules, "QUERY_BLOCK", 64)
+    values, probs = modules._blocked_attention(q, k, v, bias, jnp.float32, None)
     want_probs = modules._probs(q, k, bias, jnp.float32, None)
     assert values.shape == (2, 130, 3, 8) and probs.shape == (2, 3, 130, 50)
     np.testing.assert_allclose(probs, want_probs, rtol=0, atol=1e-7)
