@@ -7,13 +7,16 @@ included), the median of several calls after warm-up (the two sides interleaved,
 other processes hits both alike; CPU seconds per call are reported too), and flax's first call
 (compile + run) in a fresh process. Also checks that both sides produced the same token ids.
 
-It also measures the floor of any exact fp32 greedy decoding on this machine: the encoder pass (the
+`--dtype bfloat16` runs both sides in bfloat16 (flax_bart's params and compute, PyTorch's model cast).
+
+It also measures the floor of any exact greedy decoding in that dtype on this machine: the encoder pass (the
 faster of the two frameworks, measured alone), plus, for each new token, one read of the weights a
 decoding step must touch (decoder weights except the cross-attention K/V projections, LM head) and
 of the cached cross-attention K/V, at the memory bandwidth XLA reaches streaming an array of that
 size. `torch median / floor` is the best ratio any implementation could reach against this PyTorch.
 
-    python -m benchmarks.generate_bench [--quick] [--repeats N] [--out reports/bench/generate.json]
+    python -m benchmarks.generate_bench [--quick] [--repeats N] [--dtype float32|bfloat16]
+                                        [--out reports/bench/generate.json]
 """
 
 from __future__ import annotations
@@ -32,8 +35,13 @@ FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
 
 
-def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: int, torch_threads: int = 2) -> dict:
+DTYPES = ("float32", "bfloat16")
+
+
+def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: int, torch_threads: int = 2,
+        dtype: str = "float32") -> dict:
     import jax
+    import jax.numpy as jnp
     import torch
     import transformers
 
@@ -45,8 +53,11 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
     torch.manual_seed(0)
     tmodel = transformers.BartForConditionalGeneration(transformers.BartConfig(**cfg_kwargs)).eval()
     config = BartConfig(**cfg_kwargs)
-    params = jax.block_until_ready(jax.device_put(pt_to_flax(tmodel.state_dict(), config, head="lm")))
-    model = FlaxBartForConditionalGeneration(config, _do_init=False)
+    params = pt_to_flax(tmodel.state_dict(), config, head="lm")   # the float32 weights, before any cast
+    model = FlaxBartForConditionalGeneration(config, dtype=getattr(jnp, dtype), _do_init=False)
+    if dtype == "bfloat16":
+        params, tmodel = model.to_bf16(params), tmodel.to(torch.bfloat16)
+    params = jax.block_until_ready(jax.device_put(params))
 
     rng = np.random.default_rng(0)
     ids = rng.integers(4, config.vocab_size, size=(batch, source_length)).astype(np.int32)
@@ -87,7 +98,7 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
     floor["best_possible_speedup"] = torch_t["median_s"] / floor["floor_s"]
     floor["share_of_floor_reached"] = floor["floor_s"] / flax_t["median_s"]
     return {
-        "case": dict(shape=shape, batch=batch, source_length=source_length, new_tokens=new_tokens, dtype="float32",
+        "case": dict(shape=shape, batch=batch, source_length=source_length, new_tokens=new_tokens, dtype=dtype,
                      decoding="greedy", repeats=repeats, torch_threads=torch_threads),
         "flax": dict(first_call_s=first_call_s, tokens_per_s=flax_tps, **flax_t),
         "transformers": dict(tokens_per_s=torch_tps, **torch_t),
@@ -124,7 +135,8 @@ def decoding_floor(model, params, tmodel, ids, mask, new_tokens: int, repeats: i
                   or k.endswith("shared/embedding")
                   or k.startswith("lm_head/") or k == "final_logits_bias")
     cfg = model.config
-    cross_kv = 2 * cfg.decoder_layers * ids.shape[0] * ids.shape[1] * cfg.d_model * 4
+    itemsize = jnp.dtype(model.dtype).itemsize   # the cached cross-attention K/V are in the compute dtype
+    cross_kv = 2 * cfg.decoder_layers * ids.shape[0] * ids.shape[1] * cfg.d_model * itemsize
     step_bytes = weights + cross_kv
     block = jnp.ones((step_bytes // 4,), jnp.float32)
     read = jax.jit(lambda x: x.sum())
@@ -140,7 +152,7 @@ def render(result: dict) -> str:
     c = result["case"]
     return "\n".join([
         f"greedy generate, BART-{c['shape']}, batch {c['batch']}, source {c['source_length']}, "
-        f"{c['new_tokens']} new tokens, fp32, torch threads {c['torch_threads']}, host allocator "
+        f"{c['new_tokens']} new tokens, {c['dtype']}, torch threads {c['torch_threads']}, host allocator "
         f"{result['environment']['host_allocator']}",
         "| implementation | median s | fastest s | tokens/s (median) | median CPU s | first call s |",
         "|---|---|---|---|---|---|",
@@ -152,7 +164,7 @@ def render(result: dict) -> str:
         f"{result['speedup_best']:.2f} from the fastest calls (target >= 3); "
         f"first call {result['first_call_s']:.2f} s (target <= 5); same token ids: {result['tokens_equal']}; "
         f"load average {result['load_average_1min']['start']:.1f} -> {result['load_average_1min']['end']:.1f}",
-        f"floor of exact fp32 greedy decoding here: {fl['floor_s']:.3f} s = encoder {min(fl['encoder_s'].values()):.3f} s "
+        f"floor of exact {c['dtype']} greedy decoding here: {fl['floor_s']:.3f} s = encoder {min(fl['encoder_s'].values()):.3f} s "
         f"(flax {fl['encoder_s']['flax']:.3f}, transformers {fl['encoder_s']['transformers']:.3f}) + "
         f"{c['new_tokens']} x {fl['step_bytes'] / 1e6:.0f} MB at {fl['bandwidth_gb_s']:.1f} GB/s; best possible "
         f"speedup {fl['best_possible_speedup']:.2f}; flax_bart reaches {100 * fl['share_of_floor_reached']:.0f}% "
@@ -164,6 +176,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.generate_bench")
     p.add_argument("--quick", action="store_true", help="tiny model: a smoke run, not a measurement")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="both sides' parameter and compute dtype")
     p.add_argument("--out", default="reports/bench/generate.json")
     add_allocator_flag(p)
     args = p.parse_args(argv)
@@ -171,7 +184,7 @@ def main(argv=None) -> int:
     case = dict(QUICK if args.quick else FULL)
     if args.repeats is not None:
         case["repeats"] = args.repeats
-    result = run(**case)
+    result = run(**case, dtype=args.dtype)
     result["quick"] = args.quick
     result["environment"] = environment()
     write_json(args.out, result)

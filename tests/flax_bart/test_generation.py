@@ -176,13 +176,15 @@ def test_causal_lm_generates_after_its_prompt():
     np.testing.assert_array_equal(seqs[:, :4], ids)
 
 
-def test_bench_quick_mode_writes_valid_json(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_quick_mode_writes_valid_json(tmp_path, dtype):
     out = tmp_path / "generate.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.generate_bench", "--quick", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.generate_bench", "--quick", "--dtype", dtype,
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["quick"] is True and result["tokens_equal"] is True
+    assert result["case"]["dtype"] == dtype and f"new tokens, {dtype}," in proc.stdout
     for side in ("flax", "transformers"):
         assert result[side]["tokens_per_s"] > 0 and len(result[side]["samples_s"]) == result["case"]["repeats"]
     assert result["speedup"] > 0 and result["first_call_s"] > 0
