@@ -205,7 +205,14 @@ class BartAttention(nn.Module):
             absent_Bx1x1xS = unfilled_1x1x1xS if absent_Bx1x1xS is None else absent_Bx1x1xS | unfilled_1x1x1xS
 
         q = q * jnp.asarray(head_dim**-0.5, self.dtype)
-        k, v = k.astype(self.dtype), v.astype(self.dtype)
+        dropout_active = not deterministic and self.config.attention_dropout > 0
+        kernel = choose_kernel(self.attention_impl, self.dtype, head_dim, dropout_active=dropout_active)
+        if not (self.is_cross and kernel is None and k.dtype == jnp.float32 and jnp.dtype(self.dtype) in LOW_PRECISION):
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
+        # else: cached cross-attention K/V that `generate` widened to float32 once, before its decoding loop
+        # (flax_bart.search). They hold bf16/fp16 values, and the explicit products below accumulate in
+        # float32 either way, so the numbers are the same; XLA:CPU would otherwise widen them again at
+        # every step (a fifth of a BART-base bf16 step).
         bias_Bx1xTxS = jnp.where(mask, 0.0, jnp.finfo(self.dtype).min).astype(self.dtype)
         if absent_Bx1x1xS is not None:
             # A masked key gets the dtype's minimum, so a row with no attended key attends uniformly
@@ -217,7 +224,6 @@ class BartAttention(nn.Module):
         # Heads first, (B, H, T, K): XLA:CPU runs these products ~4x faster than the same contraction
         # over (B, T, H, K) operands (one BART-base attention of 4 x 256 tokens: 25.9 -> 6.1 ms).
         q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
-        dropout_active = not deterministic and self.config.attention_dropout > 0
         blocked = None
         if t > QUERY_BLOCK and not dropout_active and jax.default_backend() == "cpu":
             blocked, probs_BxHxTxS = _blocked_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS,
@@ -233,7 +239,6 @@ class BartAttention(nn.Module):
 
         # flax_bart.attention_kernels: a fused kernel where it serves; the weights (returned for
         # output_attentions) stay the explicit ones, and XLA drops them when nobody reads them.
-        kernel = choose_kernel(self.attention_impl, self.dtype, head_dim, dropout_active=dropout_active)
         if kernel is None:
             out, dropped = explicit()
         else:

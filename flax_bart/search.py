@@ -151,11 +151,15 @@ def _lm_head(module, params, seq2seq: bool):
 _CROSS_LAYOUT = {"cached_key": (0, 2, 3, 1), "cached_value": (0, 2, 1, 3)}
 
 
-def _split_cross(cache):
-    """(self-attention part, cross-attention part in the dots' layouts) of a cache tree."""
+def _split_cross(cache, widen: bool = False):
+    """(self-attention part, cross-attention part in the dots' layouts) of a cache tree. `widen`: the
+    cross-attention part in float32 (bf16/fp16 values, exactly): XLA:CPU computes the attention products
+    of a bf16/fp16 model in float32 and, given bf16 K/V, widened all of them at every decoding step."""
     flat = traverse_util.flatten_dict(unfreeze(cache))
     own = {k: v for k, v in flat.items() if "encoder_attn" not in k}
     cross = {k: jnp.transpose(v, _CROSS_LAYOUT[k[-1]]) for k, v in flat.items() if "encoder_attn" in k}
+    if widen:
+        cross = {k: v.astype(jnp.float32) for k, v in cross.items()}
     return traverse_util.unflatten_dict(own), cross
 
 
@@ -200,7 +204,9 @@ def make_program(module, plan: SearchPlan, on_trace: Callable[[], None], compile
             enc_BxSxD = _encode(module, params, arrays["input_ids"], arrays["attention_mask"])
             cache = _init_cache(module, params, True, b, cache_len, enc_BxSxD, arrays["attention_mask"])
             cache = _map_cache(cache, lambda x: jnp.repeat(x, e, axis=0), self_attn_only=False)
-            cache, cross = _split_cross(cache)
+            widen = jax.default_backend() == "cpu" and jnp.dtype(module.dtype) in (
+                jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+            cache, cross = _split_cross(cache, widen)
             enc, enc_mask = jnp.repeat(enc_BxSxD, e, axis=0), jnp.repeat(arrays["attention_mask"], e, axis=0)
         else:
             cache = _init_cache(module, params, False, r, cache_len)

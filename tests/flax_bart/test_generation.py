@@ -217,3 +217,38 @@ def test_decoding_lm_head_equals_exact_logits(dtype, rows):
     per_term = 2.0 ** -8 if dtype == "bfloat16" else 2.0 ** -22
     tol = 2 * ulp * np.abs(want) + per_term * (np.abs(q(h)) @ np.abs(q(table)).T)
     assert np.all(np.abs(got - want) <= tol), float(np.max(np.abs(got - want) / tol))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_cross_kv_widened_for_the_loop_changes_no_number(monkeypatch, dtype, num_beams):
+    # generate() hands a bf16/fp16 model's cached cross-attention K/V to its decoding loop widened to
+    # float32 on a CPU (flax_bart.search._split_cross): the same scores and tokens, bit for bit, as with
+    # the K/V kept in the compute dtype
+    import jax.numpy as jnp
+
+    from flax_bart import search
+
+    real, widened = search._split_cross, []
+
+    def run(force_narrow: bool):
+        def split(cache, widen=False):
+            widened.append(widen)
+            return real(cache, False if force_narrow else widen)
+
+        monkeypatch.setattr(search, "_split_cross", split)
+        base = _random_model(FlaxBartForConditionalGeneration, 5)
+        model = FlaxBartForConditionalGeneration(base.config, dtype=getattr(jnp, dtype), _do_init=False)
+        cast = model.to_bf16 if dtype == "bfloat16" else model.to_fp16
+        ids = np.random.default_rng(0).integers(4, base.config.vocab_size, size=(3, 9)).astype(np.int32)
+        mask = np.ones_like(ids)
+        mask[1, 6:] = 0
+        out = model.generate(ids, attention_mask=mask, params=cast(base.params), max_new_tokens=5, min_new_tokens=5,
+                             num_beams=num_beams, output_scores=True, return_dict_in_generate=True)
+        scores = out.scores if num_beams > 1 else jnp.stack(out.scores)
+        return np.asarray(out.sequences), np.asarray(scores, np.float32)
+
+    wide, narrow = run(False), run(True)
+    assert widened and widened[0] is (jax.default_backend() == "cpu")
+    np.testing.assert_array_equal(wide[0], narrow[0])
+    np.testing.assert_array_equal(wide[1], narrow[1])
