@@ -175,3 +175,20 @@ def test_gate_prep_bench_quick_times_every_call(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "benchmarks.gate_prep_bench", "--heads", "nope", "--out",
                           str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_matmul_bench_quick_writes_every_mode(tmp_path):
+    """`python -m benchmarks.matmul_bench --quick`: XLA's products in float32, bf16 and bf16 -> f32 beside
+    PyTorch's, and the 4-row streaming rows, recorded with the CPU."""
+    out = tmp_path / "matmul.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.matmul_bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "matmul" and data["quick"] is True and data["environment"]["cpu"]
+    modes = {"xla float32", "xla bfloat16", "xla bfloat16->float32", "torch float32", "torch bfloat16"}
+    assert data["compute"] and all(set(r["gflop_s"]) == modes for r in data["compute"])
+    assert all(v > 0 for r in data["compute"] for v in r["gflop_s"].values())
+    assert set(data["stream"]["gb_s"]) == {"xla float32", "xla bfloat16", "xla bfloat16->float32", "torch float32",
+                                           "xla plain read"}
+    assert "| rows x in -> out |" in proc.stdout
