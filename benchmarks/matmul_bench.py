@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, median_time, write_json
 
 COMPUTE_SHAPES = [(768, 768), (768, 3072), (3072, 768), (768, 50265)]   # (in, out); the last read transposed
 QUICK_SHAPES = [(64, 64), (64, 256)]
@@ -34,13 +33,7 @@ MODES = ("float32", "bfloat16", "bfloat16->float32")
 
 
 def _median(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return float(np.median(samples))
+    return median_time(fn, repeats)["median_s"]
 
 
 def _product(mode: str, transposed: bool):
@@ -103,7 +96,7 @@ def stream_rows(k: int, n: int, total_bytes: int, repeats: int) -> dict:
         fn = jax.jit(lambda x, ws, prod=prod: sum(prod(x, w)[:, :1].astype(jnp.float32).sum() for w in ws))
         nbytes = count * k * n * jnp.dtype(dt).itemsize
         result["gb_s"][f"xla {mode}"] = nbytes / _median(lambda: jax.block_until_ready(fn(x, ws)), repeats) / 1e9
-        del ws
+        ws = None   # before the next dtype's copy
     count = max(1, total_bytes // (k * n * 4))
     tws = [torch.from_numpy(rng.standard_normal((n, k), dtype=np.float32) * 0.02) for _ in range(count)]
     tx = torch.from_numpy(rng.standard_normal((4, k), dtype=np.float32))
@@ -113,7 +106,7 @@ def stream_rows(k: int, n: int, total_bytes: int, repeats: int) -> dict:
             return [torch.nn.functional.linear(tx, w) for w in tws]
 
     result["gb_s"]["torch float32"] = count * k * n * 4 / _median(run, repeats) / 1e9
-    del tws
+    tws = None
     block = jnp.ones((total_bytes // 4,), jnp.float32)
     read = jax.jit(lambda a: a.sum())
     result["gb_s"]["xla plain read"] = block.nbytes / _median(lambda: jax.block_until_ready(read(block)), repeats) / 1e9
