@@ -68,8 +68,12 @@ class Embed(nn.Module):
 
     def attend(self, x_BxTxD, precision=None):
         table = jnp.asarray(self.embedding, self.dtype)
+        # On a CPU, bf16/fp16 logits accumulate in float32 explicitly (`_accumulator`: XLA:CPU then uses
+        # the bf16 units); a GPU's bf16 product accumulates in float32 anyway, and a float32 copy of the
+        # (batch, positions, vocabulary) logits would only cost memory there.
+        acc = _accumulator(self.dtype) if jax.default_backend() == "cpu" else None
         return jnp.einsum("btd,vd->btv", x_BxTxD, table, precision=precision,
-                          preferred_element_type=_accumulator(self.dtype)).astype(self.dtype)
+                          preferred_element_type=acc).astype(self.dtype)
 
 
 
