@@ -5,6 +5,14 @@ import subprocess
 import sys
 
 
+def _quick_bench(module: str, out, timeout: int = 600):
+    """`python -m MODULE --quick --out OUT`: (the finished process, the JSON it wrote); fails on a non-zero exit."""
+    proc = subprocess.run([sys.executable, "-m", module, "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc, json.loads(out.read_text())
+
+
 def test_suite_quick_mode_writes_reports(tmp_path):
     """`python -m benchmarks --quick` (here: the forward and convert benchmarks) writes every report."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "forward,convert",
@@ -47,10 +55,7 @@ def test_train_bench_quick_writes_both_sides(tmp_path):
     """`python -m benchmarks.train_bench --quick`: flax and transformers training steps timed, finite
     losses, tokens/s and the ratio recorded with the machine fingerprint."""
     out = tmp_path / "train.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_bench", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    proc, data = _quick_bench("benchmarks.train_bench", out)
     assert data["benchmark"] == "train" and data["quick"] is True and data["environment"]["cpu"]
     r = data["results"]
     assert set(r["timings"]) == {"transformers", "flax"} and r["tokens_per_step"] == 2 * 2 * 16
@@ -64,10 +69,7 @@ def test_train_bench_quick_writes_both_sides(tmp_path):
 def test_remat_bench_quick_writes_memory_per_setting(tmp_path):
     """`python -m benchmarks.remat_bench --quick`: compiled memory and saved residuals per setting."""
     out = tmp_path / "remat.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.remat_bench", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    proc, data = _quick_bench("benchmarks.remat_bench", out, timeout=900)
     assert data["benchmark"] == "remat" and data["quick"] is True and data["environment"]["versions"]["jax"]
     rows = data["results"]["settings"]
     assert set(rows) == {"none", "nothing_saveable", "dots_saveable"}
@@ -146,10 +148,7 @@ def test_gate_bench_rejects_bad_flax_jobs(tmp_path):
 def test_dtype_bench_quick_times_every_dtype(tmp_path):
     """`python -m benchmarks.dtype_bench --quick`: forward and greedy generation per compute dtype."""
     out = tmp_path / "dtypes.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.dtype_bench", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    proc, data = _quick_bench("benchmarks.dtype_bench", out)
     assert data["benchmark"] == "dtypes" and data["quick"] is True and data["environment"]["cpu"]
     case = data["case"]
     assert set(data["results"]) == {"float32", "bfloat16", "float16"}
@@ -181,10 +180,7 @@ def test_matmul_bench_quick_writes_every_mode(tmp_path):
     """`python -m benchmarks.matmul_bench --quick`: XLA's products in float32, bf16 and bf16 -> f32 beside
     PyTorch's, and the 4-row streaming rows, recorded with the CPU."""
     out = tmp_path / "matmul.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.matmul_bench", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    proc, data = _quick_bench("benchmarks.matmul_bench", out)
     assert data["benchmark"] == "matmul" and data["quick"] is True and data["environment"]["cpu"]
     modes = {"xla float32", "xla bfloat16", "xla bfloat16->float32", "torch float32", "torch bfloat16"}
     assert data["compute"] and all(set(r["gflop_s"]) == modes for r in data["compute"])
