@@ -23,6 +23,13 @@ import jax.numpy as jnp
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
+def accumulator(dtype):
+    """float32 for a bf16/fp16 product (None otherwise): the product accumulates in float32 and is rounded
+    once, as PyTorch's, and XLA:CPU hands bf16 x bf16 -> float32 to the CPU's bf16 units (AVX512-BF16, AMX)
+    instead of first writing both operands out in float32 (4-5x faster on such a CPU)."""
+    return jnp.float32 if jnp.dtype(dtype) in LOW_PRECISION else None
+
+
 def _once(fn):
     """`fn` computed in float32 and rounded once to a 16-bit input's dtype (one PyTorch kernel)."""
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from flax_bart.activations import LOW_PRECISION, get_activation
+from flax_bart.activations import LOW_PRECISION, accumulator, get_activation
 from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
 from flax_bart.layer_scan import can_scan, scan_layers
@@ -38,13 +38,6 @@ QUERY_BLOCK = 256
 
 def _normal(config: BartConfig):
     return nn.initializers.normal(stddev=config.init_std)
-
-
-def _accumulator(dtype):
-    """float32 for a bf16/fp16 product (None otherwise): the product accumulates in float32 and is rounded
-    once, as before, but XLA:CPU hands bf16 x bf16 -> float32 to the CPU's bf16 units (AVX512-BF16, AMX)
-    instead of first writing both operands out in float32 (4-5x faster on such a CPU)."""
-    return jnp.float32 if jnp.dtype(dtype) in LOW_PRECISION else None
 
 
 class Embed(nn.Module):
@@ -68,10 +61,10 @@ class Embed(nn.Module):
 
     def attend(self, x_BxTxD, precision=None):
         table = jnp.asarray(self.embedding, self.dtype)
-        # On a CPU, bf16/fp16 logits accumulate in float32 explicitly (`_accumulator`: XLA:CPU then uses
+        # On a CPU, bf16/fp16 logits accumulate in float32 explicitly (`accumulator`: XLA:CPU then uses
         # the bf16 units); a GPU's bf16 product accumulates in float32 anyway, and a float32 copy of the
         # (batch, positions, vocabulary) logits would only cost memory there.
-        acc = _accumulator(self.dtype) if jax.default_backend() == "cpu" else None
+        acc = accumulator(self.dtype) if jax.default_backend() == "cpu" else None
         return jnp.einsum("btd,vd->btv", x_BxTxD, table, precision=precision,
                           preferred_element_type=acc).astype(self.dtype)
 
@@ -97,7 +90,7 @@ class Dense(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = jnp.dtype(self.dtype)
         y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
-                                precision=self.precision, preferred_element_type=_accumulator(dtype))
+                                precision=self.precision, preferred_element_type=accumulator(dtype))
         if bias is not None:
             y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
         return y.astype(dtype)

@@ -26,6 +26,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
+from flax_bart.activations import LOW_PRECISION, accumulator
 from flax_bart.logits_process import ProcessorSpec, StepContext, process, warp
 
 Array = Any
@@ -122,7 +123,6 @@ def _lm_head(module, params, seq2seq: bool):
 
     def logits(h_RxD):
         h_RxD = h_RxD.astype(dtype)
-        low = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
         if h_RxD.shape[0] >= 2 and jax.default_backend() == "cpu" and jnp.dtype(dtype) != jnp.bfloat16:
             table, rows = table_VxD[None], h_RxD[:, None, :]
             if jnp.dtype(dtype) == jnp.float16:
@@ -134,7 +134,7 @@ def _lm_head(module, params, seq2seq: bool):
             out = jnp.sum(table * rows, axis=-1, dtype=jnp.float32).astype(dtype)
         else:
             out = jnp.einsum("rd,vd->rv", h_RxD, table_VxD, precision=module.precision,
-                             preferred_element_type=jnp.float32 if low else None).astype(dtype)
+                             preferred_element_type=accumulator(dtype)).astype(dtype)
         if bias_1xV is not None:
             out = out + bias_1xV
         return out.astype(jnp.float32)
@@ -204,8 +204,7 @@ def make_program(module, plan: SearchPlan, on_trace: Callable[[], None], compile
             enc_BxSxD = _encode(module, params, arrays["input_ids"], arrays["attention_mask"])
             cache = _init_cache(module, params, True, b, cache_len, enc_BxSxD, arrays["attention_mask"])
             cache = _map_cache(cache, lambda x: jnp.repeat(x, e, axis=0), self_attn_only=False)
-            widen = jax.default_backend() == "cpu" and jnp.dtype(module.dtype) in (
-                jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+            widen = jax.default_backend() == "cpu" and jnp.dtype(module.dtype) in LOW_PRECISION
             cache, cross = _split_cross(cache, widen)
             enc, enc_mask = jnp.repeat(enc_BxSxD, e, axis=0), jnp.repeat(arrays["attention_mask"], e, axis=0)
         else:
