@@ -117,7 +117,7 @@ def test_cache_and_intermediates_keep_the_unrolled_layers():
 
 
 def test_models_unroll_by_default():
-    """Scanning costs run time (the stacked weights are copied on every call): opt-in only."""
+    """Scanning costs run time (a per-step copy of each layer's weights; stacked in train mode): opt-in only."""
     assert MODEL_CLASSES["qa"](CFG, _do_init=False).module.scan_layers is False
     assert MODEL_CLASSES["qa"](CFG, _do_init=False, scan_layers=True).module.scan_layers is True
 
@@ -134,3 +134,27 @@ def test_compiled_forward_holds_one_layer_body():
 
     assert ops(6, True) == ops(2, True)
     assert ops(6, False) > ops(2, False)
+
+
+def test_a_pass_nobody_differentiates_picks_layers_without_stacking():
+    """On a CPU the forward program picks each layer's weights with a switch (no stack of all layers
+    built per call); a gradient or a JVP runs the stacked scan (the switch's gradient would add zeros
+    for every other layer at every step), and both agree with the unrolled layers."""
+    scanned, unrolled = _pair("lm")
+    ids, kw = _inputs("lm")
+
+    def logits(model):
+        return lambda p: model(ids, **kw, params=p).logits
+
+    def loss(model):
+        return lambda p: jnp.sum(logits(model)(p) ** 2)
+
+    forward = jax.jit(logits(scanned)).lower(scanned.params).as_text()
+    grad = jax.jit(jax.grad(loss(scanned))).lower(scanned.params).as_text()
+    assert forward.count("stablehlo.case") == 2 and "concatenate" not in forward   # encoder + decoder
+    assert "stablehlo.case" not in grad and "concatenate" in grad
+    _assert_trees_close(jax.grad(loss(scanned))(scanned.params), jax.grad(loss(unrolled))(scanned.params), 1e-5)
+    tangent = jax.tree_util.tree_map(lambda x: jnp.full_like(x, 0.01), scanned.params)
+    a = jax.jvp(logits(scanned), (scanned.params,), (tangent,))
+    b = jax.jvp(logits(unrolled), (scanned.params,), (tangent,))
+    _assert_trees_close(a, b, 1e-5)
