@@ -42,14 +42,18 @@ def can_scan(collection: nn.Module, n_layers: int, cached: bool) -> bool:
     return not any(collection.is_mutable_collection(c) for c in ("intermediates", "cache", "params"))
 
 
-def stacked_layer_params(collection: nn.Module, n_layers: int):
-    """The parameters of layers "0" ... "n-1" of `collection`, stacked on a new leading axis."""
+def layer_params(collection: nn.Module, n_layers: int) -> tuple:
+    """The parameter trees of layers "0" ... "n-1" of `collection` (a KeyError naming the missing ones)."""
     params = collection.variables["params"]
     missing = [str(i) for i in range(n_layers) if str(i) not in params]
     if missing:
         raise KeyError(f"layer parameters missing under {'/'.join(collection.scope.path)}: {missing}")
-    layers = [params[str(i)] for i in range(n_layers)]
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+    return tuple(params[str(i)] for i in range(n_layers))
+
+
+def stacked_layer_params(collection: nn.Module, n_layers: int):
+    """The parameters of layers "0" ... "n-1" of `collection`, stacked on a new leading axis."""
+    return _stack(layer_params(collection, n_layers))
 
 
 def scan_layers(collection: nn.Module, layer: nn.Module, n_layers: int, h, layer_args: tuple,
@@ -98,8 +102,7 @@ def _picked_or_stacked(collection: nn.Module, layer: nn.Module, n_layers: int, h
     """`scan_layers` without dropout: each step picks its layer's weights with a switch; differentiated
     (forward or reverse mode), the same function runs with the weights stacked (a custom JVP: the
     primal is the switch, the JVP that of the stacked scan, which JAX transposes for a gradient)."""
-    params = collection.variables["params"]
-    layers = tuple(params[str(i)] for i in range(n_layers))
+    layers = layer_params(collection, n_layers)
     # Arrays travel as arguments (a custom JVP takes no traced closure); flags and None stay in place.
     where = [i for i, a in enumerate(layer_args) if isinstance(a, (jax.Array, np.ndarray))]
 

@@ -158,3 +158,15 @@ def test_a_pass_nobody_differentiates_picks_layers_without_stacking():
     a = jax.jvp(logits(scanned), (scanned.params,), (tangent,))
     b = jax.jvp(logits(unrolled), (scanned.params,), (tangent,))
     _assert_trees_close(a, b, 1e-5)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_missing_layer_is_named(train):
+    """Both scanned paths (picked and stacked) name the layers absent from the parameter tree."""
+    model = MODEL_CLASSES["qa"](CFG, seed=0, scan_layers=True)
+    params = jax.tree_util.tree_map(lambda x: x, model.params)
+    del params["model"]["encoder"]["layers"]["2"]
+    ids, kw = _inputs("qa")
+    extra = dict(train=True, dropout_rng=jax.random.PRNGKey(0)) if train else {}
+    with pytest.raises(KeyError, match=r"layer parameters missing under model/encoder/layers: \['2'\]"):
+        model(ids, **kw, params=params, **extra)
