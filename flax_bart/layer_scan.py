@@ -3,7 +3,8 @@
 XLA compiles an unrolled stack layer by layer: on a CPU each layer adds a few hundred milliseconds
 of compilation (BART-base's 6+6 layers: about 6 s for one forward program), while a scan compiles
 one layer body whatever the depth. The parameter tree does not change: the layers' parameters stay
-under `layers/0`, `layers/1`, ... (the 4.x layout) and are stacked inside the traced function.
+under `layers/0`, `layers/1`, ... (the 4.x layout); where the scan stacks them, it does so inside the
+traced function.
 
 Stacking the weights inside the program copies every layer weight on every call, and XLA:CPU's
 concatenation and the per-step slice run far below memory speed (at `FAST_COMPILE` most of all: a
@@ -112,28 +113,24 @@ def _picked_or_stacked(collection: nn.Module, layer: nn.Module, n_layers: int, h
             args[i] = a
         return tuple(args)
 
-    def run(pick, layers, h, arrays):
+    def run(stacked: bool, layers, h, arrays):
         args = with_arrays(arrays)
 
-        def body(h_in, x):
-            out, *attns = layer.apply({"params": pick(layers, x)}, h_in, *args, deterministic)
+        def body(h_in, x):   # x: the layer's slice of the stack, or the step for the switch
+            params = x if stacked else _switch(layers, x)
+            out, *attns = layer.apply({"params": params}, h_in, *args, deterministic)
             return out, (h_in if keep_states else None, tuple(attns) if keep_attentions else None)
 
-        return jax.lax.scan(body, h, jnp.arange(n_layers) if pick is _switch else _stack(layers))
+        return jax.lax.scan(body, h, _stack(layers) if stacked else jnp.arange(n_layers))
 
-    picked = jax.custom_jvp(lambda layers, h, arrays: run(_switch, layers, h, arrays))
-    picked.defjvp(lambda primals, tangents: jax.jvp(lambda *a: run(_stacked, *a), primals, tangents))
+    picked = jax.custom_jvp(lambda layers, h, arrays: run(False, layers, h, arrays))
+    picked.defjvp(lambda primals, tangents: jax.jvp(lambda *a: run(True, *a), primals, tangents))
     h, (states, attns) = picked(layers, h, tuple(layer_args[i] for i in where))
     return _per_layer(h, states, attns, n_layers, keep_states, keep_attentions)
 
 
 def _stack(layers: tuple):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-
-
-def _stacked(layers, x):
-    """The stacked scan's step: `x` is the layer's slice of the stack."""
-    return x
 
 
 def _switch(layers, i):
