@@ -22,7 +22,7 @@ import flax.linen as nn
 from flax_bart.activations import LOW_PRECISION, accumulator, get_activation
 from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
-from flax_bart.layer_scan import can_scan, scan_layers
+from flax_bart.layer_scan import can_scan, can_scan_cached, scan_layers
 from flax_bart.remat import maybe_remat
 
 Dtype = Any
@@ -404,11 +404,15 @@ class _LayerCollection(BartModuleBase):
         self.layer_class = maybe_remat(cls, self.gradient_checkpointing, self.remat_policy, static_names)
         self.layers = [self.layer_class(self.config, name=str(i), **self._layer_kw()) for i in range(n)]
 
-    def _scan(self, h, layer_args, layerdrop, deterministic, output_hidden_states, output_attentions):
-        """The layers as one `lax.scan` (flax_bart.layer_scan): (h, per-layer inputs, per-layer attentions)."""
+    def _scan(self, h, layer_args, layerdrop, deterministic, output_hidden_states, output_attentions,
+              cached=False):
+        """The layers as one `lax.scan` (flax_bart.layer_scan): (h, per-layer inputs, per-layer attentions).
+        `cached`: a decoding step; each layer's updated cache is written back under its own name."""
         unbound = self.layer_class(self.config, parent=None, **self._layer_kw())
-        h, states, attns = scan_layers(self, unbound, len(self.layers), h, layer_args, layerdrop, deterministic,
-                                       output_hidden_states, output_attentions)
+        h, states, attns, caches = scan_layers(self, unbound, len(self.layers), h, layer_args, layerdrop,
+                                               deterministic, output_hidden_states, output_attentions, cached)
+        for i, cache in enumerate(caches or ()):
+            self.put_variable("cache", str(i), cache)   # the 4.x layout: cache/.../layers/<i>/...
         return h, (states + (h,) if output_hidden_states else None), attns
 
 
@@ -441,10 +445,11 @@ class BartDecoderLayerCollection(_LayerCollection):
     def __call__(self, h, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=False, cache_length=0,
                  output_attentions=False, output_hidden_states=False, deterministic=True):
         cached = init_cache or bool(self.variables.get("cache"))
-        if can_scan(self, len(self.layers), cached):
-            h, states, attns = self._scan(h, (mask_BxS, enc_BxSxD, enc_mask_BxS, False, 0),
+        step = not init_cache and cached and can_scan_cached(self, len(self.layers))
+        if step or can_scan(self, len(self.layers), cached):
+            h, states, attns = self._scan(h, (mask_BxS, enc_BxSxD, enc_mask_BxS, False, cache_length),
                                           self.config.decoder_layerdrop, deterministic, output_hidden_states,
-                                          output_attentions)
+                                          output_attentions, cached=step)
             if not output_attentions:
                 return h, states, None, None
             cross = tuple(a[1] for a in attns) if enc_BxSxD is not None else None

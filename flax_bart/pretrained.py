@@ -75,7 +75,7 @@ class FlaxBartPreTrainedModel:
         self.seed = seed
         self.key = jax.random.PRNGKey(seed)
         self._compiled: dict = {}
-        # flax_bart.layer_scan: one lax.scan per uncached layer stack (compiles faster; its run cost: there)
+        # flax_bart.layer_scan: one lax.scan per layer stack (compiles faster; its run cost: there)
         self.scan_layers = bool(scan_layers)
         self.attention_impl = check_attention_impl(attention_impl)   # flax_bart.attention_kernels
         # XLA options for every program this model compiles (e.g. FAST_COMPILE); fixed at construction

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "explicit, xla (jax.nn.dot_product_attention's XLA path), cudnn")
     p.add_argument("--no-scan-layers", action="store_true",
                    help="compile the Flax layer stacks unrolled, as the models run by default (slower to compile); "
-                        "by default the gate compiles each uncached stack as one lax.scan")
+                        "by default the gate compiles each layer stack, decoding steps included, as one lax.scan")
     p.add_argument("--compile-mode", choices=("auto", "fast", "optimized"), default="auto",
                    help="XLA's backend optimisation of the Flax programs: auto (default: off for shape buckets under "
                         "200 GFLOP a forward pass, i.e. the ordinary inputs of models up to about BART-base size, "

@@ -314,7 +314,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     say(f"checkpoint {ckpt.path} ({ckpt.source_head}); Flax weights {ckpt.flax_origin}")
     env_extra = {
         "attention": attention,
-        "layer_stacks": "one lax.scan per uncached stack" if opts.scan_layers else "unrolled",
+        "layer_stacks": "one lax.scan per stack (decoding steps included)" if opts.scan_layers else "unrolled",
         "max_length_dtypes": "all" if opts.max_length_dtypes is None else ",".join(opts.max_length_dtypes),
         "xla_compile": {"auto": "auto: backend optimisation off (flax_bart.FAST_COMPILE) for shape buckets under " +
                                 f"{FAST_BELOW_FLOPS / 1e9:g} GFLOP a forward pass (at least {MIN_TOKENS} tokens counted), on above",

@@ -33,7 +33,7 @@ class Options:
     grads: bool = False                           # also compare dLoss/dParam and 3 AdamW steps (parity.grad_check)
     grad_heads: tuple[str, ...] | None = None     # with grads: only these heads (None: every head run)
     attention: str = "auto"                       # the Flax model's attention_impl (flax_bart.attention_kernels)
-    scan_layers: bool = True                      # compile each uncached layer stack as one lax.scan
+    scan_layers: bool = True                      # compile each layer stack (decoding steps too) as one lax.scan
     max_length_dtypes: tuple[str, ...] | None = ("float32",)  # dtypes that run the default max_length case
     #                                               (None: every dtype); --cases max_length runs it in all
     compile_mode: str = "auto"                    # XLA backend optimisation: auto, fast (off), optimized (on)

@@ -1,6 +1,7 @@
 """Layer stacks as one lax.scan (flax_bart.layer_scan) compute what the unrolled stacks compute:
-outputs, hidden states and attentions of every layer, gradients, train mode; the cache paths and
-`capture_intermediates` keep the unrolled layers; the compiled program holds one layer body."""
+outputs, hidden states and attentions of every layer, gradients, train mode, cached decoding steps;
+creating a cache and `capture_intermediates` keep the unrolled layers; the compiled programs hold one
+layer body."""
 
 import jax
 import jax.numpy as jnp
@@ -96,17 +97,13 @@ def test_layerdrop_in_a_scanned_stack_skips_about_its_rate():
     assert 0.3 < rate < 0.7, rate
 
 
-def test_cache_and_intermediates_keep_the_unrolled_layers():
+def test_cache_creation_and_intermediates_keep_the_unrolled_layers():
     scanned, unrolled = _pair("lm")
     ids, kw = _inputs("lm")
     enc = scanned.encode(ids, attention_mask=kw["attention_mask"])
     cache_a = scanned.init_cache(3, 4, enc)
     cache_b = unrolled.init_cache(3, 4, enc, params=scanned.params)
     _assert_trees_close(cache_a, cache_b, 0)
-    step = dict(encoder_attention_mask=kw["attention_mask"])
-    a = scanned.decode(ids[:, :1], enc, past_key_values=cache_a, **step)
-    b = unrolled.decode(ids[:, :1], enc, past_key_values=cache_b, params=scanned.params, **step)
-    _assert_trees_close(a.logits, b.logits, 0)
     _, state = scanned.module.apply(
         {"params": scanned.params}, input_ids=ids, attention_mask=kw["attention_mask"],
         decoder_input_ids=kw["decoder_input_ids"], decoder_attention_mask=None,
@@ -114,6 +111,74 @@ def test_cache_and_intermediates_keep_the_unrolled_layers():
         decoder_position_ids=jnp.broadcast_to(jnp.arange(9), ids.shape),
         capture_intermediates=True, mutable=["intermediates"])
     assert {"0", "1", "2"} <= set(state["intermediates"]["model"]["encoder"]["layers"])
+
+
+def _stepper(model, params, head, ids, mask, steps):
+    """(a fresh cache for `steps` tokens, call(t, cache): the cached step on token t)."""
+    if head == "causal":
+        full = np.ones((ids.shape[0], steps), np.int32)
+        return model.init_cache(ids.shape[0], steps, params=params), (
+            lambda t, c: model(ids[:, t:t + 1], attention_mask=full, params=params, past_key_values=c,
+                               output_hidden_states=True, output_attentions=True))
+    enc = model.encode(ids, attention_mask=mask, params=params)
+    return model.init_cache(ids.shape[0], steps, enc, params=params), (
+        lambda t, c: model.decode(ids[:, t:t + 1], enc, encoder_attention_mask=mask, past_key_values=c,
+                                  params=params, output_hidden_states=True, output_attentions=True))
+
+
+def _decode_steps(model, params, head, ids, mask, steps):
+    """Cached decoding of `steps` single tokens: every step's outputs (with its cache)."""
+    cache, call = _stepper(model, params, head, ids, mask, steps)
+    outs = []
+    for t in range(steps):
+        outs.append(call(t, cache))
+        cache = outs[-1].past_key_values
+    return outs
+
+
+@pytest.mark.parametrize("head", ["lm", "causal"])
+def test_decoding_steps_scan_and_match_the_unrolled_layers(head):
+    """A decoding step scans its layers too (each reads and writes its own cache, in the 4.x layout):
+    logits, hidden states, attentions and the cache after every step agree with the unrolled layers."""
+    scanned, unrolled = _pair(head)
+    ids, kw = _inputs(head)
+    mask = kw["attention_mask"]
+    a = _decode_steps(scanned, scanned.params, head, ids, mask, 4)
+    b = _decode_steps(unrolled, scanned.params, head, ids, mask, 4)
+    for x, y in zip(a, b):
+        assert (jax.tree_util.tree_structure(x.past_key_values)
+                == jax.tree_util.tree_structure(y.past_key_values))
+        _assert_trees_close(x, y, 1e-5)
+    index = {jax.tree_util.keystr(path): int(leaf) for path, leaf
+             in jax.tree_util.tree_leaves_with_path(a[-1].past_key_values) if "cache_index" in str(path)}
+    assert len(index) == 3 and set(index.values()) == {4}, index   # every layer's own cache, 4 steps in
+    cache, call = _stepper(scanned, scanned.params, head, ids, mask, 4)
+    step = jax.jit(lambda c: call(0, c).logits).lower(cache).as_text()
+    assert step.count("stablehlo.case") == 1   # the step scanned its layers (switch-picked)
+
+
+def test_a_decoding_step_compiles_one_layer_body():
+    """The cached step's program does not grow with depth (each step picks its layer's cache)."""
+    def ops(layers):
+        cfg = BartConfig(**{**TINY, "encoder_layers": 2, "decoder_layers": layers})
+        model = MODEL_CLASSES["lm"](cfg, seed=0, scan_layers=True)
+        ids = np.ones((2, 6), np.int32)
+        enc = model.encode(ids)
+        cache = model.init_cache(2, 4, enc)
+        fn = lambda p, c: model.decode(ids[:, :1], enc, params=p, past_key_values=c).logits  # noqa: E731
+        return jax.jit(fn).lower(model.params, cache).as_text().count("dot_general")
+
+    assert ops(5) == ops(2)
+
+
+def test_generation_with_scanned_layers_matches_unrolled():
+    scanned, unrolled = _pair("lm")
+    ids, kw = _inputs("lm")
+    mask = np.ones_like(ids)
+    a = scanned.generate(ids, attention_mask=mask, max_new_tokens=5, num_beams=1, do_sample=False)
+    b = unrolled.generate(ids, attention_mask=mask, max_new_tokens=5, num_beams=1, do_sample=False,
+                          params=scanned.params)
+    np.testing.assert_array_equal(np.asarray(a.sequences), np.asarray(b.sequences))
 
 
 def test_models_unroll_by_default():
