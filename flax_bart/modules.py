@@ -22,7 +22,7 @@ import flax.linen as nn
 from flax_bart.activations import LOW_PRECISION, accumulator, get_activation
 from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
-from flax_bart.layer_scan import can_scan, can_scan_cached, scan_layers
+from flax_bart.layer_scan import can_scan, can_scan_cached, merge_caches, scan_layers
 from flax_bart.remat import maybe_remat
 
 Dtype = Any
@@ -289,7 +289,8 @@ def _blocked_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS, dtype, pre
 class BartModuleBase(nn.Module):
     """The fields every BART layer shares: the config, compute dtype, storage dtype, matmul precision,
     gradient checkpointing (each encoder/decoder layer under `nn.remat` with `remat_policy`), and
-    whether a layer stack without a cache runs as one `lax.scan` (`scan_layers`, flax_bart.layer_scan)."""
+    whether layer stacks run as one `lax.scan` (`scan_layers`: True without a cache, "all" in decoding steps
+    too; flax_bart.layer_scan)."""
 
     config: BartConfig
     dtype: Dtype = jnp.float32
@@ -297,7 +298,7 @@ class BartModuleBase(nn.Module):
     precision: Any = None
     gradient_checkpointing: bool = False
     remat_policy: Any = None
-    scan_layers: bool = False
+    scan_layers: bool | str = False   # False, True or "all" (flax_bart.layer_scan)
     attention_impl: str = "auto"   # flax_bart.attention_kernels
 
     def _child_kw(self) -> dict:
@@ -411,8 +412,8 @@ class _LayerCollection(BartModuleBase):
         unbound = self.layer_class(self.config, parent=None, **self._layer_kw())
         h, states, attns, caches = scan_layers(self, unbound, len(self.layers), h, layer_args, layerdrop,
                                                deterministic, output_hidden_states, output_attentions, cached)
-        for i, cache in enumerate(caches or ()):
-            self.put_variable("cache", str(i), cache)   # the 4.x layout: cache/.../layers/<i>/...
+        for i, cache in enumerate(caches or ()):   # the 4.x layout: cache/.../layers/<i>/...
+            self.put_variable("cache", str(i), merge_caches(self.variables["cache"][str(i)], cache))
         return h, (states + (h,) if output_hidden_states else None), attns
 
 

@@ -18,6 +18,7 @@ from flax.core import unfreeze
 
 from flax_bart.attention_kernels import check_attention_impl
 from flax_bart.config import BartConfig
+from flax_bart.layer_scan import check_scan_layers
 from flax_bart.validation import InputError
 
 logger = logging.getLogger("flax_bart")
@@ -59,7 +60,7 @@ class FlaxBartPreTrainedModel:
 
     def __init__(self, config: BartConfig, input_shape=(1, 1), seed: int = 0, dtype=jnp.float32,
                  _do_init: bool = True, *, param_dtype=jnp.float32, precision=None,
-                 gradient_checkpointing: bool = False, scan_layers: bool = False, attention_impl: str = "auto",
+                 gradient_checkpointing: bool = False, scan_layers: bool | str = False, attention_impl: str = "auto",
                  compiler_options: dict | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
@@ -75,8 +76,9 @@ class FlaxBartPreTrainedModel:
         self.seed = seed
         self.key = jax.random.PRNGKey(seed)
         self._compiled: dict = {}
-        # flax_bart.layer_scan: one lax.scan per layer stack (compiles faster; its run cost: there)
-        self.scan_layers = bool(scan_layers)
+        # flax_bart.layer_scan: one lax.scan per stack without a cache (True), decoding steps too ("all");
+        # compiles faster, and its run cost is there
+        self.scan_layers = check_scan_layers(scan_layers)
         self.attention_impl = check_attention_impl(attention_impl)   # flax_bart.attention_kernels
         # XLA options for every program this model compiles (e.g. FAST_COMPILE); fixed at construction
         self.compiler_options = check_compiler_options(compiler_options)
@@ -306,7 +308,7 @@ class FlaxBartPreTrainedModel:
                         _do_init: bool = True, from_pt: bool = False, ignore_mismatched_sizes: bool = False,
                         cache_dir=None, revision=None, local_files_only: bool = False, force_download=False,
                         token=None, use_auth_token=None, seed: int = 0, param_dtype=None, precision=None,
-                        mesh=None, partition_rules=None, tune_allocator: bool = True, scan_layers: bool = False,
+                        mesh=None, partition_rules=None, tune_allocator: bool = True, scan_layers: bool | str = False,
                         attention_impl: str = "auto", compiler_options: dict | None = None,
                         **config_overrides):
         """Load a checkpoint: Flax msgpack (sharded too), Flax or PyTorch safetensors, pytorch_model.bin.
@@ -337,7 +339,7 @@ class FlaxBartPreTrainedModel:
             local_files_only=local_files_only, force_download=force_download,
             token=token if token is not None else use_auth_token, seed=seed, param_dtype=param_dtype,
             precision=precision, config_overrides=config_overrides, mesh=mesh, partition_rules=partition_rules,
-            model_kwargs=dict(scan_layers=scan_layers, attention_impl=check_attention_impl(attention_impl),
+            model_kwargs=dict(scan_layers=check_scan_layers(scan_layers), attention_impl=check_attention_impl(attention_impl),
                               compiler_options=check_compiler_options(compiler_options)),
         )
 

@@ -101,8 +101,9 @@ _MODELS_LOCK = threading.Lock()   # Flax jobs of several dtypes build their mode
 def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto",
                scan_layers: bool = True, fast_compile: bool = False):
     """The Flax model of (config, head, dtype, attention_impl), cached; with a mesh, one that runs on it
-    (`model.mesh`). Layer stacks compile as one scan by default (flax_bart.layer_scan): each program
-    here runs a few times, so compile time is what counts. `fast_compile`: compiled with
+    (`model.mesh`). Layer stacks, decoding steps included, compile as one scan by default
+    (flax_bart.layer_scan, `scan_layers="all"`): each program here runs a few times, so compile time is
+    what counts. `fast_compile`: compiled with
     flax_bart.FAST_COMPILE (parity.options.fast_compile)."""
     import jax.numpy as jnp
 
@@ -118,7 +119,7 @@ def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto"
         if model is None:
             jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
             model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False, attention_impl=attention,
-                                        scan_layers=scan_layers,
+                                        scan_layers="all" if scan_layers else False,
                                         compiler_options=FAST_COMPILE if fast_compile else None)
             model.mesh = mesh
         _MODELS[key] = model  # most recently used last

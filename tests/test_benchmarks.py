@@ -188,3 +188,19 @@ def test_matmul_bench_quick_writes_every_mode(tmp_path):
     assert set(data["stream"]["gb_s"]) == {"xla float32", "xla bfloat16", "xla bfloat16->float32", "torch float32",
                                            "xla plain read"}
     assert "| rows x in -> out |" in proc.stdout
+
+
+def test_scan_bench_quick_mode_times_forward_and_generation(tmp_path):
+    """`python -m benchmarks.scan_bench --quick --generate`: forward scanned vs unrolled, and greedy
+    generation with the decoding steps unrolled vs scanned, which pick the same tokens."""
+    out = tmp_path / "scan.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.scan_bench", "--quick", "--generate", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["results"] and all(set(r["median_s"]) == {"scan", "unrolled"} for r in data["results"])
+    assert [r["dtype"] for r in data["generate"]] == ["float32", "bfloat16", "float16"]
+    for r in data["generate"]:
+        assert r["same_tokens"] is True
+        assert set(r["first_call_s"]) == {"steps unrolled", "steps scanned"}
+        assert all(v > 0 for v in r["tokens_per_s"].values())

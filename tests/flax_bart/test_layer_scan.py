@@ -15,8 +15,8 @@ from tests.bart_helpers import TINY
 CFG = BartConfig(**{**TINY, "encoder_layers": 3, "decoder_layers": 3})
 
 
-def _pair(head, **kw):
-    scanned = MODEL_CLASSES[head](CFG, seed=0, scan_layers=True, **kw)
+def _pair(head, scan=True, **kw):
+    scanned = MODEL_CLASSES[head](CFG, seed=0, scan_layers=scan, **kw)
     unrolled = MODEL_CLASSES[head](CFG, seed=0, _do_init=False, scan_layers=False, **kw)
     return scanned, unrolled
 
@@ -138,9 +138,10 @@ def _decode_steps(model, params, head, ids, mask, steps):
 
 @pytest.mark.parametrize("head", ["lm", "causal"])
 def test_decoding_steps_scan_and_match_the_unrolled_layers(head):
-    """A decoding step scans its layers too (each reads and writes its own cache, in the 4.x layout):
-    logits, hidden states, attentions and the cache after every step agree with the unrolled layers."""
-    scanned, unrolled = _pair(head)
+    """With scan_layers="all" a decoding step scans its layers too (each reads and writes its own cache,
+    in the 4.x layout): logits, hidden states, attentions and the cache after every step agree with the
+    unrolled layers. With scan_layers=True the step keeps the unrolled layers."""
+    scanned, unrolled = _pair(head, "all")
     ids, kw = _inputs(head)
     mask = kw["attention_mask"]
     a = _decode_steps(scanned, scanned.params, head, ids, mask, 4)
@@ -155,13 +156,32 @@ def test_decoding_steps_scan_and_match_the_unrolled_layers(head):
     cache, call = _stepper(scanned, scanned.params, head, ids, mask, 4)
     step = jax.jit(lambda c: call(0, c).logits).lower(cache).as_text()
     assert step.count("stablehlo.case") == 1   # the step scanned its layers (switch-picked)
+    uncached_only, _ = _pair(head, True)
+    cache, call = _stepper(uncached_only, scanned.params, head, ids, mask, 4)
+    assert "stablehlo.case" not in jax.jit(lambda c: call(0, c).logits).lower(cache).as_text()
+
+
+def test_a_differentiated_decoding_step_matches_the_unrolled_layers():
+    """A gradient through a cached step (the stacked scan, weights and caches) equals the unrolled one's."""
+    scanned, unrolled = _pair("lm", "all")
+    ids, kw = _inputs("lm")
+    mask = kw["attention_mask"]
+
+    def loss(model):
+        cache, call = _stepper(model, scanned.params, "lm", ids, mask, 3)
+        cache = call(0, cache).past_key_values
+        enc = model.encode(ids, attention_mask=mask, params=scanned.params)
+        return lambda p: jnp.sum(model.decode(ids[:, 1:2], enc, encoder_attention_mask=mask, params=p,
+                                              past_key_values=cache).logits ** 2)
+
+    _assert_trees_close(jax.grad(loss(scanned))(scanned.params), jax.grad(loss(unrolled))(scanned.params), 1e-5)
 
 
 def test_a_decoding_step_compiles_one_layer_body():
     """The cached step's program does not grow with depth (each step picks its layer's cache)."""
     def ops(layers):
         cfg = BartConfig(**{**TINY, "encoder_layers": 2, "decoder_layers": layers})
-        model = MODEL_CLASSES["lm"](cfg, seed=0, scan_layers=True)
+        model = MODEL_CLASSES["lm"](cfg, seed=0, scan_layers="all")
         ids = np.ones((2, 6), np.int32)
         enc = model.encode(ids)
         cache = model.init_cache(2, 4, enc)
@@ -172,7 +192,7 @@ def test_a_decoding_step_compiles_one_layer_body():
 
 
 def test_generation_with_scanned_layers_matches_unrolled():
-    scanned, unrolled = _pair("lm")
+    scanned, unrolled = _pair("lm", "all")
     ids, kw = _inputs("lm")
     mask = np.ones_like(ids)
     a = scanned.generate(ids, attention_mask=mask, max_new_tokens=5, num_beams=1, do_sample=False)
@@ -185,6 +205,9 @@ def test_models_unroll_by_default():
     """Scanning costs run time (a per-step copy of each layer's weights; stacked in train mode): opt-in only."""
     assert MODEL_CLASSES["qa"](CFG, _do_init=False).module.scan_layers is False
     assert MODEL_CLASSES["qa"](CFG, _do_init=False, scan_layers=True).module.scan_layers is True
+    assert MODEL_CLASSES["qa"](CFG, _do_init=False, scan_layers="all").module.scan_layers == "all"
+    with pytest.raises(ValueError, match=r"scan_layers='decode': expected False .* or 'all'"):
+        MODEL_CLASSES["qa"](CFG, _do_init=False, scan_layers="decode")
 
 
 def test_compiled_forward_holds_one_layer_body():
