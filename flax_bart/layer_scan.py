@@ -33,6 +33,8 @@ Dropout and LayerDrop draw one key per layer from the module's `dropout` stream.
 from __future__ import annotations
 
 import flax.linen as nn
+from flax import traverse_util
+from flax.core import unfreeze
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,13 +137,16 @@ def _apply(layer: nn.Module, variables: dict, h, layer_args: tuple, deterministi
     outs, state = layer.apply(variables, h, *layer_args, deterministic, rngs=rngs, mutable=["cache"])
     # Leaves the layer left as they were (the cross-attention K/V of a decoding step) go out as None:
     # the scan does not stack them again, and the caller keeps each layer's own (`merge_caches`).
-    return outs, jax.tree_util.tree_map(lambda old, new: None if new is old else new, variables["cache"],
-                                        state["cache"])
+    before = traverse_util.flatten_dict(unfreeze(variables["cache"]))
+    after = traverse_util.flatten_dict(unfreeze(state["cache"]))
+    return outs, traverse_util.unflatten_dict({k: None if before.get(k) is v else v for k, v in after.items()})
 
 
-def merge_caches(old: dict, new: dict) -> dict:
+def merge_caches(old, new) -> dict:
     """A layer's cache after a scanned step: `new`'s leaves, and `old`'s where `new` has None."""
-    return jax.tree_util.tree_map(lambda o, n: o if n is None else n, old, new)
+    before = traverse_util.flatten_dict(unfreeze(old))
+    after = traverse_util.flatten_dict(unfreeze(new))
+    return traverse_util.unflatten_dict({k: before[k] if v is None else v for k, v in after.items()})
 
 
 def _outputs(h_in, attns, cache, keep_states: bool, keep_attentions: bool):
