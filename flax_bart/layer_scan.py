@@ -23,10 +23,11 @@ run a few times, such as the parity gate's (`python -m parity`, which turns it o
 goes in with its weights and comes out updated, to be written back under the layer's name (leaves the
 layer left alone, the cross-attention K/V, are not carried out). On a CPU the step picks that layer's
 weights and cache with the switch, a copy that a step of a few tokens pays in full: BART-base fp32, 2
-rows, 23 ms a step unrolled against 39 ms scanned, and greedy generation of 4 x 32 tokens 23-30% fewer
-tokens/s; it buys a step program of one layer body (BART-base float16: first step 2.8 s → 1.1 s,
-`FAST_COMPILE` float32 0.88 → 0.59 s). Creating a cache keeps the unrolled layers. Both paths apply the same layer module to the same inputs;
-`tests/flax_bart/test_layer_scan.py` checks they agree.
+rows, 23 ms a step unrolled against 39 ms scanned; greedy generation with 4 x 128 source tokens gives
+17-25% fewer tokens/s (`python -m benchmarks.scan_bench --generate`). It buys a step program of one
+layer body (BART-base float16: first step 2.8 s → 1.1 s, `FAST_COMPILE` float32 0.88 → 0.59 s).
+Creating a cache keeps the unrolled layers. Both paths apply the same layer module to the same
+inputs; `tests/flax_bart/test_layer_scan.py` checks they agree.
 Dropout and LayerDrop draw one key per layer from the module's `dropout` stream.
 """
 

@@ -339,7 +339,8 @@ class FlaxBartPreTrainedModel:
             local_files_only=local_files_only, force_download=force_download,
             token=token if token is not None else use_auth_token, seed=seed, param_dtype=param_dtype,
             precision=precision, config_overrides=config_overrides, mesh=mesh, partition_rules=partition_rules,
-            model_kwargs=dict(scan_layers=check_scan_layers(scan_layers), attention_impl=check_attention_impl(attention_impl),
+            model_kwargs=dict(scan_layers=check_scan_layers(scan_layers),
+                              attention_impl=check_attention_impl(attention_impl),
                               compiler_options=check_compiler_options(compiler_options)),
         )
 
