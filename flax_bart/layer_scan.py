@@ -95,8 +95,8 @@ def scan_layers(collection: nn.Module, layer: nn.Module, n_layers: int, h, layer
     (a decoding step: `can_scan_cached`), each layer also reads its own cache and the updated caches
     come back per layer.
 
-    Returns (final h, per-layer inputs h or None, per-layer attention outputs or None, per-layer new
-    caches or None), the tuples over layers, like the unrolled loop builds them."""
+    Returns (final h, per-layer inputs h or None, per-layer attention outputs or None, per-layer
+    updated caches or None), the tuples over layers, like the unrolled loop builds them."""
     # Keys only where a rate is nonzero: train mode with every rate 0 needs no `dropout` stream, as
     # unrolled (a layer that does need one raises flax's missing-PRNG error from inside).
     train = not deterministic and (layerdrop > 0.0 or collection.has_rng("dropout"))
@@ -119,7 +119,7 @@ def scan_layers(collection: nn.Module, layer: nn.Module, n_layers: int, h, layer
         return h_out, _outputs(h_in, attns, cache, keep_states, keep_attentions)
 
     h, ys = jax.lax.scan(body, h, (_stack(layers), keys))
-    return _per_layer(h, ys, n_layers, keep_states, keep_attentions)
+    return _per_layer(h, ys, layers, keep_states, keep_attentions)
 
 
 def _layer_variables(collection: nn.Module, n_layers: int, cached: bool) -> tuple:
@@ -137,13 +137,13 @@ def _apply(layer: nn.Module, variables: dict, h, layer_args: tuple, deterministi
         return layer.apply(variables, h, *layer_args, deterministic, rngs=rngs), None
     outs, state = layer.apply(variables, h, *layer_args, deterministic, rngs=rngs, mutable=["cache"])
     # Leaves the layer left as they were (the cross-attention K/V of a decoding step) go out as None:
-    # the scan does not stack them again, and the caller keeps each layer's own (`merge_caches`).
+    # the scan does not stack them again, and `_per_layer` puts each layer's own back (`_merge_cache`).
     before = traverse_util.flatten_dict(unfreeze(variables["cache"]))
     after = traverse_util.flatten_dict(unfreeze(state["cache"]))
     return outs, traverse_util.unflatten_dict({k: None if before.get(k) is v else v for k, v in after.items()})
 
 
-def merge_caches(old, new) -> dict:
+def _merge_cache(old, new) -> dict:
     """A layer's cache after a scanned step: `new`'s leaves, and `old`'s where `new` has None."""
     before = traverse_util.flatten_dict(unfreeze(old))
     after = traverse_util.flatten_dict(unfreeze(new))
@@ -154,15 +154,18 @@ def _outputs(h_in, attns, cache, keep_states: bool, keep_attentions: bool):
     return h_in if keep_states else None, tuple(attns) if keep_attentions else None, cache
 
 
-def _per_layer(h, ys, n_layers: int, keep_states: bool, keep_attentions: bool):
+def _per_layer(h, ys, layers: tuple, keep_states: bool, keep_attentions: bool):
+    """The scan's stacked outputs as per-layer tuples; each layer's cache whole again."""
     states, attns, caches = ys
+    n_layers = len(layers)
     per_layer_states = tuple(states[i] for i in range(n_layers)) if keep_states else None
     per_layer_attns = None
     if keep_attentions:
         per_layer_attns = tuple(tuple(None if a is None else a[i] for a in attns) for i in range(n_layers))
     per_layer_caches = None
     if caches is not None:
-        per_layer_caches = tuple(jax.tree_util.tree_map(lambda a, i=i: a[i], caches) for i in range(n_layers))
+        per_layer_caches = tuple(_merge_cache(layers[i]["cache"], jax.tree_util.tree_map(lambda a, i=i: a[i], caches))
+                                 for i in range(n_layers))
     return h, per_layer_states, per_layer_attns, per_layer_caches
 
 
@@ -194,7 +197,7 @@ def _picked_or_stacked(layer: nn.Module, layers: tuple, h, layer_args: tuple, de
     picked = jax.custom_jvp(lambda layers, h, arrays: run(False, layers, h, arrays))
     picked.defjvp(lambda primals, tangents: jax.jvp(lambda *a: run(True, *a), primals, tangents))
     h, ys = picked(layers, h, tuple(layer_args[i] for i in where))
-    return _per_layer(h, ys, len(layers), keep_states, keep_attentions)
+    return _per_layer(h, ys, layers, keep_states, keep_attentions)
 
 
 def _stack(layers: tuple):

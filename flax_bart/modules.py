@@ -22,7 +22,7 @@ import flax.linen as nn
 from flax_bart.activations import LOW_PRECISION, accumulator, get_activation
 from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
-from flax_bart.layer_scan import can_scan, can_scan_cached, merge_caches, scan_layers
+from flax_bart.layer_scan import can_scan, can_scan_cached, scan_layers
 from flax_bart.remat import maybe_remat
 
 Dtype = Any
@@ -413,7 +413,7 @@ class _LayerCollection(BartModuleBase):
         h, states, attns, caches = scan_layers(self, unbound, len(self.layers), h, layer_args, layerdrop,
                                                deterministic, output_hidden_states, output_attentions, cached)
         for i, cache in enumerate(caches or ()):   # the 4.x layout: cache/.../layers/<i>/...
-            self.put_variable("cache", str(i), merge_caches(self.variables["cache"][str(i)], cache))
+            self.put_variable("cache", str(i), cache)
         return h, (states + (h,) if output_hidden_states else None), attns
 
 
