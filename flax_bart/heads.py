@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from flax_bart import outputs as O
+from flax_bart.declared_params import DeclaredParams
 from flax_bart.modules import BartDecoder, BartEncoder, BartModuleBase, Embed, _dense
 
 
@@ -88,7 +89,7 @@ class _HeadBase(BartModuleBase):
         return self.model.decode(*args, **kwargs)
 
 
-class BartForConditionalGenerationModule(_HeadBase):
+class BartForConditionalGenerationModule(DeclaredParams, _HeadBase):
     def setup(self):
         c = self.config
         self.model = self._backbone()

@@ -22,6 +22,7 @@ import flax.linen as nn
 from flax_bart.activations import LOW_PRECISION, accumulator, get_activation
 from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
+from flax_bart.declared_params import DeclaredParams, LayerNorm
 from flax_bart.layer_scan import can_scan, can_scan_cached, scan_layers
 from flax_bart.remat import maybe_remat
 
@@ -40,7 +41,7 @@ def _normal(config: BartConfig):
     return nn.initializers.normal(stddev=config.init_std)
 
 
-class Embed(nn.Module):
+class Embed(DeclaredParams, nn.Module):
     """A lookup table whose out-of-range ids give NaN rows (never a silently clamped row)."""
 
     num_embeddings: int
@@ -70,7 +71,7 @@ class Embed(nn.Module):
 
 
 
-class Dense(nn.Module):
+class Dense(DeclaredParams, nn.Module):
     """`nn.Dense`'s parameters (`kernel` (in, out), `bias`) and float32 numerics; in bf16/fp16 the
     matmul accumulates into float32, the bias is added there and the sum is rounded once, as PyTorch's
     low-precision `addmm` does (nn.Dense rounds the product, then rounds again after the bias). Its
@@ -104,8 +105,8 @@ def _dense(config, features, dtype, param_dtype, precision, name, use_bias=True)
 def _layer_norm(dtype, param_dtype, name):
     # Two-pass variance, mean((x - mean)^2), as PyTorch computes it; flax's default mean(x^2) - mean^2
     # (4.x's choice) cancels when |mean| >> std.
-    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
-                        name=name)
+    return LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+                     name=name)
 
 
 class BartAttention(nn.Module):
@@ -149,6 +150,20 @@ class BartAttention(nn.Module):
         index.value = cur + t
         return cached_k.value, cached_v.value, cur
 
+    def _create_cache(self, hidden_BxTxD, kv_BxSxD, cache_length: int):
+        """Only the new cache (`init_cache` outside `init`): an empty self-attention cache, or the
+        cross-attention K/V of `kv_BxSxD`, the same numbers the full call stores. Nothing else is
+        traced (the queries, scores and output would be dead code); `hidden_BxTxD` is returned as it is."""
+        if self.is_cross:
+            k, v = self._heads(self._proj("k_proj")(kv_BxSxD)), self._heads(self._proj("v_proj")(kv_BxSxD))
+            self.put_variable("cache", "cached_key", k)
+            self.put_variable("cache", "cached_value", v)
+        elif self.causal:
+            b, _, d = hidden_BxTxD.shape
+            empty = jax.ShapeDtypeStruct((b, 1, self.num_heads, d // self.num_heads), jnp.dtype(self.dtype))
+            self._self_cache(empty, empty, True, cache_length)
+        return hidden_BxTxD
+
     @nn.compact
     def __call__(
         self,
@@ -161,6 +176,8 @@ class BartAttention(nn.Module):
     ):
         b, t, _ = hidden_BxTxD.shape
         head_dim = self.config.d_model // self.num_heads
+        if init_cache and not self.is_initializing():
+            return self._create_cache(hidden_BxTxD, kv_BxSxD, cache_length), None
         q = self._heads(self._proj("q_proj")(hidden_BxTxD))
 
         query_offset = None
@@ -362,6 +379,14 @@ class BartDecoderLayer(_PostLNLayer):
 
     def __call__(self, h_BxTxD, mask_BxS, enc_BxSxD, enc_mask_BxS, init_cache=False, cache_length=0,
                  deterministic: bool = True):
+        if init_cache and not self.is_initializing():
+            # Creating a cache (outside `init`) reads no hidden state: the self-attention cache starts
+            # empty and the cross-attention K/V come from the encoder's states. Only those are traced
+            # (a tenth of the decoder), and `h_BxTxD` passes through unchanged.
+            self.self_attn(h_BxTxD, init_cache=True, cache_length=cache_length)
+            if enc_BxSxD is not None:
+                self.encoder_attn(h_BxTxD, kv_BxSxD=enc_BxSxD, init_cache=True)
+            return h_BxTxD, None, None
         residual = h_BxTxD
         h, self_attn = self.self_attn(
             h_BxTxD, key_mask_BxS=mask_BxS, init_cache=init_cache, cache_length=cache_length,
