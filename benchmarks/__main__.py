@@ -1,7 +1,7 @@
 """Run the benchmark suite: each benchmark in its own subprocess (clean memory figures), merged into
 reports/bench/bench.json and bench.md with the machine, versions and thread settings.
 
-    python -m benchmarks [--quick] [--only forward,generate,convert,shard_load,train,remat,scan,dtypes,matmul,parity] [--out reports/bench]
+    python -m benchmarks [--quick] [--only forward,generate,convert,shard_load,train,remat,scan,trace,dtypes,matmul,parity] [--out reports/bench]
     python -m benchmarks --device gpu [--quick]   # forward and generate beside transformers on that device
                                                   # (benchmarks.device_bench), per precision mode
 """
@@ -25,6 +25,7 @@ BENCHES = {
     "train": "benchmarks.train_bench",
     "remat": "benchmarks.remat_bench",
     "scan": "benchmarks.scan_bench",
+    "trace": "benchmarks.trace_bench",
     "dtypes": "benchmarks.dtype_bench",
     "matmul": "benchmarks.matmul_bench",
     "device": "benchmarks.device_bench",

@@ -204,3 +204,19 @@ def test_scan_bench_quick_mode_times_forward_and_generation(tmp_path):
         assert r["same_tokens"] is True
         assert set(r["first_call_s"]) == {"steps unrolled", "steps scanned"}
         assert all(v > 0 for v in r["tokens_per_s"].values())
+
+
+def test_trace_bench_quick_mode_times_tracing_and_init_cache(tmp_path):
+    """`python -m benchmarks.trace_bench --quick`: a forward trace and init_cache for new shapes."""
+    out = tmp_path / "trace.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.trace_bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"forward trace", "forward trace, unrolled", "init_cache lm", "init_cache causal"}
+    for r in data["results"].values():
+        assert len(r["samples_s"]) == 2 and all(v > 0 for v in r["samples_s"])
+    assert "init_cache causal: median" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.trace_bench", "--repeats", "0", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--repeats 0" in bad.stderr
