@@ -51,25 +51,30 @@ def check_scan_layers(value):
                      f"decoding cache) or 'all' (decoding steps too)")
 
 
+def _stack_applied(collection: nn.Module, n_layers: int) -> bool:
+    """What both kinds of scan need: more than one layer, applied (not initialised), and neither
+    `intermediates` nor `params` mutable (those see each layer's own modules, which only the unrolled
+    stack has)."""
+    return n_layers >= 2 and not collection.is_initializing() and not any(
+        collection.is_mutable_collection(c) for c in ("intermediates", "params"))
+
+
 def can_scan(collection: nn.Module, n_layers: int, cached: bool) -> bool:
-    """True when `collection` may scan its layers: applying (not initialising), no cache involved,
-    more than one layer, scanning not switched off (`scan_layers=False`), and no collection the
-    layers could write to is mutable (`capture_intermediates`, `mutable=True`: those see each layer's
-    own modules, which only the unrolled stack has)."""
-    if not getattr(collection, "scan_layers", True) or n_layers < 2 or cached or collection.is_initializing():
+    """True when `collection` may scan its layers: scanning not switched off (`scan_layers=False`),
+    no cache involved (nor a mutable "cache" collection: `mutable=True`), and `_stack_applied`
+    (`capture_intermediates` unrolls)."""
+    if not getattr(collection, "scan_layers", True) or cached or collection.is_mutable_collection("cache"):
         return False
-    return not any(collection.is_mutable_collection(c) for c in ("intermediates", "cache", "params"))
+    return _stack_applied(collection, n_layers)
 
 
 def can_scan_cached(collection: nn.Module, n_layers: int) -> bool:
     """True when a decoding step (a cache exists and is not being created) may scan its layers:
-    `scan_layers="all"`, more than one layer, the "cache" collection mutable (nothing else) and every
-    layer's cache of one structure, shapes and dtypes (the scan reads each layer's cache and writes
-    it back)."""
-    if getattr(collection, "scan_layers", False) != "all" or n_layers < 2 or collection.is_initializing():
+    `scan_layers="all"`, the "cache" collection mutable, `_stack_applied`, and every layer's cache of
+    one structure, shapes and dtypes (the scan reads each layer's cache and writes it back)."""
+    if getattr(collection, "scan_layers", False) != "all" or not collection.is_mutable_collection("cache"):
         return False
-    if not collection.is_mutable_collection("cache") or any(
-            collection.is_mutable_collection(c) for c in ("intermediates", "params")):
+    if not _stack_applied(collection, n_layers):
         return False
     caches = [collection.variables.get("cache", {}).get(str(i)) for i in range(n_layers)]
     if any(c is None for c in caches):
