@@ -388,7 +388,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                 # the gold covers what a low-precision dtype runs, and float32's cases for rule 4's fallback
                 gold_cases = {n: c for d in dtypes for n, c in per_dtype[d].items()}
 
-                def run_gold():
+                def run_gold(base=base):   # bound here; deleted with `base` after the head
                     bar.set_description(f"{head} float64 gold")
                     t0 = time.perf_counter()
                     out = _gold(base, head, cfg, gold_cases, opts.steps)
@@ -449,7 +449,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                         t0 = time.perf_counter()
                         grad_check.judge(report, dtype, fdevs, tdevs)
                         step["grads_s"] = round(time.perf_counter() - t0, 3)
-                del base, gold
+                del base, gold, run_gold   # the float64 model goes before the next head's
 
     if ckpt.drawn:
         report.notes.append("Head weights absent from the checkpoint were drawn from seed "
