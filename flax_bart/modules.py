@@ -150,14 +150,20 @@ class BartAttention(nn.Module):
         index.value = cur + t
         return cached_k.value, cached_v.value, cur
 
+    def _cross_kv(self, kv_BxSxD, store: bool):
+        """The cross-attention K/V of the encoder's states; `store`: also kept as the cache's."""
+        k, v = self._heads(self._proj("k_proj")(kv_BxSxD)), self._heads(self._proj("v_proj")(kv_BxSxD))
+        if store:
+            self.put_variable("cache", "cached_key", k)
+            self.put_variable("cache", "cached_value", v)
+        return k, v
+
     def _create_cache(self, hidden_BxTxD, kv_BxSxD, cache_length: int):
         """Only the new cache (`init_cache` outside `init`): an empty self-attention cache, or the
         cross-attention K/V of `kv_BxSxD`, the same numbers the full call stores. Nothing else is
         traced (the queries, scores and output would be dead code); `hidden_BxTxD` is returned as it is."""
         if self.is_cross:
-            k, v = self._heads(self._proj("k_proj")(kv_BxSxD)), self._heads(self._proj("v_proj")(kv_BxSxD))
-            self.put_variable("cache", "cached_key", k)
-            self.put_variable("cache", "cached_value", v)
+            self._cross_kv(kv_BxSxD, store=True)
         elif self.causal:
             b, _, d = hidden_BxTxD.shape
             empty = jax.ShapeDtypeStruct((b, 1, self.num_heads, d // self.num_heads), jnp.dtype(self.dtype))
@@ -186,10 +192,7 @@ class BartAttention(nn.Module):
                 k = self.get_variable("cache", "cached_key")
                 v = self.get_variable("cache", "cached_value")
             else:
-                k, v = self._heads(self._proj("k_proj")(kv_BxSxD)), self._heads(self._proj("v_proj")(kv_BxSxD))
-                if init_cache:
-                    self.put_variable("cache", "cached_key", k)
-                    self.put_variable("cache", "cached_value", v)
+                k, v = self._cross_kv(kv_BxSxD, store=init_cache)
         else:
             k = self._heads(self._proj("k_proj")(hidden_BxTxD))
             v = self._heads(self._proj("v_proj")(hidden_BxTxD))
