@@ -65,6 +65,24 @@ def median_time(fn, repeats: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(samples), "samples_s": samples}
 
 
+def interleaved_times(fns: dict, repeats: int) -> dict:
+    """Time several callables round by round (each runs once per round, in turn), so that load from
+    other tenants of a shared machine falls on all of them alike. The callables must be warm already.
+    Returns {name: {"median_s", "samples_s"}}; sample i of every name comes from round i."""
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: {"median_s": statistics.median(s), "samples_s": s} for name, s in samples.items()}
+
+
+def paired_ratio(num: dict, den: dict) -> float:
+    """Median over rounds of num's time / den's time in the same round (`interleaved_times`)."""
+    return statistics.median(a / b for a, b in zip(num["samples_s"], den["samples_s"]))
+
+
 def add_allocator_flag(parser) -> None:
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
                         help="tuned (default): flax_bart.tune_host_allocator() first, as the CLI does; default: the "

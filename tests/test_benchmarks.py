@@ -24,12 +24,26 @@ def test_suite_quick_mode_writes_reports(tmp_path):
     for r in data["results"]:
         assert set(r["timings"]) == {"reference", "transformers", "flax"}
         assert all(v["median_s"] > 0 for v in r["timings"].values())
-        assert r["ratios"]["flax/transformers"] > 0
+        assert r["ratios"]["flax/transformers"] > 0 and r["paired_ratios"]["flax/transformers"] > 0
+        assert len({len(v["samples_s"]) for v in r["timings"].values()}) == 1  # one sample per round each
     suite = json.loads((tmp_path / "bench.json").read_text())
     assert set(suite["runs"]) == {"forward", "convert"} and all(r["exit_code"] == 0 for r in suite["runs"].values())
     assert "versions" in suite["environment"] and "torch_threads" in suite["environment"]
     md = (tmp_path / "bench.md").read_text()
     assert "| measurement | value | target |" in md and "forward tiny qa float32" in md
+
+
+def test_interleaved_times_runs_round_by_round():
+    """Each callable runs once per round, in turn; the paired ratio is the median of per-round ratios."""
+    from benchmarks.common import interleaved_times, paired_ratio
+
+    calls = []
+    t = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
+    assert calls == ["a", "b"] * 3
+    assert all(len(v["samples_s"]) == 3 for v in t.values())
+    num, den = {"samples_s": [2.0, 9.0, 3.0]}, {"samples_s": [1.0, 3.0, 1.0]}
+    assert paired_ratio(num, den) == 3.0  # per round 2, 3, 3; the medians' ratio would be 3 / 1 = 3 too
+    assert paired_ratio({"samples_s": [1.0, 4.0, 1.0]}, {"samples_s": [1.0, 1.0, 2.0]}) == 1.0
 
 
 def test_aggregator_rejects_unknown_benchmark(tmp_path):
