@@ -29,7 +29,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, environment, median_time, write_json
+from benchmarks.common import (SHAPES, add_allocator_flag, apply_allocator, environment, interleaved_times, median_time,
+                               write_json)
 
 FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
@@ -122,11 +123,19 @@ def decoding_floor(model, params, tmodel, ids, mask, new_tokens: int, repeats: i
     import torch
     from flax import traverse_util
 
-    enc_flax = median_time(lambda: jax.block_until_ready(
-        model.encode(ids, attention_mask=mask, params=params).last_hidden_state), repeats)["median_s"]
     ti, tm = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-    with torch.inference_mode():
-        enc_torch = median_time(lambda: tmodel.get_encoder()(input_ids=ti, attention_mask=tm), repeats)["median_s"]
+
+    def torch_encode():
+        with torch.inference_mode():
+            tmodel.get_encoder()(input_ids=ti, attention_mask=tm)
+
+    encoders = {"flax": lambda: jax.block_until_ready(
+                    model.encode(ids, attention_mask=mask, params=params).last_hidden_state),
+                "transformers": torch_encode}
+    for fn in encoders.values():
+        fn()   # warm-up (flax_bart: trace and compile)
+    encoders = interleaved_times(encoders, repeats)   # the two in turn, as the generate calls above
+    enc_flax, enc_torch = encoders["flax"]["median_s"], encoders["transformers"]["median_s"]
     flat = traverse_util.flatten_dict(params, sep="/")
     once = ("encoder_attn/k_proj/", "encoder_attn/v_proj/")  # computed once into the cache
     # (a step reads one row of the position table: not counted)
