@@ -68,14 +68,18 @@ def median_time(fn, repeats: int, warmup: int = 1) -> dict:
 def interleaved_times(fns: dict, repeats: int) -> dict:
     """Time several callables round by round (each runs once per round, in turn), so that load from
     other tenants of a shared machine falls on all of them alike. The callables must be warm already.
-    Returns {name: {"median_s", "samples_s"}}; sample i of every name comes from round i."""
+    Returns {name: {"median_s", "samples_s", "median_cpu_s"}} (CPU: this process's, all threads);
+    sample i of every name comes from round i."""
     samples = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             samples[name].append(time.perf_counter() - t0)
-    return {name: {"median_s": statistics.median(s), "samples_s": s} for name, s in samples.items()}
+            cpu[name].append(time.process_time() - c0)
+    return {name: {"median_s": statistics.median(s), "samples_s": s, "median_cpu_s": statistics.median(cpu[name])}
+            for name, s in samples.items()}
 
 
 def paired_ratio(num: dict, den: dict) -> float:

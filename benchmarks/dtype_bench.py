@@ -11,13 +11,12 @@ after it, the dtypes alternated call by call so that a change in the machine's l
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, environment, write_json
+from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, environment, interleaved_times, write_json
 
 DTYPES = ("float32", "bfloat16", "float16")
 FULL = dict(shape="base", batch=2, source_length=32, new_tokens=16, repeats=5)
@@ -50,20 +49,15 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
         calls[dtype] = {"forward": forward, "generate": generate}
     results = {d: {} for d in DTYPES}
     for what in ("forward", "generate"):
-        samples = {d: [] for d in DTYPES}
         for dtype in DTYPES:
             t0 = time.perf_counter()
             out = calls[dtype][what]()
             results[dtype][what] = {"first_call_s": time.perf_counter() - t0}
             if what == "generate":
                 results[dtype]["generated_shape"] = list(out.shape)
-        for _ in range(repeats):
-            for dtype in DTYPES:
-                t0 = time.perf_counter()
-                calls[dtype][what]()
-                samples[dtype].append(time.perf_counter() - t0)
+        timed = interleaved_times({dtype: calls[dtype][what] for dtype in DTYPES}, repeats)
         for dtype in DTYPES:
-            results[dtype][what].update(median_s=statistics.median(samples[dtype]), samples_s=samples[dtype])
+            results[dtype][what].update(timed[dtype])
     return {"case": dict(shape=shape, batch=batch, source_length=source_length, new_tokens=new_tokens,
                          repeats=repeats), "results": results}
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -82,16 +81,8 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
     torch_ids = torch_generate()  # warm-up
     flax_generate()
     # interleaved, so that changes in the machine's load hit both sides alike
-    samples = {"flax": [], "transformers": []}
-    cpu = {"flax": [], "transformers": []}
-    for _ in range(repeats):
-        for name, fn in (("flax", flax_generate), ("transformers", torch_generate)):
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    flax_t, torch_t = ({"median_s": statistics.median(samples[k]), "min_s": min(samples[k]), "samples_s": samples[k],
-                        "median_cpu_s": statistics.median(cpu[k])} for k in ("flax", "transformers"))
+    timed = interleaved_times({"flax": flax_generate, "transformers": torch_generate}, repeats)
+    flax_t, torch_t = ({**timed[k], "min_s": min(timed[k]["samples_s"])} for k in ("flax", "transformers"))
 
     tokens = batch * new_tokens
     flax_tps, torch_tps = tokens / flax_t["median_s"], tokens / torch_t["median_s"]

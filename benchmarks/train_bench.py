@@ -14,13 +14,12 @@ call (trace + compile + one step) and PyTorch's first step are reported separate
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, environment, write_json
+from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, environment, interleaved_times, write_json
 
 FULL = dict(shape="base", batch=4, length=256, repeats=5)
 QUICK = dict(shape="tiny", batch=2, length=16, repeats=2)
@@ -105,14 +104,11 @@ def run(shape: str, batch: int, length: int, repeats: int, torch_threads: int = 
     first = {name: _timed(step) for name, (step, _) in sides.items()}  # flax: trace + compile + one step
     for step, _ in sides.values():  # warm-up
         step()
-    samples = {name: [] for name in sides}
-    for _ in range(repeats):
-        for name, (step, _) in sides.items():
-            samples[name].append(_timed(step))
+    timed = interleaved_times({name: step for name, (step, _) in sides.items()}, repeats)
     tokens = batch * 2 * length
-    timings = {name: {"median_s": statistics.median(s), "samples_s": s, "first_step_s": first[name],
-                      "tokens_per_s": tokens / statistics.median(s), "losses": sides[name][1]}
-               for name, s in samples.items()}
+    timings = {name: {**t, "first_step_s": first[name], "tokens_per_s": tokens / t["median_s"],
+                      "losses": sides[name][1]}
+               for name, t in timed.items()}
     for name, t in timings.items():
         if not all(np.isfinite(t["losses"])):
             raise RuntimeError(f"{name}: non-finite training loss {t['losses']}")

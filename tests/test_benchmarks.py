@@ -40,7 +40,7 @@ def test_interleaved_times_runs_round_by_round():
     calls = []
     t = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
     assert calls == ["a", "b"] * 3
-    assert all(len(v["samples_s"]) == 3 for v in t.values())
+    assert all(len(v["samples_s"]) == 3 and v["median_cpu_s"] >= 0 for v in t.values())
     num, den = {"samples_s": [2.0, 9.0, 3.0]}, {"samples_s": [1.0, 3.0, 1.0]}
     assert paired_ratio(num, den) == 3.0  # per round 2, 3, 3; the medians' ratio would be 3 / 1 = 3 too
     assert paired_ratio({"samples_s": [1.0, 4.0, 1.0]}, {"samples_s": [1.0, 1.0, 2.0]}) == 1.0
