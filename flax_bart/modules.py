@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from flax_bart.activations import LOW_PRECISION, accumulator, get_activation
+from flax_bart import chunked_dot
 from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
 from flax_bart.declared_params import DeclaredParams, LayerNorm
@@ -66,13 +67,14 @@ class Embed(DeclaredParams, nn.Module):
         # the bf16 units); a GPU's bf16 product accumulates in float32 anyway, and a float32 copy of the
         # (batch, positions, vocabulary) logits would only cost memory there.
         acc = accumulator(self.dtype) if jax.default_backend() == "cpu" else None
-        return jnp.einsum("btd,vd->btv", x_BxTxD, table, precision=precision,
-                          preferred_element_type=acc).astype(self.dtype)
+        return chunked_dot.matmul_table(x_BxTxD.astype(self.dtype), table, precision=precision,
+                                        preferred_element_type=acc).astype(self.dtype)
 
 
 
 class Dense(DeclaredParams, nn.Module):
-    """`nn.Dense`'s parameters (`kernel` (in, out), `bias`) and float32 numerics; in bf16/fp16 the
+    """`nn.Dense`'s parameters (`kernel` (in, out), `bias`) and float32 numerics (with `precision="highest"` on
+    CPU the contraction is summed in blocks, `flax_bart.chunked_dot`); in bf16/fp16 the
     matmul accumulates into float32, the bias is added there and the sum is rounded once, as PyTorch's
     low-precision `addmm` does (nn.Dense rounds the product, then rounds again after the bias). Its
     backward pass then sums the bias gradient over batch and positions in float32 as well: autodiff
@@ -90,8 +92,8 @@ class Dense(DeclaredParams, nn.Module):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = jnp.dtype(self.dtype)
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
-                                precision=self.precision, preferred_element_type=accumulator(dtype))
+        y = chunked_dot.matmul(x.astype(dtype), kernel.astype(dtype), precision=self.precision,
+                               preferred_element_type=accumulator(dtype))
         if bias is not None:
             y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
         return y.astype(dtype)

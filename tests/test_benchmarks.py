@@ -234,3 +234,15 @@ def test_trace_bench_quick_mode_times_tracing_and_init_cache(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "benchmarks.trace_bench", "--repeats", "0", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--repeats 0" in bad.stderr
+
+
+def test_chunked_dot_bench_quick_measures_both_ways(tmp_path):
+    """`python -m benchmarks.chunked_dot_bench --quick`: products and a forward, plain and blocked, each
+    with its distance from float64 and its interleaved timings."""
+    proc, data = _quick_bench("benchmarks.chunked_dot_bench", tmp_path / "chunked.json")
+    assert data["benchmark"] == "chunked_dot" and data["environment"]["cpu"]
+    for row in data["products"]:
+        assert row["chunks"] > 1 and set(row["rel_err_vs_float64"]) == {"xla_plain", "xla_blocked", "torch"}
+        assert all(0 < e < 1e-4 for e in row["rel_err_vs_float64"].values())
+        assert all(len(t["samples_s"]) == data["repeats"] for t in row["timings"].values())
+    assert data["forwards"] and set(data["forwards"][0]["rel_err_vs_float64"]) == {"plain", "blocked"}

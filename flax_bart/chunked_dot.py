@@ -1,0 +1,97 @@
+"""`precision="highest"` on CPU: float32 products whose contraction is summed in blocks, as PyTorch's GEMM sums it.
+
+jax 0.10's XLA:CPU hands float32 dots to YNNPACK (`__ynn_fusion` in the compiled HLO), whose kernels
+accumulate the whole contraction in one register per output, term after term. PyTorch's CPU GEMM
+(MKL/oneDNN) blocks the contraction and adds the blocks' partial sums, and so does XLA's Eigen GEMM
+when YNNPACK is switched off (`--xla_cpu_experimental_ynn_fusion_type=`). Over BART's K = 768-4096
+the sequential sum errs 2-6x as much (max |error| / RMS against the float64 product; figures in
+`reports/bench/`, `python -m benchmarks.chunked_dot_bench`). `precision` on CPU otherwise changes nothing
+for float32 (no reduced-precision passes to turn off), so a model built with `precision="highest"`
+(or `jax.lax.Precision.HIGHEST`) gets the more accurate sum there:
+
+- `Dense` splits its contraction into `chunks(K)` equal blocks: one batched dot over the blocks (the
+  kernel's reshape (K, N) -> (C, K/C, N) is free; the activation's block axis moves to the front) and
+  the C partial products added in order;
+- the tied LM head (`Embed.attend`, a (V, D) table) the same way, which also transposes the table on
+  every call.
+
+Off by default: the C partial products are written out and read back, and on a 2-core AVX2 EPYC a
+BART-base forward took 11-18% longer with it. Not in bfloat16/float16 (their products accumulate in
+float32 and are judged against the float64 gold), and not off the CPU (cuBLAS blocks its own sums).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+BLOCK = 256        # most terms one partial sum takes ...
+MAX_CHUNKS = 8     # ... unless that needs more blocks than this: each block adds a (rows, N) partial product
+MIN_BLOCK = 64     # a contraction with no divisor giving blocks of MIN_BLOCK..BLOCK terms is not split
+
+
+def chunks(k: int) -> int:
+    """How many equal blocks a contraction of length `k` is summed in: the fewest of at most
+    max(BLOCK, k / MAX_CHUNKS) terms each; 1 when `k` fits one block or no divisor leaves blocks of
+    MIN_BLOCK terms or more."""
+    if k <= BLOCK:
+        return 1
+    block = max(BLOCK, -(-k // MAX_CHUNKS))
+    for c in range(-(-k // block), k // MIN_BLOCK + 1):
+        if k % c == 0:
+            return c
+    return 1
+
+
+def is_highest(precision: Any) -> bool:
+    """Whether a dot_general `precision` (None, a name, a `lax.Precision` or a pair) asks for HIGHEST."""
+    if precision is None:
+        return False
+    pair = precision if isinstance(precision, (tuple, list)) else (precision, precision)
+    try:
+        return all(jax.lax.Precision(p) == jax.lax.Precision.HIGHEST for p in pair)
+    except (ValueError, TypeError):
+        return False
+
+
+def applies(dtype: Any, k: int, precision: Any) -> bool:
+    """Whether a product in `dtype` over a contraction of length `k` is blocked here."""
+    return (is_highest(precision) and jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu"
+            and chunks(k) > 1)
+
+
+def _sum_in_order(parts_CxN):
+    out = parts_CxN[0]
+    for i in range(1, parts_CxN.shape[0]):   # in order: the result does not depend on a reduction's tree
+        out = out + parts_CxN[i]
+    return out
+
+
+def matmul(x, kernel, precision=None, preferred_element_type=None):
+    """x (..., K) @ kernel (K, N) -> (..., N); the contraction in blocks when `applies`."""
+    k, lead = x.shape[-1], x.ndim - 1
+    if not applies(x.dtype, k, precision) or kernel.dtype != x.dtype:
+        return jax.lax.dot_general(x, kernel, (((lead,), (0,)), ((), ())), precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    c = chunks(k)
+    x_blocks = x.reshape(x.shape[:-1] + (c, k // c))                  # (..., C, K/C)
+    kernel_blocks = kernel.reshape((c, k // c) + kernel.shape[1:])    # (C, K/C, N)
+    parts = jax.lax.dot_general(x_blocks, kernel_blocks, (((lead + 1,), (1,)), ((lead,), (0,))),
+                                precision=precision, preferred_element_type=preferred_element_type)
+    return _sum_in_order(parts)
+
+
+def matmul_table(x, table_VxK, precision=None, preferred_element_type=None):
+    """x (..., K) @ table (V, K)^T -> (..., V) (a tied LM head); the contraction in blocks when `applies`."""
+    k, lead = x.shape[-1], x.ndim - 1
+    if not applies(x.dtype, k, precision) or table_VxK.dtype != x.dtype:
+        return jax.lax.dot_general(x, table_VxK, (((lead,), (1,)), ((), ())), precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    c = chunks(k)
+    x_blocks = x.reshape(x.shape[:-1] + (c, k // c))
+    table_blocks = table_VxK.reshape((table_VxK.shape[0], c, k // c))   # (V, C, K/C)
+    parts = jax.lax.dot_general(x_blocks, table_blocks, (((lead + 1,), (2,)), ((lead,), (1,))),
+                                precision=precision, preferred_element_type=preferred_element_type)
+    return _sum_in_order(parts)
