@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Flax model's attention kernel (flax_bart.attention_kernels): auto (default: cuDNN's "
                         "fused attention on a GPU for float16/bfloat16, the explicit einsum path elsewhere), "
                         "explicit, xla (jax.nn.dot_product_attention's XLA path), cudnn")
+    p.add_argument("--precision", choices=("highest", "default"), default="highest",
+                   help="the Flax model's matmul precision: highest (default; as the gate pins JAX's default "
+                        "matmul precision; on CPU float32 contractions are then summed in blocks as PyTorch's GEMM "
+                        "sums them, flax_bart.chunked_dot), or default (XLA's own float32 dot)")
     p.add_argument("--no-scan-layers", action="store_true",
                    help="compile the Flax layer stacks unrolled, as the models run by default (slower to compile); "
                         "by default the gate compiles each layer stack, decoding steps included, as one lax.scan")
@@ -173,7 +177,7 @@ def options_from_args(args: argparse.Namespace, run_name: str):
                    texts=tuple(args.text), policy=Policy.from_namespace(args), run_name=run_name, mesh=args.mesh,
                    grads=args.grads or args.grad_heads is not None, grad_heads=args.grad_heads,
                    attention=args.attention, scan_layers=not args.no_scan_layers, compile_mode=args.compile_mode,
-                   flax_jobs=args.flax_jobs,
+                   flax_jobs=args.flax_jobs, precision=args.precision,
                    max_length_dtypes=None if tuple(args.max_length_dtypes) == ("all",) else args.max_length_dtypes)
 
 

@@ -77,7 +77,7 @@ class GradCheck:
 
         from parity.harness import flax_model
 
-        model = flax_model(self.config, self.head, dtype)
+        model = flax_model(self.config, self.head, dtype, precision=self.opts.precision)
         cast = {"float32": model.to_fp32, "float16": model.to_fp16, "bfloat16": model.to_bf16}[dtype](self.params)
         with jax.default_device(device):
             params = jax.device_put(cast, device)
@@ -121,7 +121,7 @@ class GradCheck:
         noisy = zero_gradients(self.gold({name: case})[name])[0]
         torch_out = {td: adamw.torch_steps(self._reference("float32", dev), self.head, case, targets)
                      for td, dev in tdevs.items()}
-        model = flax_model(self.config, self.head, "float32")
+        model = flax_model(self.config, self.head, "float32", precision=self.opts.precision)
         inputs = {k: v for k, v in case.items() if v is not None}
         for fd, (dev, _) in fdevs.items():
             with jax.default_device(dev):

@@ -7,7 +7,11 @@ and cached vs uncached inside each framework); then greedy decoding: token ids a
 scores (generate's `output_scores`). Cached decoding exists for the heads that decode ("lm",
 "causal", "base": hidden states only), greedy decoding for "lm" and "causal".
 
-fp32 compares Flax fp32 with PyTorch fp32 under `jax.default_matmul_precision("highest")`. fp16/bf16
+fp32 compares Flax fp32 with PyTorch fp32 under `jax.default_matmul_precision("highest")`, the Flax
+model built with `precision="highest"` (`--precision`): on CPU its float32 contractions are then summed
+in blocks, as PyTorch's GEMM sums them (flax_bart.chunked_dot); XLA's own dot sums them term after term,
+and on an AVX2 EPYC that put the demo's float32 LM logits at 0.99 of rtol (0.46 for the worst tensor
+with the blocks). fp16/bf16
 also run the reference in float64 as the gold yardstick (see `parity.tolerance`), once per head, shared
 by every dtype; a float32 tensor outside rtol is judged against it too (run then if no low-precision
 dtype is in the matrix). Low-precision greedy
@@ -99,12 +103,13 @@ _MODELS_LOCK = threading.Lock()   # Flax jobs of several dtypes build their mode
 
 
 def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto",
-               scan_layers: bool = True, fast_compile: bool = False):
+               scan_layers: bool = True, fast_compile: bool = False, precision: str = "highest"):
     """The Flax model of (config, head, dtype, attention_impl), cached; with a mesh, one that runs on it
     (`model.mesh`). Layer stacks, decoding steps included, compile as one scan by default
     (flax_bart.layer_scan, `scan_layers="all"`): each program here runs a few times, so compile time is
     what counts. `fast_compile`: compiled with
-    flax_bart.FAST_COMPILE (parity.options.fast_compile)."""
+    flax_bart.FAST_COMPILE (parity.options.fast_compile). `precision`: "default" or "highest", the
+    model's `precision` (on CPU, "highest" sums float32 contractions in blocks: flax_bart.chunked_dot)."""
     import jax.numpy as jnp
 
     from flax_bart import FAST_COMPILE
@@ -113,14 +118,15 @@ def flax_model(config, head: str, dtype: str, mesh=None, attention: str = "auto"
     fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f not in ("extra", "labels_given")}
     mesh_key = None if mesh is None else (mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
     key = (json.dumps(fields, sort_keys=True, default=str), head, dtype, mesh_key, attention, scan_layers,
-           fast_compile)
+           fast_compile, precision)
     with _MODELS_LOCK:
         model = _MODELS.pop(key, None)
         if model is None:
             jdtype = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
             model = MODEL_CLASSES[head](config, dtype=jdtype, _do_init=False, attention_impl=attention,
                                         scan_layers="all" if scan_layers else False,
-                                        compiler_options=FAST_COMPILE if fast_compile else None)
+                                        compiler_options=FAST_COMPILE if fast_compile else None,
+                                        precision=None if precision == "default" else precision)
             model.mesh = mesh
         _MODELS[key] = model  # most recently used last
         while len(_MODELS) > _MODELS_MAX:
@@ -166,11 +172,12 @@ def _cast_params(model, params, dtype: str):
 
 
 def _flax_runner(checkpoint: Checkpoint, head: str, params, dtype: str, device, mesh=None,
-                 attention: str = "auto", scan_layers: bool = True, compile_mode: str = "auto") -> FlaxRunner:
+                 attention: str = "auto", scan_layers: bool = True, compile_mode: str = "auto",
+                 precision: str = "highest") -> FlaxRunner:
     import jax
 
     models = [flax_model(checkpoint.config, head, dtype, mesh, attention_for(attention, device), scan_layers,
-                         fast_compile=fast) for fast in ((False, True) if compile_mode == "auto" else
+                         fast_compile=fast, precision=precision) for fast in ((False, True) if compile_mode == "auto" else
                                                           (compile_mode == "fast",))]
     model = models[0]
     cast = _cast_params(model, params, dtype)
@@ -315,6 +322,9 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     say(f"checkpoint {ckpt.path} ({ckpt.source_head}); Flax weights {ckpt.flax_origin}")
     env_extra = {
         "attention": attention,
+        "flax_precision": {"default": "default (XLA's float32 dot)",
+                           "highest": "highest (float32 contractions summed in blocks on CPU, flax_bart.chunked_dot)"
+                           }[opts.precision],
         "layer_stacks": "one lax.scan per stack (decoding steps included)" if opts.scan_layers else "unrolled",
         "max_length_dtypes": "all" if opts.max_length_dtypes is None else ",".join(opts.max_length_dtypes),
         "xla_compile": {"auto": "auto: backend optimisation off (flax_bart.FAST_COMPILE) for shape buckets under " +
@@ -361,7 +371,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
         fdev, mesh = fdevs[fd]
         with jax.default_matmul_precision(MATMUL_PRECISION), CompileMeter() as meter:
             runner = _flax_runner(ckpt, head, params, dtype, fdev, mesh, opts.attention, opts.scan_layers,
-                                  opts.compile_mode)
+                                  opts.compile_mode, opts.precision)
             out, layout = _run_flax(runner, head, dcases, opts.steps, fdev)
             return out, layout, meter, runner.greedy_path
 

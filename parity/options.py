@@ -38,6 +38,8 @@ class Options:
     #                                               (None: every dtype); --cases max_length runs it in all
     compile_mode: str = "auto"                    # XLA backend optimisation: auto, fast (off), optimized (on)
     flax_jobs: int | None = None                  # Flax runs of a head side by side (None: flax_jobs())
+    precision: str = "highest"                    # the Flax model's matmul precision: highest (on CPU, float32
+    #                                               contractions summed in blocks: flax_bart.chunked_dot), or default
 
 
 COMPILE_MODES = ("auto", "fast", "optimized")

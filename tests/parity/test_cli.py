@@ -184,6 +184,7 @@ def _no_traceback(code, err):
     (["--max-length-dtypes", "int8"], "--max-length-dtypes: unknown dtype 'int8'"),
     (["--compile-mode", "O3"], "--compile-mode: invalid choice: 'O3'"),
     (["--flax-jobs", "0"], "--flax-jobs 0: expected a number >= 1"),
+    (["--precision", "tf32"], "--precision: invalid choice: 'tf32'"),
 ])
 def test_bad_arguments_exit_2(checkpoint, tmp_path, capsys, extra, words):
     code, _, err = run([checkpoint, *FAST, "--out", str(tmp_path), *extra], capsys)

@@ -398,3 +398,22 @@ def test_gate_param_cast_is_the_models_cast_bit_for_bit(dtype):
         nan = np.isnan(w.astype(np.float32))
         assert np.array_equal(np.isnan(g.astype(np.float32)), nan)
         assert np.array_equal(g[~nan].view(np.uint8), w[~nan].view(np.uint8))
+
+
+def test_highest_precision_runs_the_blocked_float32_products_and_still_fails_on_perturbed_weights(tmp_path):
+    """--precision highest: the Flax model's float32 contractions summed in blocks (d_model 512: 2 blocks),
+    recorded in the report; a perturbed layer still fails."""
+    torch_model("lm", seed=0, d_model=512, encoder_ffn_dim=1024, decoder_ffn_dim=1024, encoder_layers=1,
+                decoder_layers=1, encoder_attention_heads=8, decoder_attention_heads=8).save_pretrained(tmp_path)
+    runs = {}
+    for precision in ("default", "highest"):
+        opts = Options(heads=("lm",), cases=("right_padding",), precision=precision, **SMALL)
+        runs[precision] = run_parity(tmp_path, opts=opts).report
+        assert runs[precision].passed, runs[precision].column("float32").first_failure
+    assert runs["highest"].environment.extra["flax_precision"].startswith("highest (float32 contractions")
+    errs = {p: [r.metrics.max_abs_err for r in rep.column("float32").results] for p, rep in runs.items()}
+    assert errs["default"] != errs["highest"]   # a different sum ran
+    save_flax_next_to_it(tmp_path, scale=(("model", "decoder", "layers", "0", "fc1", "kernel"), 1.001))
+    bad = run_parity(tmp_path, opts=Options(heads=("lm",), cases=("right_padding",), precision="highest", **SMALL))
+    first = bad.report.column("float32").first_failure
+    assert not bad.report.passed and (first.group, first.layer) == ("decoder", 0)
