@@ -85,3 +85,17 @@ def test_model_with_highest_precision_is_closer_to_float64():
         model = type(model)(model.config, _do_init=False, precision=precision)
         errs[precision] = _rel_err(model(ids, attention_mask=mask, params=params).logits, gold)
     assert errs["highest"] < errs[None], errs
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 768), (2, 1, 768), (4, 2, 768), (3, 5, 768)])
+def test_table_product_for_a_decoding_step_and_for_many_rows(shape):
+    """matmul_table: 1 row the plain matrix-vector product, 2-8 rows a multiply-reduce, more rows blocks;
+    each at PyTorch's distance from float64 or closer (2.5x with a floor), in the input's shape."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(np.float32)
+    table = (rng.standard_normal((4096, 768)) * 0.02).astype(np.float32)
+    gold = x.astype(np.float64) @ table.astype(np.float64).T
+    out = np.asarray(jax.jit(lambda a, b: chunked_dot.matmul_table(a, b, precision="highest"))(x, table))
+    assert out.shape == shape[:-1] + (4096,)
+    torch_err = _rel_err((torch.from_numpy(x) @ torch.from_numpy(table).T).numpy(), gold)
+    assert _rel_err(out, gold) <= max(2.5 * torch_err, 2e-6)
