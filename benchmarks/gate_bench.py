@@ -1,7 +1,7 @@
 """The parity gate's wall time, cold and warm compile cache, and where it goes (PyTorch, Flax build, Flax run).
 
     python -m benchmarks.gate_bench [--quick] [--matrix quick4x3,demo3x3] [--compile-modes auto,optimized]
-                                    [--flax-jobs 1,default]
+                                    [--flax-jobs 1,default] [--precisions highest,default]
                                     [--out reports/bench]
 
 Each run is `python -m parity CKPT --heads ... --dtypes ... --compile-cache DIR` in a child process:
@@ -36,9 +36,10 @@ MATRICES = {
 
 
 def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: float,
-             compile_mode: str = "auto", flax_jobs: int | None = None) -> dict:
+             compile_mode: str = "auto", flax_jobs: int | None = None, precision: str = "highest") -> dict:
     cmd = [sys.executable, "-m", "parity", checkpoint, "--heads", matrix["heads"], "--dtypes", matrix["dtypes"],
-           "--compile-cache", cache_dir, "--out", out, "--quiet", "--compile-mode", compile_mode, *matrix["extra"]]
+           "--compile-cache", cache_dir, "--out", out, "--quiet", "--compile-mode", compile_mode,
+           "--precision", precision, *matrix["extra"]]
     if flax_jobs is not None:
         cmd += ["--flax-jobs", str(flax_jobs)]
     t0 = time.perf_counter()
@@ -77,7 +78,14 @@ def main(argv=None) -> int:
     p.add_argument("--flax-jobs", default="default",
                    help="comma-separated parity --flax-jobs values, each run side by side ('default': parity's own "
                         "choice; results of another value are keyed MATRIX/jobsN)")
+    p.add_argument("--precisions", default="highest",
+                   help="comma-separated parity --precision values, each run in turn (results of 'default' are keyed "
+                        "MATRIX/default)")
     args = p.parse_args(argv)
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    if not precisions or any(x not in ("highest", "default") for x in precisions):
+        print(f"gate_bench: --precisions {args.precisions!r}; expected some of highest, default", file=sys.stderr)
+        return 2
     modes = [m.strip() for m in args.compile_modes.split(",") if m.strip()]
     if not modes or any(m not in ("auto", "fast", "optimized") for m in modes):
         print(f"gate_bench: --compile-modes {args.compile_modes!r}; expected some of auto, fast, optimized",
@@ -102,16 +110,18 @@ def main(argv=None) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
     results = {}
     with tempfile.TemporaryDirectory(prefix="gate-bench-") as tmp:
-        for name, mode, jobs in [(n, m, j) for n in names for m in modes for j in jobs_list]:
+        for name, mode, jobs, precision in [(n, m, j, x) for n in names for m in modes for j in jobs_list
+                                            for x in precisions]:
             matrix = MATRICES[name]
             ckpt = str(ensure_checkpoint(matrix["quick"], cache, log=lambda msg: print(msg, file=sys.stderr)))
-            label = name + ("" if mode == "auto" else f"/{mode}") + ("" if jobs is None else f"/jobs{jobs}")
+            label = name + ("" if mode == "auto" else f"/{mode}") + ("" if jobs is None else f"/jobs{jobs}") + \
+                ("" if precision == "highest" else f"/{precision}")
             tag = label.replace("/", "-")
             compile_dir = os.path.join(tmp, f"{tag}-xla")
             runs = {}
             for phase in ("cold", "warm"):
                 runs[phase] = run_gate(ckpt, matrix, compile_dir, os.path.join(tmp, f"{tag}-{phase}"),
-                                       args.timeout, mode, jobs)
+                                       args.timeout, mode, jobs, precision)
                 r = runs[phase]
                 print(f"{label} {phase}: wall {r['wall_s']:.1f} s; PyTorch {r.get('torch_s', 0):.1f} s, Flax "
                       f"{r.get('flax_s', 0):.1f} s (building {r.get('programs', 0)} programs {r.get('flax_build_s', 0):.1f} s"
@@ -119,7 +129,8 @@ def main(argv=None) -> int:
                       f"{r.get('flax_wait_s', 0):.1f} s); exit "
                       f"{r['exit_code']}", flush=True)
             results[label] = {"heads": matrix["heads"], "dtypes": matrix["dtypes"], "args": matrix["extra"],
-                              "compile_mode": mode, "flax_jobs": "default" if jobs is None else jobs, **runs}
+                              "compile_mode": mode, "flax_jobs": "default" if jobs is None else jobs,
+                              "precision": precision, **runs}
     data = {"benchmark": "gate", "quick": args.quick, "environment": environment(), "results": results}
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "gate.json"), data)
