@@ -63,6 +63,14 @@ def test_gate_bench_quick_runs_cold_then_warm(tmp_path):
     assert cold["exit_code"] == warm["exit_code"] == 0
     assert cold["programs"] > 0 and cold["cache_hits"] == 0 and warm["cache_hits"] > 0
     assert set(cold["steps"]) == {"qa/float32"} and data["environment"]["cpu"]
+    assert data["results"]["smoke"]["precision"] == "highest"
+
+
+def test_gate_bench_rejects_an_unknown_precision(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gate_bench", "--precisions", "tf32", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--precisions 'tf32'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "gate.json").exists()
 
 
 def test_train_bench_quick_writes_both_sides(tmp_path):
