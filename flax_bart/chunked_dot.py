@@ -16,8 +16,9 @@ for float32 (no reduced-precision passes to turn off), so a model built with `pr
   every call; for a decoding step's few rows (`REDUCE_MAX_ROWS`) a multiply-reduce over the table
   instead, which XLA sums with vector accumulators.
 
-Off by default: the C partial products are written out and read back, and on a 2-core AVX2 EPYC a
-BART-base forward took 11-18% longer with it. Not in bfloat16/float16 (their products accumulate in
+Off by default: the C partial products are written out and read back, and on a 2-core AVX2 EPYC
+BART-base forwards took 14-24% longer with it (QA 4 x 256, LM 2 x 128; `reports/bench/epyc-avx2-84e48e8/`).
+The parity gate builds its models with it (`parity --precision`, default highest). Not in bfloat16/float16 (their products accumulate in
 float32 and are judged against the float64 gold), and not off the CPU (cuBLAS blocks its own sums).
 """
 
