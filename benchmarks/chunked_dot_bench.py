@@ -30,6 +30,11 @@ def _rel_err(x, gold) -> float:
     return float(np.abs(np.asarray(x, np.float64) - gold).max() / np.sqrt(np.mean(gold ** 2)))
 
 
+def _ratios(timings: dict, blocked: str, plain: str) -> dict:
+    return {"blocked/plain": timings[blocked]["median_s"] / timings[plain]["median_s"],
+            "blocked/plain_paired": paired_ratio(timings[blocked], timings[plain])}
+
+
 def product_case(rows, k, n, repeats):
     import jax
     import jax.numpy as jnp
@@ -53,9 +58,7 @@ def product_case(rows, k, n, repeats):
     timings = interleaved_times(fns, repeats)
     return {"rows": rows, "k": k, "n": n, "chunks": chunked_dot.chunks(k),
             "rel_err_vs_float64": {name: _rel_err(o, gold) for name, o in outs.items()},
-            "timings": timings,
-            "blocked/plain": timings["xla_blocked"]["median_s"] / timings["xla_plain"]["median_s"],
-            "blocked/plain_paired": paired_ratio(timings["xla_blocked"], timings["xla_plain"])}
+            "timings": timings, **_ratios(timings, "xla_blocked", "xla_plain")}
 
 
 def forward_case(shape, head, batch, length, repeats):
@@ -88,9 +91,7 @@ def forward_case(shape, head, batch, length, repeats):
         fns[name] = (lambda f=f: jax.block_until_ready(f(params, ids, mask)))
     timings = interleaved_times(fns, repeats)
     return {"shape": shape, "head": head, "batch": batch, "length": length, "output": out_name,
-            "rel_err_vs_float64": errs, "timings": timings,
-            "blocked/plain": timings["blocked"]["median_s"] / timings["plain"]["median_s"],
-            "blocked/plain_paired": paired_ratio(timings["blocked"], timings["plain"])}
+            "rel_err_vs_float64": errs, "timings": timings, **_ratios(timings, "blocked", "plain")}
 
 
 def main(argv=None) -> int:

@@ -73,40 +73,43 @@ def _sum_in_order(parts_CxN):
     return out
 
 
-def matmul(x, kernel, precision=None, preferred_element_type=None):
-    """x (..., K) @ kernel (K, N) -> (..., N); the contraction in blocks when `applies`."""
+def _uses_blocks(x, w, precision) -> bool:
+    return applies(x.dtype, x.shape[-1], precision) and w.dtype == x.dtype
+
+
+def _product(x, w, w_axis: int, blocked: bool, precision, preferred_element_type):
+    """x (..., K) contracted with axis `w_axis` of the 2-D `w`; with `blocked`, in `chunks(K)` blocks:
+    K splits into (C, K/C) in both operands (free reshapes), one dot batched over C, the C partial
+    products added in order."""
     k, lead = x.shape[-1], x.ndim - 1
-    if not applies(x.dtype, k, precision) or kernel.dtype != x.dtype:
-        return jax.lax.dot_general(x, kernel, (((lead,), (0,)), ((), ())), precision=precision,
+    if not blocked:
+        return jax.lax.dot_general(x, w, (((lead,), (w_axis,)), ((), ())), precision=precision,
                                    preferred_element_type=preferred_element_type)
     c = chunks(k)
-    x_blocks = x.reshape(x.shape[:-1] + (c, k // c))                  # (..., C, K/C)
-    kernel_blocks = kernel.reshape((c, k // c) + kernel.shape[1:])    # (C, K/C, N)
-    parts = jax.lax.dot_general(x_blocks, kernel_blocks, (((lead + 1,), (1,)), ((lead,), (0,))),
+    x_blocks = x.reshape(x.shape[:-1] + (c, k // c))                              # (..., C, K/C)
+    w_blocks = w.reshape(w.shape[:w_axis] + (c, k // c) + w.shape[w_axis + 1:])  # C at w_axis
+    parts = jax.lax.dot_general(x_blocks, w_blocks, (((lead + 1,), (w_axis + 1,)), ((lead,), (w_axis,))),
                                 precision=precision, preferred_element_type=preferred_element_type)
     return _sum_in_order(parts)
+
+
+def matmul(x, kernel, precision=None, preferred_element_type=None):
+    """x (..., K) @ kernel (K, N) -> (..., N); the contraction in blocks when `applies`."""
+    return _product(x, kernel, 0, _uses_blocks(x, kernel, precision), precision, preferred_element_type)
 
 
 def matmul_table(x, table_VxK, precision=None, preferred_element_type=None):
-    """x (..., K) @ table (V, K)^T -> (..., V) (a tied LM head); the contraction in blocks when `applies`."""
-    k, lead = x.shape[-1], x.ndim - 1
-    if not applies(x.dtype, k, precision) or table_VxK.dtype != x.dtype:
-        return jax.lax.dot_general(x, table_VxK, (((lead,), (1,)), ((), ())), precision=precision,
-                                   preferred_element_type=preferred_element_type)
+    """x (..., K) @ table (V, K)^T -> (..., V) (a tied LM head); the contraction in blocks when `applies`,
+    except for one row (a matrix-vector product: XLA:CPU's is already accurate, 9e-7 for BART-base's LM
+    head) and for a decoding step's few rows (below)."""
     rows = math.prod(x.shape[:-1])
-    if rows == 1:   # a matrix-vector product: XLA:CPU's is already accurate (9e-7 for BART-base's LM head)
-        return jax.lax.dot_general(x, table_VxK, (((lead,), (1,)), ((), ())), precision=precision,
-                                   preferred_element_type=preferred_element_type)
-    if rows <= REDUCE_MAX_ROWS:
-        # A decoding step's few rows: a multiply-reduce over the table's contiguous rows, which XLA:CPU
-        # sums with vector accumulators (2.3-3.2e-6 of the RMS for 2-8 rows of BART-base's LM head,
-        # PyTorch 1.6-1.9e-6, the dot 5.3-5.9e-6) and streams faster than its dot; the blocked form
-        # would transpose the whole table for them (122 ms against the dot's 14.5 for 2 rows).
+    blocked = _uses_blocks(x, table_VxK, precision) and rows > 1
+    if blocked and rows <= REDUCE_MAX_ROWS:
+        # A multiply-reduce over the table's contiguous rows, which XLA:CPU sums with vector
+        # accumulators (2.3-3.2e-6 of the RMS for 2-8 rows of BART-base's LM head, PyTorch 1.6-1.9e-6,
+        # the dot 5.3-5.9e-6) and streams faster than its dot; the blocked form would transpose the
+        # whole table for them (122 ms against the dot's 14.5 for 2 rows).
+        k = x.shape[-1]
         out = jnp.sum(table_VxK[None] * x.reshape(rows, 1, k), axis=-1, dtype=preferred_element_type)
         return out.reshape(x.shape[:-1] + (table_VxK.shape[0],))
-    c = chunks(k)
-    x_blocks = x.reshape(x.shape[:-1] + (c, k // c))
-    table_blocks = table_VxK.reshape((table_VxK.shape[0], c, k // c))   # (V, C, K/C)
-    parts = jax.lax.dot_general(x_blocks, table_blocks, (((lead + 1,), (2,)), ((lead,), (1,))),
-                                precision=precision, preferred_element_type=preferred_element_type)
-    return _sum_in_order(parts)
+    return _product(x, table_VxK, 1, blocked, precision, preferred_element_type)
