@@ -43,6 +43,7 @@ class Options:
 
 
 COMPILE_MODES = ("auto", "fast", "optimized")
+PRECISIONS = ("highest", "default")   # Options.precision / --precision
 # auto: a bucket whose forward pass costs less compiles with flax_bart.FAST_COMPILE (every dtype alike)
 FAST_BELOW_FLOPS = 2e11
 MIN_TOKENS = 256   # a bucket counts at least this many tokens: its decoding reads every weight at every step

@@ -314,6 +314,7 @@ def test_causal_head_decodes(tmp_path):
     (Options(cases=("nope",)), "--cases"),
     (Options(steps=-1), "--steps"),
     (Options(torch_devices=("tpu",)), "--torch-device"),
+    (Options(precision="tf32"), "--precision 'tf32': expected one of highest, default"),
 ])
 def test_bad_options_are_input_errors(tmp_path_factory, opts, words):
     path = tmp_path_factory.getbasetemp() / "bad_opts_ckpt"
