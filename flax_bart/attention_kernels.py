@@ -9,8 +9,10 @@
   the program is traced, "auto" keeps the explicit path.
 - "explicit": always the einsum path (4.x Flax BART's).
 - "xla": `jax.nn.dot_product_attention(implementation="xla")` on any backend (the fused path's wiring,
-  testable on a CPU; float16 only off the CPU, whose XLA has no float16 x float16 -> float32 dot). On a
-  CPU it lowers to the same operations as the explicit path, so its outputs are bit-identical there.
+  testable on a CPU; float16 only off the CPU, whose XLA has no float16 x float16 -> float32 dot). It
+  applies the softmax before weighting the values; the explicit path does so in bf16/fp16 (bit-identical
+  outputs on a CPU) and in float32 divides by the softmax's sum afterwards (flax_bart.modules._attend:
+  the same function within float32 rounding).
 - "cudnn": cuDNN, or a ValueError naming the reason when the backend or shapes do not allow it.
 
 The semantics do not change: the fused kernels get the same scaled queries and the same additive mask

@@ -254,3 +254,19 @@ def test_chunked_dot_bench_quick_measures_both_ways(tmp_path):
         assert all(0 < e < 1e-4 for e in row["rel_err_vs_float64"].values())
         assert all(len(t["samples_s"]) == data["repeats"] for t in row["timings"].values())
     assert data["forwards"] and set(data["forwards"][0]["rel_err_vs_float64"]) == {"plain", "blocked"}
+
+
+def test_attention_bench_quick_measures_both_orders(tmp_path):
+    """`python -m benchmarks.attention_bench --quick`: attention and a forward with the probabilities
+    first and post-normalised, each with its distance from float64, beside PyTorch, timed in rounds."""
+    proc, data = _quick_bench("benchmarks.attention_bench", tmp_path / "attention.json")
+    assert data["benchmark"] == "attention" and data["environment"]["cpu"]
+    for row in data["cores"]:
+        assert set(row["rel_err_vs_float64"]) == {"probs_first", "post_normalised", "torch_eager"}
+        assert all(0 < e < 1e-4 for e in row["rel_err_vs_float64"].values())
+        assert set(row["timings"]) == {"probs_first", "post_normalised", "torch_eager", "torch_sdpa"}
+        assert all(len(t["samples_s"]) == data["repeats"] for t in row["timings"].values())
+    fwd = data["forwards"][0]
+    assert set(fwd["rel_err_vs_float64"]) == {"probs_first", "post_normalised", "transformers"}
+    assert all(0 < e < 1e-4 for e in fwd["rel_err_vs_float64"].values())
+    assert fwd["paired_ratios"]["post/probs_first"] > 0
