@@ -13,6 +13,7 @@ all absent they count as masked (finite outputs, no NaN).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -298,19 +299,39 @@ def _attend(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS, dtype, precision):
     """(values (B, T, H, K), probabilities (B, H, T, S)) of softmax(q k^T + bias) v, the division by
     the softmax's sum moved after the product with the values: (e v) / sum(e), e = exp(scores - max).
     The same function as `_values(_probs(...))`, within float32 rounding (max |err| / RMS against
-    float64 as PyTorch's: 8.6e-6 vs 8.1e-6, BART-base shapes), dividing T x K values instead of T x S
+    float64 as PyTorch's: 7.7e-6 for both, BART-base shapes), dividing T x K values instead of T x S
     probabilities and never writing the probabilities out: on a 2-core AVX2 EPYC an attention of
     4 x 12 x 256 x 64 took 10.5 ms instead of 18.4 (PyTorch's SDPA 10.7), and whole BART-base / -large
     QA forwards of 4 x 256 tokens 0.96 / 0.93 of the time (`python -m benchmarks.attention_bench`). Not in
-    `_blocked_attention`'s blocks: a 1 x 1024 forward took 1.06x as long that way. The probabilities
-    (returned for output_attentions) share `e` and are dropped by XLA when nobody reads them."""
+    `_blocked_attention`'s blocks: a 1 x 1024 forward took 1.06x as long that way. Derivatives are the
+    probabilities-first ones (`_post_normalised`'s JVP), and the probabilities (returned for
+    output_attentions) are `_probs`'s, which XLA drops when nobody reads them."""
     scores = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, precision=precision,
                         preferred_element_type=jnp.float32) + bias_Bx1xTxS.astype(jnp.float32)
-    # the max is a constant of the softmax (jax.nn.softmax stops its gradient too)
-    e = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    values = _post_normalised(scores, v_BxHxSxK, precision)
+    return values.astype(dtype).transpose(0, 2, 1, 3), jax.nn.softmax(scores, axis=-1).astype(dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _post_normalised(scores_BxHxTxS, v_BxHxSxK, precision):
+    """softmax(scores) v as (e v) / sum(e)."""
+    e = jnp.exp(scores_BxHxTxS - jnp.max(scores_BxHxTxS, axis=-1, keepdims=True))
     total = jnp.sum(e, axis=-1, keepdims=True)
-    values = jnp.einsum("bhts,bhsk->bhtk", e, v_BxHxSxK, precision=precision) / total
-    return values.astype(dtype).transpose(0, 2, 1, 3), (e / total).astype(dtype)
+    return jnp.einsum("bhts,bhsk->bhtk", e, v_BxHxSxK, precision=precision) / total
+
+
+@_post_normalised.defjvp
+def _post_normalised_jvp(precision, primals, tangents):
+    # softmax-then-values' derivative (jax.nn.softmax's rule, then the product's): measured in the demo's
+    # gradients and AdamW steps, differentiating the post-normalised form took some float32 tensors
+    # from 0.1 to 0.5 of their tolerance
+    scores, v = primals
+    d_scores, d_v = tangents
+    p = jax.nn.softmax(scores, axis=-1)
+    d_p = p * (d_scores - jnp.sum(p * d_scores, axis=-1, keepdims=True))
+    d_out = (jnp.einsum("bhts,bhsk->bhtk", d_p, v, precision=precision)
+             + jnp.einsum("bhts,bhsk->bhtk", p, d_v, precision=precision))
+    return _post_normalised(scores, v, precision), d_out
 
 
 def _blocked_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS, dtype, precision):
