@@ -247,10 +247,10 @@ class BartAttention(nn.Module):
         values = None  # (B, T, H, K) when computed with the weights, below
         if t > QUERY_BLOCK and not dropout_active and jax.default_backend() == "cpu":
             values, probs_BxHxTxS = _blocked_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS,
-                                                        self.dtype, self.precision)
+                                                       self.dtype, self.precision)
         elif not dropout_active and post_normalised(self.dtype):
             values, probs_BxHxTxS = _attend(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS, self.dtype,
-                                             self.precision)
+                                            self.precision)
         else:
             probs_BxHxTxS = _probs(q_BxHxTxK, k_BxHxSxK, bias_Bx1xTxS, self.dtype, self.precision)
 
