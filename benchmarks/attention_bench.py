@@ -17,7 +17,8 @@ import contextlib
 
 import numpy as np
 
-from benchmarks.common import SHAPES, environment, interleaved_times, paired_ratio, write_json
+from benchmarks.common import (HEAD_OUTPUT, SHAPES, environment, interleaved_times, paired_ratio, rel_err,
+                               write_json)
 
 CORES = [  # (batch, heads, queries, keys, head size): BART-base / -large at 4 x 256, a decoding step, one long row
     (4, 12, 256, 256, 64), (4, 16, 256, 256, 64), (4, 12, 1, 256, 64), (1, 12, 1024, 1024, 64),
@@ -42,10 +43,6 @@ def _attention_order(arm: str):
     finally:
         modules.post_normalised = saved
 
-
-def _rel_err(x, gold) -> float:
-    gold = np.asarray(gold, np.float64)
-    return float(np.abs(np.asarray(x, np.float64) - gold).max() / np.sqrt(np.mean(gold ** 2)))
 
 
 def core_case(b, h, t, s, k, repeats):
@@ -76,7 +73,7 @@ def core_case(b, h, t, s, k, repeats):
     fns["torch_sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm, scale=1.0)
     timings = interleaved_times(fns, repeats)
     return {"batch": b, "heads": h, "queries": t, "keys": s, "head_size": k,
-            "rel_err_vs_float64": {name: _rel_err(o, gold) for name, o in outs.items()}, "timings": timings,
+            "rel_err_vs_float64": {name: rel_err(o, gold) for name, o in outs.items()}, "timings": timings,
             "post/probs_first": timings["post_normalised"]["median_s"] / timings["probs_first"]["median_s"],
             "post/probs_first_paired": paired_ratio(timings["post_normalised"], timings["probs_first"])}
 
@@ -97,7 +94,7 @@ def forward_case(shape, head, batch, length, repeats):
     gold_model = build_reference(cfg, head, state, dtype=torch.float64)
     ids, mask = _inputs(batch, length, cfg.vocab_size)
     ti, tm = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
-    out_name = {"qa": "start_logits", "cls": "logits", "lm": "logits"}[head]
+    out_name = HEAD_OUTPUT[head]
     with torch.inference_mode():
         gold = getattr(gold_model.forward(ti, attention_mask=tm), out_name).numpy()
     del gold_model
@@ -113,7 +110,7 @@ def forward_case(shape, head, batch, length, repeats):
             f = jax.jit(lambda p, i, m, model=model: getattr(model(i, attention_mask=m, params=p), out_name))
             f = f.lower(params, ids, mask).compile()
         outs[arm] = np.asarray(f(params, ids, mask))
-        errs[arm] = _rel_err(outs[arm], gold)
+        errs[arm] = rel_err(outs[arm], gold)
         fns[arm] = (lambda f=f: jax.block_until_ready(f(params, ids, mask)))
     if np.array_equal(*outs.values()):
         raise RuntimeError(f"{shape} {head}: both attention orders gave identical outputs: the arms did not differ")
@@ -122,7 +119,7 @@ def forward_case(shape, head, batch, length, repeats):
         with torch.inference_mode():
             return getattr(hf(input_ids=ti, attention_mask=tm, use_cache=False), out_name)
 
-    errs["transformers"] = _rel_err(t_transformers().numpy(), gold)
+    errs["transformers"] = rel_err(t_transformers().numpy(), gold)
     fns["transformers"] = t_transformers
     timings = interleaved_times(fns, repeats)
     return {"shape": shape, "head": head, "batch": batch, "length": length, "output": out_name,

@@ -15,7 +15,8 @@ import argparse
 
 import numpy as np
 
-from benchmarks.common import SHAPES, environment, interleaved_times, paired_ratio, write_json
+from benchmarks.common import (HEAD_OUTPUT, SHAPES, environment, interleaved_times, paired_ratio, rel_err,
+                               write_json)
 
 PRODUCTS = [  # (rows, K, N): BART-base attention/fc1/fc2 at 2 x 256 tokens, BART-large fc2, a decode step's fc1
     (512, 768, 768), (512, 768, 3072), (512, 3072, 768), (512, 4096, 1024), (4, 768, 3072),
@@ -24,10 +25,6 @@ QUICK_PRODUCTS = [(64, 768, 768), (64, 1024, 256)]
 FORWARD = [("base", "qa", 4, 256), ("base", "lm", 2, 128)]
 QUICK_FORWARD = [("tiny", "qa", 2, 16)]
 
-
-def _rel_err(x, gold) -> float:
-    gold = np.asarray(gold, np.float64)
-    return float(np.abs(np.asarray(x, np.float64) - gold).max() / np.sqrt(np.mean(gold ** 2)))
 
 
 def _ratios(timings: dict, blocked: str, plain: str) -> dict:
@@ -57,7 +54,7 @@ def product_case(rows, k, n, repeats):
     fns["torch"] = lambda: xt @ wt
     timings = interleaved_times(fns, repeats)
     return {"rows": rows, "k": k, "n": n, "chunks": chunked_dot.chunks(k),
-            "rel_err_vs_float64": {name: _rel_err(o, gold) for name, o in outs.items()},
+            "rel_err_vs_float64": {name: rel_err(o, gold) for name, o in outs.items()},
             "timings": timings, **_ratios(timings, "xla_blocked", "xla_plain")}
 
 
@@ -77,7 +74,7 @@ def forward_case(shape, head, batch, length, repeats):
     ids = np.random.default_rng(0).integers(4, cfg.vocab_size, size=(batch, length)).astype(np.int32)
     ids[:, -1] = 2
     mask = np.ones_like(ids)
-    out_name = {"qa": "start_logits", "cls": "logits", "lm": "logits"}[head]
+    out_name = HEAD_OUTPUT[head]
     with torch.inference_mode():
         gold = getattr(gold_model.forward(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)),
                        out_name).numpy()
@@ -87,7 +84,7 @@ def forward_case(shape, head, batch, length, repeats):
         model = MODEL_CLASSES[head](cfg, _do_init=False, precision=precision)
         f = jax.jit(lambda p, i, m, model=model: getattr(model(i, attention_mask=m, params=p), out_name))
         f = f.lower(params, ids, mask).compile()
-        errs[name] = _rel_err(f(params, ids, mask), gold)
+        errs[name] = rel_err(f(params, ids, mask), gold)
         fns[name] = (lambda f=f: jax.block_until_ready(f(params, ids, mask)))
     timings = interleaved_times(fns, repeats)
     return {"shape": shape, "head": head, "batch": batch, "length": length, "output": out_name,

@@ -9,6 +9,8 @@ import statistics
 import time
 from importlib import metadata
 
+import numpy as np
+
 BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
                  decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
 BART_LARGE = dict(BART_BASE, d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
@@ -51,6 +53,15 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+HEAD_OUTPUT = {"qa": "start_logits", "cls": "logits", "lm": "logits"}   # the output a forward bench reads per head
+
+
+def rel_err(x, gold) -> float:
+    """max |x - gold| / RMS(gold), in float64."""
+    gold = np.asarray(gold, np.float64)
+    return float(np.abs(np.asarray(x, np.float64) - gold).max() / np.sqrt(np.mean(gold ** 2)))
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> dict:

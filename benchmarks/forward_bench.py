@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import (SHAPES, add_allocator_flag, apply_allocator, environment, interleaved_times,
+from benchmarks.common import (HEAD_OUTPUT, SHAPES, add_allocator_flag, apply_allocator, environment, interleaved_times,
                                paired_ratio, write_json)
 
 HEADS_PT = {"qa": "BartForQuestionAnswering", "cls": "BartForSequenceClassification",
@@ -85,7 +85,7 @@ def run_case(shape, head, dtype, batch, length, repeats, with_transformers=True)
     del state
     model = MODEL_CLASSES[head](cfg, dtype=getattr(jnp, dtype), _do_init=False)
     params = jax.device_put(model.to_bf16(params) if dtype == "bfloat16" else params)
-    name = {"qa": "start_logits", "cls": "logits", "lm": "logits"}[head]
+    name = HEAD_OUTPUT[head]
 
     def t_flax():
         jax.block_until_ready(getattr(model(ids, attention_mask=mask, params=params), name))

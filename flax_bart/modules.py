@@ -276,11 +276,15 @@ class BartAttention(nn.Module):
         return out, dropped
 
 
+def _scores(q_BxHxTxK, k_BxHxSxK, bias_Bx1xTxS, precision):
+    """q k^T + bias, in float32."""
+    return jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, precision=precision,
+                      preferred_element_type=jnp.float32) + bias_Bx1xTxS.astype(jnp.float32)
+
+
 def _probs(q_BxHxTxK, k_BxHxSxK, bias_Bx1xTxS, dtype, precision):
     """softmax(q k^T + bias) over the keys: scores in float32, probabilities rounded once to `dtype`."""
-    scores_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, precision=precision,
-                                preferred_element_type=jnp.float32)
-    return jax.nn.softmax(scores_BxHxTxS + bias_Bx1xTxS.astype(jnp.float32), axis=-1).astype(dtype)
+    return jax.nn.softmax(_scores(q_BxHxTxK, k_BxHxSxK, bias_Bx1xTxS, precision), axis=-1).astype(dtype)
 
 
 def _values(probs_BxHxTxS, v_BxHxSxK, precision):
@@ -306,8 +310,7 @@ def _attend(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xTxS, dtype, precision):
     `_blocked_attention`'s blocks: a 1 x 1024 forward took 1.06x as long that way. Derivatives are the
     probabilities-first ones (`_post_normalised`'s JVP), and the probabilities (returned for
     output_attentions) are `_probs`'s, which XLA drops when nobody reads them."""
-    scores = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, precision=precision,
-                        preferred_element_type=jnp.float32) + bias_Bx1xTxS.astype(jnp.float32)
+    scores = _scores(q_BxHxTxK, k_BxHxSxK, bias_Bx1xTxS, precision)
     values = _post_normalised(scores, v_BxHxSxK, precision)
     return values.astype(dtype).transpose(0, 2, 1, 3), jax.nn.softmax(scores, axis=-1).astype(dtype)
 
