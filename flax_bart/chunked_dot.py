@@ -113,3 +113,19 @@ def matmul_table(x, table_VxK, precision=None, preferred_element_type=None):
         out = jnp.sum(table_VxK[None] * x.reshape(rows, 1, k), axis=-1, dtype=preferred_element_type)
         return out.reshape(x.shape[:-1] + (table_VxK.shape[0],))
     return _product(x, table_VxK, 1, blocked, precision, preferred_element_type)
+
+
+def matmul_transposed(x, kernel_NxK, precision=None, preferred_element_type=None):
+    """x (..., K) @ kernel_NxK^T -> (..., N), for a kernel kept transposed, (out, in), in memory: the
+    product is formed as (N, rows), each output a dot of two contiguous rows, and transposed back.
+
+    For a decoding step's few rows on a CPU this streams the weights 2-3x faster than `matmul` over the
+    (K, N) kernel (XLA:CPU's dot for 4 rows of 768 x 3072: 7.6 ms against 3.7 for 8 kernels, 2-core
+    AVX2 EPYC; no less accurate). The optimization barrier keeps XLA from folding the transpose into the
+    dot, which would give back the slow product. `flax_bart.search` keeps such copies of the decoder's
+    kernels for its loop (`modules.TRANSPOSED`)."""
+    k = x.shape[-1]
+    rows_RxK = x.reshape(-1, k)
+    out_NxR = jax.lax.dot_general(kernel_NxK, rows_RxK, (((1,), (1,)), ((), ())), precision=precision,
+                                  preferred_element_type=preferred_element_type)
+    return jax.lax.optimization_barrier(out_NxR).T.reshape(x.shape[:-1] + (kernel_NxK.shape[0],))

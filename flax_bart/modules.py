@@ -37,6 +37,10 @@ LAYER_NORM_EPS = 1e-5
 # softmaxes faster than the whole sequence's: a BART-base forward of 1 x 1024 tokens took 1060 ms
 # instead of 1435 on a 2-core Xeon (AVX-512). Why it is faster was not profiled.
 QUERY_BLOCK = 256
+# A variable collection that may hold a (out, in) copy of a `Dense` kernel ("kernel"), which it then
+# multiplies with instead (`chunked_dot.matmul_transposed`): `flax_bart.search` supplies one for the
+# decoder in its decoding loop on a CPU.
+TRANSPOSED = "transposed"
 
 
 def _normal(config: BartConfig):
@@ -93,8 +97,12 @@ class Dense(DeclaredParams, nn.Module):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = jnp.dtype(self.dtype)
-        y = chunked_dot.matmul(x.astype(dtype), kernel.astype(dtype), precision=self.precision,
-                               preferred_element_type=accumulator(dtype))
+        if self.has_variable(TRANSPOSED, "kernel"):
+            y = chunked_dot.matmul_transposed(x.astype(dtype), self.get_variable(TRANSPOSED, "kernel").astype(dtype),
+                                              precision=self.precision, preferred_element_type=accumulator(dtype))
+        else:
+            y = chunked_dot.matmul(x.astype(dtype), kernel.astype(dtype), precision=self.precision,
+                                   preferred_element_type=accumulator(dtype))
         if bias is not None:
             y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
         return y.astype(dtype)
