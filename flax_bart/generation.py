@@ -27,7 +27,7 @@ from flax_bart.generation_config import (
 from flax_bart.logits_process import ProcessorSpec
 from flax_bart.modules import ABSENT
 from flax_bart.outputs import ModelOutput
-from flax_bart.search import SearchPlan, make_program
+from flax_bart.search import SearchPlan, loop_kernels, make_program
 from flax_bart.validation import InputError, check_ids, check_length, check_mask
 
 __all__ = ["GenerationConfig", "GenerationMixin", "FlaxGreedySearchOutput", "FlaxSampleOutput",
@@ -237,8 +237,8 @@ class GenerationMixin:
         arrays, prompt_len, slots, src = self._generation_prompt(ids, mask, cfg, pad)
         plan, scalars = self._generation_plan(cfg, default_max, ids.shape[0], prompt_len, slots, src, eos, pad)
         program = self._generate_program(plan)
-        args = (self._resolve_params(params), dict(arrays), scalars,
-                _check_key(prng_key))
+        params = self._resolve_params(params)
+        args = (params, dict(arrays), scalars, _check_key(prng_key), loop_kernels(self.module, plan, params))
         if trace:
             out = program(*args)
         else:

@@ -17,6 +17,7 @@ which is what PyTorch BART uses (`past_length + arange`); slots before `first_sl
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -115,15 +116,16 @@ TRANSPOSE_MIN_TOKENS = 8
 
 
 def _transposed_kernels(module, params, rows: int, new_tokens: int, seq2seq: bool = True) -> dict | None:
-    """(out, in) copies of the kernels a decoding step multiplies with (`modules.TRANSPOSED`), made once
-    before the loop, or None where they do not pay.
+    """(out, in) copies of the kernels a decoding step multiplies with (`modules.TRANSPOSED`), made by a
+    program of their own before the decoding program runs, or None where they do not pay.
 
     XLA:CPU's float32 dot of a few rows with a (in, out) kernel streams it at ~10 GB/s; with a (out, in)
     kernel (`chunked_dot.matmul_transposed`) it ran 1.3-1.4x faster for 1-2 and 32 rows, 2x for 4-16,
     1.2x for 64 (8 kernels of 768 x 3072, 2-core AVX2 EPYC). A BART-base step reads ~200 MB of decoder
-    kernels. The copies cost one transpose of them per call (about 60 ms for BART-base) and their memory
-    for the call's duration, so they are made for float32 on a CPU, with at most TRANSPOSE_MAX_ROWS rows
-    and at least TRANSPOSE_MIN_TOKENS new tokens. Not with `precision="highest"` (its blocked sums,
+    kernels. The copies cost one transpose of them per call (about 50 ms for BART-base; made inside the
+    decoding program, beside its encoder, they cost it about 150 ms) and their memory for the call's
+    duration, so they are made for float32 on a CPU, with at most TRANSPOSE_MAX_ROWS rows and at least
+    TRANSPOSE_MIN_TOKENS new tokens. Not with `precision="highest"` (its blocked sums,
     `flax_bart.chunked_dot`, stay as they are) and not with the decoding step scanned
     (`scan_layers="all"`), whose layers pick their weights inside the scan. The cross-attention's key and
     value projections are left out (the loop reads their output from the cache), and a decoder-only
@@ -132,13 +134,23 @@ def _transposed_kernels(module, params, rows: int, new_tokens: int, seq2seq: boo
             or new_tokens < TRANSPOSE_MIN_TOKENS or is_highest(module.precision)
             or getattr(module, "scan_layers", False) == "all"):
         return None
+    return _transpose_loop_kernels(params, seq2seq) or None
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _transpose_loop_kernels(params, seq2seq: bool) -> dict:
     picked = {}
     for path, leaf in traverse_util.flatten_dict(unfreeze(params)).items():
         in_decoder = "decoder" in path and "layers" in path
         not_in_loop = "encoder_attn" in path and (path[-2] in ("k_proj", "v_proj") or not seq2seq)
         if in_decoder and not not_in_loop and path[-1] == "kernel" and jnp.ndim(leaf) == 2:
-            picked[path] = jnp.asarray(leaf).T
-    return traverse_util.unflatten_dict(jax.lax.optimization_barrier(picked)) if picked else None
+            picked[path] = leaf.T
+    return traverse_util.unflatten_dict(picked)
+
+
+def loop_kernels(module, plan: "SearchPlan", params) -> dict | None:
+    """The decoding program's `transposed` argument for `plan` (`_transposed_kernels`)."""
+    return _transposed_kernels(module, params, plan.batch * plan.rows_per_item, plan.new_tokens, plan.seq2seq)
 
 
 def _lm_head(module, params, seq2seq: bool):
@@ -222,14 +234,15 @@ def _map_cache(cache, fn, self_attn_only: bool):
 
 # ---- the program ------------------------------------------------------------------------------
 def make_program(module, plan: SearchPlan, on_trace: Callable[[], None], compiler_options: dict | None = None):
-    """A jitted fn(params, arrays, scalars, prng_key) -> dict of device arrays: `sequences` (rows,
-    prompt_slots + new_tokens) token slots, `steps` run, `scores` (steps, rows, vocab) when
+    """A jitted fn(params, arrays, scalars, prng_key, transposed=None) -> dict of device arrays: `sequences`
+    (rows, prompt_slots + new_tokens) token slots, `steps` run, `scores` (steps, rows, vocab) when
     output_scores; beam search adds `sequences_scores` and `generated` (longest returned length).
 
     arrays: `prompt`/`prompt_mask` (batch, prompt_slots), left-padded; seq2seq also `input_ids`/
-    `attention_mask` (batch, src_len). scalars: the traced lengths and floats of `StepContext`."""
+    `attention_mask` (batch, src_len). scalars: the traced lengths and floats of `StepContext`.
+    transposed: `loop_kernels(module, plan, params)`, (out, in) copies of the decoder's kernels for the loop."""
 
-    def program(params, arrays, scalars, prng_key):
+    def program(params, arrays, scalars, prng_key, transposed=None):
         on_trace()  # runs once per trace: what the no-recompile test counts
         b, e, p, n = plan.batch, plan.rows_per_item, plan.prompt_slots, plan.new_tokens
         r = b * e
@@ -255,7 +268,6 @@ def make_program(module, plan: SearchPlan, on_trace: Callable[[], None], compile
                                  _positions(r, -first_slot, p - 1), dec_mask_RxC)
 
         lm_head = _lm_head(module, params, plan.seq2seq)
-        transposed = _transposed_kernels(module, params, r, n, plan.seq2seq)
 
         def decode(cache, s, last_R):
             """Feed the token in slot p-1+s (the last prompt token when s == 0); float32 logits (R, V)."""
