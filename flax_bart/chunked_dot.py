@@ -119,9 +119,9 @@ def matmul_transposed(x, kernel_NxK, precision=None, preferred_element_type=None
     """x (..., K) @ kernel_NxK^T -> (..., N), for a kernel kept transposed, (out, in), in memory: the
     product is formed as (N, rows), each output a dot of two contiguous rows, and transposed back.
 
-    For a decoding step's few rows on a CPU this streams the weights 2-3x faster than `matmul` over the
-    (K, N) kernel (XLA:CPU's dot for 4 rows of 768 x 3072: 7.6 ms against 3.7 for 8 kernels, 2-core
-    AVX2 EPYC; no less accurate). The optimization barrier keeps XLA from folding the transpose into the
+    For a decoding step's few rows on a CPU this streams the weights 1.2-2x faster than `matmul` over the
+    (K, N) kernel (XLA:CPU, 8 kernels of 768 x 3072, 4 rows: 3.7 ms against 7.6; 1-64 rows measured;
+    2-core AVX2 EPYC; no less accurate). The optimization barrier keeps XLA from folding the transpose into the
     dot, which would give back the slow product. `flax_bart.search` keeps such copies of the decoder's
     kernels for its loop (`modules.TRANSPOSED`)."""
     k = x.shape[-1]

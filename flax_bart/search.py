@@ -161,9 +161,10 @@ def _lm_head(module, params, seq2seq: bool):
     the memory's speed for 2-32 rows (memory bound). In float32 it forms the logits as (V, R)
     (`chunked_dot.matmul_transposed`): BART-base's table, 4 rows, 7.8 ms against 11.0 for the broadcast
     multiply-reduce it replaces and 8.6 for a plain sum of the table (2-core AVX2 EPYC), with the same
-    errors against float64. In float16 for 2+ rows, a broadcast multiply-reduce over the table. Not in bfloat16: there the product accumulating in float32 runs on the CPU's bf16
-    units where it has them, and the multiply-reduce was 3-16x slower (2-32 rows, BART-base table, Xeon
-    with AMX: 4.1-8.0 ms against 9.1-131 ms)."""
+    errors against float64. In float16, for 2+ rows, a broadcast multiply-reduce over the table. Neither
+    in bfloat16: there the product accumulating in float32 runs on the CPU's bf16 units where it has
+    them, and the multiply-reduce was 3-16x slower (2-32 rows, BART-base table, Xeon with AMX: 4.1-8.0 ms
+    against 9.1-131 ms)."""
     c, dtype = module.config, module.dtype
     if c.tie_word_embeddings:
         table_VxD = params["model"]["shared"]["embedding"] if seq2seq else \
