@@ -17,7 +17,7 @@ import contextlib
 
 import numpy as np
 
-from benchmarks.common import (HEAD_OUTPUT, SHAPES, environment, interleaved_times, paired_ratio, rel_err,
+from benchmarks.common import (HEAD_OUTPUT, SHAPES, environment, interleaved_times, paired_ratio, ratios, rel_err,
                                write_json)
 
 CORES = [  # (batch, heads, queries, keys, head size): BART-base / -large at 4 x 256, a decoding step, one long row
@@ -74,8 +74,7 @@ def core_case(b, h, t, s, k, repeats):
     timings = interleaved_times(fns, repeats)
     return {"batch": b, "heads": h, "queries": t, "keys": s, "head_size": k,
             "rel_err_vs_float64": {name: rel_err(o, gold) for name, o in outs.items()}, "timings": timings,
-            "post/probs_first": timings["post_normalised"]["median_s"] / timings["probs_first"]["median_s"],
-            "post/probs_first_paired": paired_ratio(timings["post_normalised"], timings["probs_first"])}
+            **ratios(timings, "post_normalised", "probs_first", "post/probs_first")}
 
 
 def forward_case(shape, head, batch, length, repeats):

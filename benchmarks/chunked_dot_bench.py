@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from benchmarks.common import (HEAD_OUTPUT, SHAPES, environment, interleaved_times, paired_ratio, rel_err,
+from benchmarks.common import (HEAD_OUTPUT, SHAPES, environment, interleaved_times, ratios, rel_err,
                                write_json)
 
 PRODUCTS = [  # (rows, K, N): BART-base attention/fc1/fc2 at 2 x 256 tokens, BART-large fc2, a decode step's fc1
@@ -25,11 +25,6 @@ QUICK_PRODUCTS = [(64, 768, 768), (64, 1024, 256)]
 FORWARD = [("base", "qa", 4, 256), ("base", "lm", 2, 128)]
 QUICK_FORWARD = [("tiny", "qa", 2, 16)]
 
-
-
-def _ratios(timings: dict, blocked: str, plain: str) -> dict:
-    return {"blocked/plain": timings[blocked]["median_s"] / timings[plain]["median_s"],
-            "blocked/plain_paired": paired_ratio(timings[blocked], timings[plain])}
 
 
 def product_case(rows, k, n, repeats):
@@ -55,7 +50,7 @@ def product_case(rows, k, n, repeats):
     timings = interleaved_times(fns, repeats)
     return {"rows": rows, "k": k, "n": n, "chunks": chunked_dot.chunks(k),
             "rel_err_vs_float64": {name: rel_err(o, gold) for name, o in outs.items()},
-            "timings": timings, **_ratios(timings, "xla_blocked", "xla_plain")}
+            "timings": timings, **ratios(timings, "xla_blocked", "xla_plain", "blocked/plain")}
 
 
 def forward_case(shape, head, batch, length, repeats):
@@ -88,7 +83,7 @@ def forward_case(shape, head, batch, length, repeats):
         fns[name] = (lambda f=f: jax.block_until_ready(f(params, ids, mask)))
     timings = interleaved_times(fns, repeats)
     return {"shape": shape, "head": head, "batch": batch, "length": length, "output": out_name,
-            "rel_err_vs_float64": errs, "timings": timings, **_ratios(timings, "blocked", "plain")}
+            "rel_err_vs_float64": errs, "timings": timings, **ratios(timings, "blocked", "plain", "blocked/plain")}
 
 
 def main(argv=None) -> int:

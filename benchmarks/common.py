@@ -98,6 +98,12 @@ def paired_ratio(num: dict, den: dict) -> float:
     return statistics.median(a / b for a, b in zip(num["samples_s"], den["samples_s"]))
 
 
+def ratios(timings: dict, num: str, den: str, name: str) -> dict:
+    """{name: ratio of the two arms' medians, name + "_paired": `paired_ratio`} for two arms of `timings`."""
+    return {name: timings[num]["median_s"] / timings[den]["median_s"],
+            f"{name}_paired": paired_ratio(timings[num], timings[den])}
+
+
 def add_allocator_flag(parser) -> None:
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
                         help="tuned (default): flax_bart.tune_host_allocator() first, as the CLI does; default: the "
