@@ -67,6 +67,15 @@ def flax_from_torch(tmodel, head, dtype=None):
     return model, params
 
 
+def random_params(model, seed):
+    """Random N(0, 0.2) weights for `model`'s whole parameter tree, made without compiling an initialiser."""
+    from flax import traverse_util
+
+    rng = np.random.default_rng(seed)
+    flat = {k: rng.normal(0, 0.2, s.shape).astype(s.dtype) for k, s in model.params_shape_tree().items()}
+    return traverse_util.unflatten_dict(flat)
+
+
 def batch(seed=0, b=3, t=9, vocab=99, pad=1, eos=2, bos=0):
     """Right-padded ids with one <eos> per row (row 1 padded, last row fully padded when b>=4)."""
     rng = np.random.default_rng(seed)

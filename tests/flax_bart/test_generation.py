@@ -10,9 +10,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
-from bart_helpers import TINY, batch
+from bart_helpers import TINY, batch, random_params
 from flax_bart import BartConfig, FlaxBartForCausalLM, FlaxBartForConditionalGeneration, InputError
 from flax_bart.generation import GenerationConfig, bucket_length
 
@@ -22,9 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _random_model(cls, seed):
     """A model with random N(0, 0.2) weights, made without compiling an initialiser."""
     model = cls(BartConfig(**TINY, tie_word_embeddings=False), _do_init=False)
-    rng = np.random.default_rng(seed)
-    flat = {k: rng.normal(0, 0.2, s.shape).astype(s.dtype) for k, s in model.params_shape_tree().items()}
-    model.params = traverse_util.unflatten_dict(flat)
+    model.params = random_params(model, seed)
     return model
 
 

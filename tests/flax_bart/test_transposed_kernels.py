@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bart_helpers import TINY
+from bart_helpers import TINY, random_params
 from flax_bart import BartConfig, FlaxBartForCausalLM, FlaxBartForConditionalGeneration, chunked_dot, search
 
 
 def _model(cls, seed=3, **kwargs):
     model = cls(BartConfig(**TINY), _do_init=False, **kwargs)
-    rng = np.random.default_rng(seed)
-    flat = {k: rng.normal(0, 0.2, s.shape).astype(s.dtype) for k, s in model.params_shape_tree().items()}
-    return model, traverse_util.unflatten_dict(flat)
+    return model, random_params(model, seed)
 
 
 @pytest.mark.parametrize("shape", [(5, 24), (3, 1, 24), (2, 4, 24)])
