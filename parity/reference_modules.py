@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parity.reference_linear import Linear, linear
+
 LAYER_NORM_EPS = 1e-5
 POSITION_OFFSET = 2
 HEADS = ("base", "lm", "cls", "qa", "causal")
@@ -112,10 +114,10 @@ class BartAttention(nn.Module):
         super().__init__()
         self.head_dim = d_model // num_heads
         self.scaling = self.head_dim**-0.5
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.k_proj = Linear(d_model, d_model)
+        self.v_proj = Linear(d_model, d_model)
+        self.q_proj = Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, d_model)
 
     def split_heads(self, x_BxTxD):
         b, t = x_BxTxD.shape[:2]
@@ -148,8 +150,8 @@ class BartEncoderLayer(nn.Module):
         self.activation_fn = ACTIVATIONS[config.activation_function]
         self.self_attn = BartAttention(d, config.encoder_attention_heads)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
-        self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
-        self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
+        self.fc1 = Linear(d, config.encoder_ffn_dim)
+        self.fc2 = Linear(config.encoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
 
     def forward(self, h, bias, need_weights, impl):
@@ -173,8 +175,8 @@ class BartDecoderLayer(nn.Module):
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.encoder_attn = BartAttention(d, heads)
         self.encoder_attn_layer_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
-        self.fc1 = nn.Linear(d, config.decoder_ffn_dim)
-        self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
+        self.fc1 = Linear(d, config.decoder_ffn_dim)
+        self.fc2 = Linear(config.decoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
 
     def forward(self, h, self_bias, self_past, cross_kv, cross_bias, need_weights, impl):
@@ -294,8 +296,8 @@ class BartDecoderOnlyCore(nn.Module):
 class BartClassificationHead(nn.Module):
     def __init__(self, d_model: int, num_labels: int):
         super().__init__()
-        self.dense = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, num_labels)
+        self.dense = Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, num_labels)
 
     def forward(self, x_BxD):
         return self.out_proj(torch.tanh(self.dense(x_BxD)))
@@ -348,11 +350,11 @@ class ReferenceBart(nn.Module):
         if head == "lm":
             self.register_buffer("final_logits_bias", torch.zeros(1, vocab))
         if head in ("lm", "causal") and not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(d, vocab, bias=False)
+            self.lm_head = Linear(d, vocab, bias=False)
         if head == "cls":
             self.classification_head = BartClassificationHead(d, config.num_labels)
         if head == "qa":
-            self.qa_outputs = nn.Linear(d, 2)
+            self.qa_outputs = Linear(d, 2)
 
     @property
     def token_embedding(self) -> torch.Tensor:
@@ -372,7 +374,7 @@ class ReferenceBart(nn.Module):
 
     def _lm_logits(self, h_BxTxD):
         weight = self.lm_head.weight if hasattr(self, "lm_head") else self.token_embedding
-        logits = F.linear(h_BxTxD, weight)
+        logits = linear(h_BxTxD, weight)
         if self.head == "lm":
             logits = logits + self.final_logits_bias
         return logits
