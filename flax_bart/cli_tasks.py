@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from flax_bart import compile_cache
 from flax_bart.validation import InputError
 
 
@@ -25,6 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="compute dtype")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    compile_cache.add_arguments(p)
 
 
 def _nonempty(name: str, value: str) -> str:
@@ -43,6 +45,7 @@ def qa_main(argv: list[str]) -> int:
     p.add_argument("--stride", type=int, default=128, help="overlap between windows, in tokens")
     p.add_argument("--top-k", type=int, default=1)
     args = p.parse_args(argv)
+    compile_cache.setup(args.compile_cache, args.no_compile_cache)
     import jax.numpy as jnp
 
     from flax_bart.models import FlaxBartForQuestionAnswering
@@ -110,6 +113,7 @@ def generate_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling")
     p.add_argument("--max-source-length", type=int, default=None, help="truncate inputs to this many tokens")
     args = p.parse_args(argv)
+    compile_cache.setup(args.compile_cache, args.no_compile_cache)
     import jax
     import jax.numpy as jnp
 

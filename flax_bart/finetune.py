@@ -34,6 +34,7 @@ import time
 
 import numpy as np
 
+from flax_bart import compile_cache
 from flax_bart.validation import InputError
 
 SCRATCH_DEFAULTS = dict(vocab_size=64, d_model=64, layers=2, heads=4, ffn_dim=128)
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    compile_cache.add_arguments(p)
     return p
 
 
@@ -257,6 +259,7 @@ def finetune(args: argparse.Namespace) -> tuple:
 
 def finetune_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    compile_cache.setup(args.compile_cache, args.no_compile_cache)
     _, _, summary = finetune(args)
     if args.json:
         print(json.dumps(summary))

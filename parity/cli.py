@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from flax_bart import compile_cache
 from parity.tolerance import add_cli_arguments
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
@@ -50,38 +51,10 @@ def guarded(fn, argv: Sequence[str], prog: str) -> int:
         return EXIT_BAD_INPUT
 
 
-def enable_compile_cache(directory) -> None:
-    """Keep XLA executables on disk (JAX's persistent compilation cache), so that a later run of the same
-    shapes skips compiling. Process-wide: call it from a command's entry point, before anything compiles."""
-    import jax
-
-    os.makedirs(directory, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the many small programs add up
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def default_compile_cache() -> Path:
-    """`$FLAX_BART_CACHE/jax-compile/<compile key>` (default root ~/.cache/flax-bart): one folder per CPU
-    ISA and jax version (`parity.machine.compile_key`)."""
-    from parity.machine import compile_key
-
-    root = os.environ.get("FLAX_BART_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flax-bart")
-    return Path(root) / "jax-compile" / compile_key()
-
-
-def setup_compile_cache(directory, disabled: bool) -> None:
-    """The CLI's compile cache: DIR if given, else the default folder, unless disabled or the embedding
-    process already configured one (JAX's setting is process-wide: the caller's wins)."""
-    if disabled:
-        return
-    if directory:
-        enable_compile_cache(directory)
-        return
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        enable_compile_cache(default_compile_cache())
+# The commands' compile cache (flax_bart.compile_cache), under the names this module has always had.
+enable_compile_cache = compile_cache.enable
+default_compile_cache = compile_cache.default_dir
+setup_compile_cache = compile_cache.setup
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,20 +13,23 @@ the behaviour of a lesser CPU (`python -m parity.cross_isa`).
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
-import re
 import sys
 from typing import Any, Mapping
 
-# CPU flags (as /proc/cpuinfo spells them) that change which kernels XLA:CPU or PyTorch pick.
-ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-             "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+from flax_bart import compile_cache
+from flax_bart.compile_cache import ISA_FLAGS  # CPU flags that change which kernels XLA:CPU or PyTorch pick
+
+_XLA_MAX_ISA = compile_cache.XLA_MAX_ISA
+_cpuinfo = compile_cache.cpuinfo
+_version = compile_cache.version
+# The persistent compilation cache's folder name (the CPU, its ISA flags and caps, jax/jaxlib).
+compile_key = compile_cache.compile_key
+
 # Environment variables that cap the ISA the frameworks use.
 ISA_LIMIT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-_XLA_MAX_ISA = re.compile(r"--xla_cpu_max_isa=(\S+)")
 # Tiers, lowest first, with the spelling each cap takes (XLA, ATen, oneDNN, MKL).
 ISA_TIERS: Mapping[str, Mapping[str, str]] = {
     "AVX": {"xla": "AVX", "aten": "default", "onednn": "AVX", "mkl": "AVX"},
@@ -36,26 +39,6 @@ ISA_TIERS: Mapping[str, Mapping[str, str]] = {
 # Keys of the fingerprint that change numerics; `same_machine` compares only these.
 NUMERIC_KEYS = ("cpu_model", "cpu_count", "cpu_caches", "isa_flags", "isa_limits", "xla_cpu_max_isa", "torch_cpu_capability",
                 "torch_threads", "gpus", "jax", "jaxlib", "torch")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    """(model name, flags) from /proc/cpuinfo; platform.processor() and no flags elsewhere."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return (platform.processor() or platform.machine() or "unknown"), set()
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    name = model.group(1).strip() if model else (platform.processor() or platform.machine() or "unknown")
-    return name, set(flags.group(1).split()) if flags else set()
 
 
 def _caches() -> str | None:
@@ -143,17 +126,6 @@ def collect() -> dict[str, Any]:
 def fingerprint_id(fp: Mapping[str, Any]) -> str:
     """Short digest of the numerics-relevant keys: equal ids, same kernels."""
     text = json.dumps({k: fp.get(k) for k in NUMERIC_KEYS}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
-def compile_key() -> str:
-    """Digest of what an XLA:CPU executable is built for (CPU, ISA flags and caps, jax/jaxlib): the
-    persistent compilation cache lives in a folder of this name, so that a program built for one ISA
-    is never loaded under another (a shared home directory, or a capped child process)."""
-    model, flags = _cpuinfo()
-    xla = _XLA_MAX_ISA.search(os.environ.get("XLA_FLAGS", ""))
-    text = json.dumps([model, sorted(f for f in ISA_FLAGS if f in flags), xla.group(1) if xla else None,
-                       _version("jax"), _version("jaxlib")])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 

@@ -97,3 +97,30 @@ def test_generate_cli_bad_flags_exit_2(lm_ckpt, capsys):
     assert "max_length" in err and "Traceback" not in err
     assert main(["generate", str(lm_ckpt), "--text", ""]) == 2
     assert "--text is empty" in capsys.readouterr().err
+
+
+def test_generate_cli_keeps_compiled_programs_in_the_default_cache(lm_ckpt, tmp_path):
+    """A fresh process (no cache configured): `flax-bart generate` fills $FLAX_BART_CACHE/jax-compile/<key>;
+    `--no-compile-cache` keeps nothing; the two cache flags together are a usage error (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    from flax_bart.compile_cache import compile_key
+
+    def run(root, *flags):
+        env = dict(os.environ, FLAX_BART_CACHE=str(root), JAX_PLATFORMS="cpu")
+        args = [sys.executable, "-m", "flax_bart.cli", "generate", str(lm_ckpt), "--text", "hello there",
+                "--max-new-tokens", "2", *flags]
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+    done = run(tmp_path / "on")
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "on" / "jax-compile" / compile_key()
+    assert folder.is_dir() and any(folder.iterdir())
+    done = run(tmp_path / "off", "--no-compile-cache")
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "off").exists()
+    mine = tmp_path / "mine"
+    done = run(tmp_path / "unused", "--compile-cache", str(mine), "--no-compile-cache")
+    assert done.returncode == 2 and "not allowed with" in done.stderr and "Traceback" not in done.stderr
