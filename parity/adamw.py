@@ -13,6 +13,8 @@ bounded, |flax - torch| <= 2 * STEPS * lr (`noisy_verdict`).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 STEPS = 3
@@ -51,6 +53,7 @@ def flax_label(path: tuple[str, ...]) -> str:
 def flax_steps(model, head: str, params, inputs: dict, targets: dict, config) -> dict[str, np.ndarray]:
     """transformers name -> parameter after STEPS optax.adamw steps (float32 params)."""
     import jax
+    import jax.numpy as jnp
     import optax
 
     from convert.tree import flatten, flax_to_pt, unflatten
@@ -61,12 +64,21 @@ def flax_steps(model, head: str, params, inputs: dict, targets: dict, config) ->
     tx = optax.multi_transform({"decay": optax.adamw(LR, weight_decay=WEIGHT_DECAY, **adamw),
                                 "no_decay": optax.adamw(LR, weight_decay=0.0, **adamw),
                                 "frozen": optax.set_to_zero()}, labels)
+    # A copy of the caller's params, so that each update can donate the gradients, the optimizer state and
+    # the params it consumes: its outputs take over their buffers instead of ~1.7 GB of fresh memory per
+    # step. BART-base on the AVX2 EPYC, one update: 0.20-0.27 s donated, 0.58-0.92 s not (first call,
+    # compile included: 2.3-2.8 vs 3.8-4.1 s). The outputs are smaller than the inputs, so some gradient
+    # buffers go unused: JAX's warning about them is expected here and silenced.
+    params = jax.tree.map(jnp.copy, params)
     state = tx.init(params)
     step = flax_value_and_grad(model, head)
-    update = jax.jit(_update_fn(tx))  # one program: eager optax dispatched ~8,700 ops (18 s on BART-base)
+    # one program: eager optax dispatched ~8,700 ops (18 s on BART-base)
+    update = jax.jit(_update_fn(tx), donate_argnums=(0, 1, 2))
     for _ in range(STEPS):
         _, grads = step(params, inputs, targets)
-        params, state = update(grads, state, params)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            params, state = update(grads, state, params)
     flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
     return flax_to_pt(unflatten(flat), config, head, tied="drop")
 
