@@ -10,6 +10,8 @@ case runs only in the dtypes that run it forward (`parity.options.cases_for_dtyp
 
 from __future__ import annotations
 
+import time
+
 from parity import adamw
 from parity.checkpoint import ParityInputError
 from parity.grads import (
@@ -29,6 +31,20 @@ def _torch_dtype(dtype: str):
 
     return {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
             "bfloat16": torch.bfloat16}[dtype]
+
+
+class _Clock:
+    """`clock(part, fn, *args)`: fn(*args), its wall seconds added to `seconds[part]`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, part: str, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
 
 
 class GradCheck:
@@ -84,15 +100,24 @@ class GradCheck:
             return {c: flax_grads(model, params, self.head, case, self.targets[c], self.config)
                     for c, case in cases.items()}
 
-    def judge(self, report, dtype: str, fdevs: dict, tdevs: dict) -> None:
-        """Add the rows of `dtype` to every (Flax device, PyTorch device) column, after the forward rows."""
+    def judge(self, report, dtype: str, fdevs: dict, tdevs: dict) -> dict[str, float]:
+        """Add the rows of `dtype` to every (Flax device, PyTorch device) column, after the forward rows.
+        Returns where the time went: seconds of the float64 gold, the PyTorch and Flax gradients, the
+        comparisons and (float32) the AdamW steps, as `grads_{part}_s`."""
         for note in (LOSS_NOTE, TIED_NOTE, ORDER_NOTE) + ((adamw.NOTE,) if dtype == "float32" else ()):
             if note not in report.notes:
                 report.notes.append(note)
+        clock = _Clock()
         cases = self.cases_for(dtype)
-        gold = self.gold(cases)
-        torch_out = {td: self.torch_side(dtype, dev, cases) for td, dev in tdevs.items()}
-        flax_out = {fd: self.flax_side(dtype, dev, cases) for fd, (dev, _) in fdevs.items()}
+        gold = clock("gold", self.gold, cases)
+        torch_out = clock("torch", lambda: {td: self.torch_side(dtype, dev, cases) for td, dev in tdevs.items()})
+        flax_out = clock("flax", lambda: {fd: self.flax_side(dtype, dev, cases) for fd, (dev, _) in fdevs.items()})
+        clock("compare", self._add_rows, report, dtype, fdevs, tdevs, cases, gold, torch_out, flax_out)
+        if dtype == "float32":
+            clock("adamw", self._adamw, report, fdevs, tdevs)
+        return {f"grads_{k}_s": round(v, 3) for k, v in clock.seconds.items()}
+
+    def _add_rows(self, report, dtype, fdevs, tdevs, cases, gold, torch_out, flax_out) -> None:
         for fd in fdevs:
             for td in tdevs:
                 col = {"dtype": dtype, "flax_device": fd, "torch_device": td}
@@ -102,8 +127,6 @@ class GradCheck:
                     zero = add_grad_rows(report, col, f"{self.head}/{c}/grad", t, f, gold[c], self._masses.get(c))
                     if zero:
                         self._note_zero(report, zero)
-        if dtype == "float32":
-            self._adamw(report, fdevs, tdevs)
 
     def _note_zero(self, report, names: list[str]) -> None:
         note = (f"Gradients of {self.head} zero in exact arithmetic (float64 gold), judged at the scale of all "

@@ -459,7 +459,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                         judge_columns(gold)
                     if grad_check is not None:
                         t0 = time.perf_counter()
-                        grad_check.judge(report, dtype, fdevs, tdevs)
+                        step.update(grad_check.judge(report, dtype, fdevs, tdevs))
                         step["grads_s"] = round(time.perf_counter() - t0, 3)
                 del base, gold, run_gold   # the float64 model goes before the next head's
 

@@ -103,6 +103,11 @@ class CompileMeter:
                 "flax_cache_hits": self.cache_hits}
 
 
+# The parts of a --grads check (parity.grad_check.GradCheck.judge), as report.md names them.
+GRAD_PARTS = (("gold", "float64 gold"), ("torch", "PyTorch"), ("flax", "Flax"), ("compare", "comparing"),
+              ("adamw", "AdamW steps"))
+
+
 def summary_line(timings: dict) -> str:
     """'PyTorch 12.3 s (gold 4.1 s) · Flax 20.1 s = 15.2 s building 57 programs + 4.9 s running' for report.md;
     with Flax runs side by side (parity.jobs), also how long the main thread waited for them."""
@@ -119,6 +124,9 @@ def summary_line(timings: dict) -> str:
         f" (side by side with PyTorch: the main thread waited {waited:.1f} s for it)"
     grads = sum(v.get("grads_s", 0.0) for v in steps.values())
     tail = f" · gradient checks (--grads, both frameworks) {grads:.1f} s" if grads > 0 else ""
+    parts = {name: sum(v.get(f"grads_{part}_s", 0.0) for v in steps.values()) for part, name in GRAD_PARTS}
+    if grads > 0 and any(parts.values()):
+        tail += " (" + ", ".join(f"{name} {sec:.1f} s" for name, sec in parts.items()) + ")"
     if "seconds" in timings:
         tail += f" · {timings['seconds']:.1f} s in all"
     return (f"PyTorch {torch_s:.1f} s (float64 gold {gold:.1f} s) · Flax {flax:.1f} s = {build:.1f} s tracing, "

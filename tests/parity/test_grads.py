@@ -363,5 +363,23 @@ def test_the_time_line_counts_the_gradient_checks():
         "qa/bfloat16": {"torch_s": 0.3, "flax_s": 0.7, "grads_s": 12.5}}}
     line = summary_line(timings)
     assert "gradient checks (--grads, both frameworks) 74.5 s" in line and line.endswith("115.2 s in all")
+    assert "gradient checks (--grads, both frameworks) 74.5 s ·" in line  # no split recorded: none printed
+    timings["steps"]["qa/float32"].update(grads_gold_s=9.0, grads_torch_s=4.0, grads_flax_s=6.0, grads_compare_s=2.0,
+                                          grads_adamw_s=20.0)
+    timings["steps"]["qa/bfloat16"].update(grads_gold_s=0.0, grads_torch_s=5.0, grads_flax_s=5.5, grads_compare_s=1.5)
+    assert ("gradient checks (--grads, both frameworks) 74.5 s (float64 gold 9.0 s, PyTorch 9.0 s, Flax 11.5 s, "
+            "comparing 3.5 s, AdamW steps 20.0 s)") in summary_line(timings)
     del timings["steps"]["qa/float32"]["grads_s"], timings["steps"]["qa/bfloat16"]["grads_s"]
     assert "gradient checks" not in summary_line(timings)
+
+
+def test_the_report_splits_each_gradient_check(correct):
+    steps = correct.report.timings["steps"]
+    for head in ("lm", "qa"):
+        for dtype in ("float32", "bfloat16"):
+            step = steps[f"{head}/{dtype}"]
+            parts = {k: v for k, v in step.items() if k.startswith("grads_") and k != "grads_s"}
+            expect = {"grads_gold_s", "grads_torch_s", "grads_flax_s", "grads_compare_s"}
+            assert set(parts) == expect | ({"grads_adamw_s"} if dtype == "float32" else set()), (head, dtype)
+            assert all(v >= 0 for v in parts.values()) and parts["grads_flax_s"] > 0
+            assert sum(parts.values()) <= step["grads_s"] + 0.005  # each rounded to 1 ms
