@@ -173,8 +173,11 @@ def compare(
 
 # Elements per chunk of the float64 reductions below: small enough to stay in cache. An attention map of
 # 12 x 1024 x 1024 selected and reduced whole made float64 temporaries of 100 MB each (page faults on
-# every fresh allocation) and took 5-10x longer.
-CHUNK = 1 << 18
+# every fresh allocation) and took 5-10x longer. 1 << 16 (512 KB per float64 chunk, about a core's L2)
+# against the earlier 1 << 18, AMD EPYC (AVX2), 2026-12-04, `python -m benchmarks.metrics_bench`: a
+# gradient's reference/candidate/gold over 20M elements 133 vs 231 ms; logit rows (256 x 50265) 360 vs
+# 1018 ms; 1 << 14: 170 and 375 ms.
+CHUNK = 1 << 16
 
 
 def _rows_per_chunk(width: int) -> int:

@@ -270,3 +270,13 @@ def test_attention_bench_quick_measures_both_orders(tmp_path):
     assert set(fwd["rel_err_vs_float64"]) == {"probs_first", "post_normalised", "transformers"}
     assert all(0 < e < 1e-4 for e in fwd["rel_err_vs_float64"].values())
     assert fwd["paired_ratios"]["post/probs_first"] > 0
+
+
+def test_metrics_bench_quick_times_each_chunk_size(tmp_path):
+    """`python -m benchmarks.metrics_bench --quick`: both comparisons at every chunk size, same metrics."""
+    _, data = _quick_bench("benchmarks.metrics_bench", tmp_path / "metrics.json")
+    assert data["benchmark"] == "metrics" and data["quick"] is True
+    assert [r["case"] for r in data["results"]] == ["grad (ref, cand, float64 gold)", "logits rows"]
+    for r in data["results"]:
+        assert set(r["timings"]) == {str(1 << 18), str(1 << 16), str(1 << 14)}
+        assert all(v["median_s"] > 0 for v in r["timings"].values())
