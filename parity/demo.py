@@ -45,8 +45,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_cache() -> Path:
-    root = os.environ.get("FLAX_BART_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flax-bart")
-    return Path(root) / "demo"
+    from flax_bart.compile_cache import cache_root
+
+    return cache_root() / "demo"
 
 
 def default_baseline(quick: bool) -> Path:
