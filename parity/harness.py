@@ -146,9 +146,11 @@ def attention_for(requested: str, device) -> str:
 
 def _cast_params(model, params, dtype: str):
     """`params` as the model's `to_fp32`/`to_bf16`/`to_fp16` give them, bit for bit, for the gate: a numpy
-    leaf already in `dtype` is passed on as it is (device_put copies it anyway), and float32 -> float16
+    leaf already in `dtype` is passed on as it is (device_put copies it anyway), float32 -> float16
     goes through PyTorch's vectorised conversion (round to nearest even like numpy's, which converts
-    one element at a time: 0.6 s of every float16 run of BART-base). Any other leaf: the model's cast."""
+    one element at a time: 0.6 s of every float16 run of BART-base), and float32 -> bfloat16 through
+    ml_dtypes' (the same bits as the model's jnp cast, NaN included, ~10x quicker). Any other leaf: the
+    model's cast."""
     import jax
     import ml_dtypes
 
@@ -164,6 +166,9 @@ def _cast_params(model, params, dtype: str):
             import torch
 
             out.append(torch.from_numpy(x).to(torch.float16).numpy())
+        elif target == ml_dtypes.bfloat16 and x.dtype == np.float32:
+            with np.errstate(invalid="ignore"):   # NaN weights stay NaN (and the report counts them)
+                out.append(x.astype(target))
         else:
             break
     else:
