@@ -366,7 +366,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                 for d in tdevs.values()]
     report = RunReport(opts.run_name, Environment.collect(devices=devices,
                                                           matmul_precision=MATMUL_PRECISION, extra=env_extra),
-                       policy=opts.policy, config_hash=ckpt.config_hash(), checkpoint_hash=ckpt.checkpoint_hash())
+                       policy=opts.policy, config_hash=ckpt.config_hash())   # checkpoint_hash: at the end (parity.checkpoint)
     for dtype in dtypes:
         for fd in fdevs:
             for td in tdevs:
@@ -498,6 +498,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                "flax_buckets": describe_buckets(buckets), "flax_jobs": describe_jobs(jobs_used),
                **{k: round(v, 2) for k, v in timings.items()}, "seconds": round(seconds, 2)})
     bar.close()
+    report.checkpoint_hash = ckpt.checkpoint_hash()
     report.timings = {**{k: round(v, 3) for k, v in timings.items()}, "seconds": round(seconds, 3),
                       "steps": steps_timing}
     report.machine = machine.collect()

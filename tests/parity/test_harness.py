@@ -279,6 +279,12 @@ def test_unperturbed_flax_weights_next_to_pytorch_pass(tmp_path):
     save_flax_next_to_it(path)
     out = run_parity(path, opts=Options(heads=("qa",), cases=("right_padding",), **SMALL))
     assert out.checkpoint.flax_path == str(path) and out.report.passed
+    # the hash (made in a worker thread while the weights are read) covers both frameworks' files
+    from parity.report import checkpoint_hash
+
+    files = out.checkpoint.hashed_files()
+    assert any(f.endswith(".msgpack") or "flax" in f for f in files) and len(files) >= 2
+    assert out.report.checkpoint_hash == checkpoint_hash(files)
 
 
 def test_nan_weights_give_nan_metrics_that_fail(tmp_path):
