@@ -149,8 +149,8 @@ def _cast_params(model, params, dtype: str):
     leaf already in `dtype` is passed on as it is (device_put copies it anyway), float32 -> float16
     goes through PyTorch's vectorised conversion (round to nearest even like numpy's, which converts
     one element at a time: 0.6 s of every float16 run of BART-base), and float32 -> bfloat16 through
-    ml_dtypes' (the same bits as the model's jnp cast, NaN included; BART-base 0.1-0.2 s against 0.22 s,
-    and no 0.6 s first call compiling the cast). Any other leaf: the model's cast."""
+    ml_dtypes' (the same bits as the model's jnp cast, NaN included, ~10x quicker). Any other leaf: the
+    model's cast."""
     import jax
     import ml_dtypes
 
@@ -256,19 +256,18 @@ def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device) ->
         return run_buckets(runner, head, cases, steps)
 
 
-def _gold_model(base, checkpoint: Checkpoint, head: str, sd, opts: Options):
+def _gold_model(base, checkpoint: Checkpoint, head: str, sd, opts: Options, shared: dict):
     """The float64 reference: `base` cast, as `model.to(torch.float64)` does. The built-in reference is
     built from the state dict `sd` straight in float64 instead when no weight there is wider than
-    float32 (widening float32 is exact, so the values are the same): each tensor converted once and
-    taken as the model's own (build_reference's `shared`), with no deep copy of the float32 model and no
-    zero-filled storage. The tensors are not kept for the next head's gold: held on, their 1.1 GB
-    (BART-base) cost the next Flax run as much in fresh pages as they saved."""
+    float32 (widening float32 is exact, so the values are the same), its tensors made once per
+    checkpoint and shared by every head's gold (`shared`: build_reference); a deep copy and a cast of
+    the float32 model per head took ~40% of the BART-base demo's gold runs."""
     import torch
 
     if opts.reference == "builtin" and all(getattr(v, "dtype", None) != np.float64 for v in sd.values()):
         from parity.reference import build_reference
 
-        return build_reference(checkpoint.config, head, sd, dtype=torch.float64, attn_impl="eager", shared={})
+        return build_reference(checkpoint.config, head, sd, dtype=torch.float64, attn_impl="eager", shared=shared)
     return _cast_reference(base, "float64", torch.device("cpu"))
 
 
@@ -398,6 +397,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
 
     on_cpu = all(dev.platform == "cpu" for dev, _ in fdevs.values())
     jobs_used: dict[str, int] = {}
+    gold_weights: dict = {}   # the float64 gold's tensors, shared by every head's (_gold_model)
     with jax.default_matmul_precision(MATMUL_PRECISION):
         for head in heads:
             sd = ckpt.reference_weights(head, opts.seed)
@@ -422,7 +422,8 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                 def run_gold(base=base):   # bound here; deleted with `base` after the head
                     bar.set_description(f"{head} float64 gold")
                     t0 = time.perf_counter()
-                    out = _gold(_gold_model(base, ckpt, head, sd, opts), head, cfg, gold_cases, opts.steps)
+                    out = _gold(_gold_model(base, ckpt, head, sd, opts, gold_weights), head, cfg, gold_cases,
+                                opts.steps)
                     timings["torch_s"] += time.perf_counter() - t0
                     steps_timing[f"{head}/float64 gold"] = {"torch_s": round(time.perf_counter() - t0, 3)}
                     say(f"[{head} float64 gold] PyTorch cpu: {time.perf_counter() - t0:.1f} s")
