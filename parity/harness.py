@@ -256,24 +256,11 @@ def _run_flax(runner: FlaxRunner, head: str, cases: dict, steps: int, device) ->
         return run_buckets(runner, head, cases, steps)
 
 
-def _gold_model(base, checkpoint: Checkpoint, head: str, sd, opts: Options, shared: dict):
-    """The float64 reference: `base` cast, as `model.to(torch.float64)` does. The built-in reference is
-    built from the state dict `sd` straight in float64 instead when no weight there is wider than
-    float32 (widening float32 is exact, so the values are the same), its tensors made once per
-    checkpoint and shared by every head's gold (`shared`: build_reference); a deep copy and a cast of
-    the float32 model per head took ~40% of the BART-base demo's gold runs."""
+def _gold(base, head: str, cfg, cases: dict, steps: int) -> dict:
+    """The PyTorch reference in float64 on the CPU over every case, with the greedy margins."""
     import torch
 
-    if opts.reference == "builtin" and all(getattr(v, "dtype", None) != np.float64 for v in sd.values()):
-        from parity.reference import build_reference
-
-        return build_reference(checkpoint.config, head, sd, dtype=torch.float64, attn_impl="eager", shared=shared)
-    return _cast_reference(base, "float64", torch.device("cpu"))
-
-
-def _gold(model, head: str, cfg, cases: dict, steps: int) -> dict:
-    """The PyTorch reference in float64 on the CPU (`model`) over every case, with the greedy margins."""
-    runner = TorchRunner(model, head, cfg)
+    runner = TorchRunner(_cast_reference(base, "float64", torch.device("cpu")), head, cfg)
     gold = _run_torch(runner, head, cases, steps)
     for cname, case in cases.items():
         if "greedy" in gold[cname]:
@@ -397,7 +384,6 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
 
     on_cpu = all(dev.platform == "cpu" for dev, _ in fdevs.values())
     jobs_used: dict[str, int] = {}
-    gold_weights: dict = {}   # the float64 gold's tensors, shared by every head's (_gold_model)
     with jax.default_matmul_precision(MATMUL_PRECISION):
         for head in heads:
             sd = ckpt.reference_weights(head, opts.seed)
@@ -422,8 +408,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                 def run_gold(base=base):   # bound here; deleted with `base` after the head
                     bar.set_description(f"{head} float64 gold")
                     t0 = time.perf_counter()
-                    out = _gold(_gold_model(base, ckpt, head, sd, opts, gold_weights), head, cfg, gold_cases,
-                                opts.steps)
+                    out = _gold(base, head, cfg, gold_cases, opts.steps)
                     timings["torch_s"] += time.perf_counter() - t0
                     steps_timing[f"{head}/float64 gold"] = {"torch_s": round(time.perf_counter() - t0, 3)}
                     say(f"[{head} float64 gold] PyTorch cpu: {time.perf_counter() - t0:.1f} s")

@@ -236,16 +236,8 @@ def random_head_weights(config, head: str, seed: int, after_body: dict) -> dict[
 class BartReference(ReferenceBart):
     """ReferenceBart plus strict Hugging Face state dict loading/export and greedy decoding."""
 
-    def load_hf_state_dict(self, state_dict: Mapping, assign_dtype: torch.dtype | None = None) -> None:
-        """Copy `state_dict` into the model's tensors. `assign_dtype`: take its tensors, all of that dtype,
-        as the model's own instead (a model built on the meta device gets its storage from them)."""
+    def load_hf_state_dict(self, state_dict: Mapping) -> None:
         values = _KeyPlan(self).resolve(state_dict)
-        if assign_dtype is not None:
-            for k in _OPTIONAL_ZERO:   # the zeros `resolve` adds where the state dict has none
-                if k in values and k not in state_dict:
-                    values[k] = values[k].to(assign_dtype)
-            self.load_state_dict(values, strict=True, assign=True)
-            return
         own = self.state_dict()
         with torch.no_grad():
             for k, v in values.items():
@@ -276,19 +268,9 @@ def _init_skipped():
 
 
 def build_reference(config, head: str, state_dict: Mapping | None = None, dtype=torch.float32,
-                    device="cpu", attn_impl: str = "eager", seed: int = 0, shared: dict | None = None) -> BartReference:
-    """The reference model for `head` in eval mode; random weights from `seed` when no state dict.
-
-    `shared` (a dict the caller keeps across builds from the same state dict arrays, e.g. one
-    checkpoint's heads): each array becomes a tensor in `dtype` once, and every model built with that
-    dict holds that same tensor. For models nobody trains or writes to (the gate's float64 gold)."""
+                    device="cpu", attn_impl: str = "eager", seed: int = 0) -> BartReference:
+    """The reference model for `head` in eval mode; random weights from `seed` when no state dict."""
     config = _as_config(config)
-    if shared is not None and state_dict is not None:
-        with torch.device("meta"), _init_skipped():
-            model = BartReference(config, head, attn_impl)
-        dtype = resolve_dtype(dtype)
-        model.load_hf_state_dict(_shared_tensors(state_dict, dtype, device, shared), assign_dtype=dtype)
-        return model.eval()
     # Built on the meta device, then given zeroed storage: every tensor is set below (PyTorch's own init,
     # overwritten anyway, took ~3 s of a warm BART-base demo gate). No parameter is shared between two
     # modules (the tied embedding is read by reference), so `to_empty` breaks no tie.
@@ -303,21 +285,6 @@ def build_reference(config, head: str, state_dict: Mapping | None = None, dtype=
     else:
         model.load_hf_state_dict(state_dict)
     return model.eval()
-
-
-def _shared_tensors(state_dict: Mapping, dtype: torch.dtype, device, shared: dict) -> dict[str, torch.Tensor]:
-    """`state_dict` as new tensors in `dtype` on `device`, each made once per source object (`shared`
-    keeps them, with the object, by its id: build_reference)."""
-    out = {}
-    for key, value in state_dict.items():
-        mkey = (id(value), str(dtype), str(device))
-        hit = shared.get(mkey)
-        if hit is None or hit[0] is not value:
-            t = _to_tensor(value, key)
-            t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
-            hit = shared[mkey] = (value, t)
-        out[key] = hit[1]
-    return out
 
 
 def _generation_settings(config, head, kw):

@@ -323,26 +323,6 @@ def test_loaded_reference_holds_exactly_the_state_dict(head):
     assert build_reference(config, head, seed=3).hf_state_dict(tied_copies=False).keys() == sd.keys()
 
 
-def test_shared_float64_builds_equal_a_cast_and_share_their_tensors():
-    config = make_config("gelu_tied")
-    lm = build_reference(config, "lm", seed=3).hf_state_dict(tied_copies=False)
-    lm = {k: v.numpy() for k, v in lm.items()}
-    qa = dict({k: v for k, v in lm.items() if k.startswith("model.")},
-              **{"qa_outputs.weight": np.ones((2, config.d_model), np.float32), "qa_outputs.bias": np.zeros(2, np.float32)})
-    shared: dict = {}
-    a = build_reference(config, "lm", lm, dtype=torch.float64, shared=shared)
-    b = build_reference(config, "qa", qa, dtype=torch.float64, shared=shared)
-    want = build_reference(config, "lm", lm).to(torch.float64).state_dict()
-    got = a.state_dict()
-    assert got.keys() == want.keys()
-    assert all(got[k].dtype == torch.float64 and torch.equal(got[k], want[k]) for k in want)
-    key = "model.encoder.layers.0.fc1.weight"
-    assert b.state_dict()[key].data_ptr() == got[key].data_ptr()    # made once, held by both
-    assert got["final_logits_bias"].dtype == torch.float64
-    ids = np.array([[0, 5, 6, 2]])
-    assert torch.equal(a.forward(ids)["logits"], build_reference(config, "lm", lm).to(torch.float64).forward(ids)["logits"])
-
-
 def test_loading_errors_list_every_problem():
     config = make_config("gelu_tied")
     sd = dict(hf_model(config, "lm", seed=1).state_dict())
