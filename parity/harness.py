@@ -149,8 +149,8 @@ def _cast_params(model, params, dtype: str):
     leaf already in `dtype` is passed on as it is (device_put copies it anyway), float32 -> float16
     goes through PyTorch's vectorised conversion (round to nearest even like numpy's, which converts
     one element at a time: 0.6 s of every float16 run of BART-base), and float32 -> bfloat16 through
-    ml_dtypes' (the same bits as the model's jnp cast, NaN included, ~10x quicker). Any other leaf: the
-    model's cast."""
+    ml_dtypes' (the same bits as the model's jnp cast, NaN included; BART-base 0.1-0.2 s against 0.22 s,
+    and no 0.6 s first call compiling the cast). Any other leaf: the model's cast."""
     import jax
     import ml_dtypes
 
