@@ -38,63 +38,9 @@ def start_summary(plan: Plan, source: Source) -> Summary:
     return s
 
 
-def _account(summary: Summary, step: Step, out: np.ndarray, before: np.dtype, nan: int, inf: int) -> None:
-    if out.dtype != before:
-        summary.casts[f"{before.name}->{out.dtype.name}"] += 1
-    if nan or inf:
-        summary.nonfinite[display_name(step.target)] = {"nan": nan, "inf": inf}
-    summary.rules[step.rule] += 1
-
-
-def _memo_key(source: Source, step: Step, dtype):
-    """(memo key, the caller's own source object) for a source that has one (MemorySource), else (None, None)."""
-    origin = getattr(source, "origin", None)
-    obj = origin(step.source) if origin is not None else None
-    if obj is None:
-        return None, None
-    return (id(obj), step.transpose, None if dtype is None else np.dtype(dtype).str), obj
-
-
-def _convert_one(step: Step, source: Source, summary: Summary, dtype, memo: dict | None) -> np.ndarray:
-    """One target tensor: read, check its tied copies, transpose, cast, count non-finite values."""
-    mkey, obj = _memo_key(source, step, dtype) if memo is not None else (None, None)
-    hit = memo.get(mkey) if mkey is not None else None
-    if hit is not None and hit[0] is obj and not step.tied:
-        _account(summary, step, *hit[1:])
-        return hit[1]
-    arr = source.read(step.source)
-    for dup in step.tied:
-        other = source.read(dup)
-        if not _same_bits(arr, other):
-            raise ConversionError(
-                f"tied copies differ: {source.name(dup)} is not equal to {source.name(step.source)}"
-                f"{_diff_note(arr, other)}; the Flax layout holds one word embedding, so the "
-                f"checkpoint cannot be converted faithfully"
-            )
-        del other
-    if step.tied:
-        summary.tied[display_name(step.target)] = [source.name(step.source)] + [source.name(d) for d in step.tied]
-    out = transpose2d(arr) if step.transpose else arr
-    del arr
-    if out.shape != step.shape:
-        raise ConversionError(f"internal: {display_name(step.target)} came out {out.shape}, expected {step.shape}")
-    before = out.dtype
-    out = cast(out, dtype)
-    nan, inf = count_nonfinite(out)
-    _account(summary, step, out, before, nan, inf)
-    if mkey is not None:
-        memo[mkey] = (obj, out, before, nan, inf)
-    return out
-
-
 def run(plan: Plan, source: Source, order: list, write: Callable[[Any, np.ndarray], None],
-        summary: Summary, *, dtype: np.dtype | None = None, quiet: bool = True, memo: dict | None = None) -> None:
-    """Feed `write(target_key, array)` in `order` (target keys of `plan`).
-
-    `memo` (a dict the caller keeps across runs over the same in-memory tensors, e.g. one per checkpoint
-    for its heads): a tensor whose source object (the same one, by identity) went through the same
-    transform and cast in an earlier run is handed out again, not converted again. The result is then
-    shared between those runs, so the caller must never write to it. Tied copies are still checked."""
+        summary: Summary, *, dtype: np.dtype | None = None, quiet: bool = True) -> None:
+    """Feed `write(target_key, array)` in `order` (target keys of `plan`)."""
     t0 = time.perf_counter()
     steps = {s.target: s for s in plan.steps}
     if set(order) != set(steps) or len(order) != len(steps):
@@ -114,7 +60,30 @@ def run(plan: Plan, source: Source, order: list, write: Callable[[Any, np.ndarra
                 write(key, cached[1])
                 continue
             cached = None
-            out = _convert_one(step, source, summary, dtype, memo)
+            arr = source.read(step.source)
+            for dup in step.tied:
+                other = source.read(dup)
+                if not _same_bits(arr, other):
+                    raise ConversionError(
+                        f"tied copies differ: {source.name(dup)} is not equal to {source.name(step.source)}"
+                        f"{_diff_note(arr, other)}; the Flax layout holds one word embedding, so the "
+                        f"checkpoint cannot be converted faithfully"
+                    )
+                del other
+            if step.tied:
+                summary.tied[display_name(step.target)] = [source.name(step.source)] + [source.name(d) for d in step.tied]
+            out = transpose2d(arr) if step.transpose else arr
+            del arr
+            if out.shape != step.shape:
+                raise ConversionError(f"internal: {display_name(step.target)} came out {out.shape}, expected {step.shape}")
+            before = out.dtype
+            out = cast(out, dtype)
+            if out.dtype != before:
+                summary.casts[f"{before.name}->{out.dtype.name}"] += 1
+            nan, inf = count_nonfinite(out)
+            if nan or inf:
+                summary.nonfinite[display_name(step.target)] = {"nan": nan, "inf": inf}
+            summary.rules[step.rule] += 1
             write(key, out)
             if any(steps[k].source == step.source for k in order[i + 1:i + 4]):
                 cached = (step.source, out, key)

@@ -81,10 +81,6 @@ class MemorySource(Source):
         arr = torch_to_numpy(value) if type(value).__module__.startswith("torch") else np.asarray(value)
         return arr if self.borrow else np.array(arr, copy=True)  # by default never hand out the caller's memory
 
-    def origin(self, key):
-        """The caller's own object behind `key` (what a conversion memo is keyed by: engine.run)."""
-        return self._tensors[key]
-
 
 class _FileSource(Source):
     """Tensors spread over one or more files of one format."""

@@ -54,21 +54,19 @@ def _flax_input(params: Mapping) -> dict:
 def convert_tree(tensors: Mapping, source_framework: str, config: BartConfig, head: str,
                  target_framework: str, *, dtype=None, tied: str = "all",
                  allow_missing: Iterable[str] = (), allow_unexpected: bool = False, borrow: bool = False,
-                 describe: str | None = None, memo: dict | None = None):
+                 describe: str | None = None):
     """(flat target dict, Summary) for an in-memory source of either framework. `borrow`: a tensor the
     conversion leaves as it is (no transpose, no cast) is the caller's own array in the result, not a
     copy; for callers that never write to either. `describe`: what errors call the source ("the
-    checkpoint PATH" where the tensors were read from one; default "state dict" / "Flax params").
-    `memo`: a dict kept across calls over the same tensors (e.g. one checkpoint's heads): what an earlier
-    call converted is reused, not converted again (engine.run); implies `borrow`."""
-    source = MemorySource(tensors, source_framework, borrow=borrow or memo is not None)
+    checkpoint PATH" where the tensors were read from one; default "state dict" / "Flax params")."""
+    source = MemorySource(tensors, source_framework, borrow=borrow)
     plan = make_plan(source.infos, source_framework, config, head, target_framework, tied=tied,
                      allow_missing=allow_missing, allow_unexpected=allow_unexpected,
                      describe=describe or ("state dict" if source_framework == "pt" else "Flax params"))
     summary = engine.start_summary(plan, source)
     out: dict = {}
     order = [s.target for s in plan.steps]
-    engine.run(plan, source, order, out.__setitem__, summary, dtype=parse_dtype(dtype), memo=memo)
+    engine.run(plan, source, order, out.__setitem__, summary, dtype=parse_dtype(dtype))
     summary.target = {"framework": target_framework, "format": "memory", "files": [],
                       "tensors": len(out), "bytes": sum(a.nbytes for a in out.values())}
     return out, summary

@@ -54,8 +54,6 @@ class Checkpoint:
     flax_nonfinite: dict[str, dict[str, int]] = field(default_factory=dict)
     # parity.reference.random_head_weights: the random generator's state after the body's draws
     _after_body: dict = field(default_factory=dict, repr=False)
-    # convert.engine.run's memo: the Flax arrays converted for one head, reused by the next (read-only)
-    _flax_memo: dict = field(default_factory=dict, repr=False)
     _hash: Future | None = field(default=None, repr=False)   # checkpoint_hash, computing in a worker thread
 
     @property
@@ -105,11 +103,11 @@ class Checkpoint:
         """Flax params of `head`. From a Flax checkpoint: read from its files for each head, checked as
         they are; head-only params it lacks are converted from `reference_sd` (drawn there). Without
         one: `reference_sd` (the checkpoint's PyTorch weights as the reference holds them) converted in
-        memory: the body's transposes once per checkpoint, shared by every head (so the gate never writes
-        to what it gets), and no reading of files."""
+        memory, so that each head costs one pass of transposes and no reading of files. (Reusing one head's
+        converted body for the next saved that pass but kept its arrays alive, and the Flax runs then paid as
+        much in fresh pages: no change in the demo gate's wall time, measured alternately on 2026-12-04.)"""
         if not self.flax_path:   # errors name the checkpoint, as a conversion of its files would
-            flat, _ = convert_tree(reference_sd, "pt", self.config, head, "flax", describe=f"checkpoint {self.path}",
-                                   memo=self._flax_memo)
+            flat, _ = convert_tree(reference_sd, "pt", self.config, head, "flax", describe=f"checkpoint {self.path}")
             return unflatten(flat)
         allow = rules.head_only_prefixes(self.config, head) if head in self.drawn else ()
         params, summary = load_flax_params(self.flax_path, self.config, head, allow_missing=allow)

@@ -197,32 +197,3 @@ def test_borrow_hands_out_the_callers_arrays_only_when_asked():
     kernel = "model.encoder.layers.0.fc1.weight"
     to_flax, _ = convert_tree(pt, "pt", config, "lm", "flax", borrow=True)   # a transposed kernel is new memory
     assert not np.shares_memory(to_flax[("model", "encoder", "layers", "0", "fc1", "kernel")], pt[kernel])
-
-
-def test_a_memo_reuses_earlier_conversions_of_the_same_arrays_only():
-    from convert.tree import convert_tree
-
-    config = tiny_config()
-    pt = flax_to_pt(random_flax_params(config, "lm", seed=4), config, "lm")
-    memo: dict = {}
-    first, s1 = convert_tree(pt, "pt", config, "lm", "flax", memo=memo)
-    second, s2 = convert_tree(pt, "pt", config, "qa", "flax", memo=memo, allow_missing=head_only_prefixes(config, "qa"))
-    fresh, s3 = convert_tree(pt, "pt", config, "qa", "flax", allow_missing=head_only_prefixes(config, "qa"))
-    kernel = ("model", "encoder", "layers", "0", "fc1", "kernel")
-    assert second[kernel] is first[kernel]             # converted once, handed out twice
-    assert not np.shares_memory(fresh[kernel], first[kernel])
-    assert_bits_equal(second, fresh)
-    assert s2.rules == s3.rules and s2.casts == s3.casts and s2.nonfinite == s3.nonfinite
-    # another array under the same key is converted anew, not taken from the memo
-    changed = dict(pt, **{"model.encoder.layers.0.fc1.weight": pt["model.encoder.layers.0.fc1.weight"] + 1})
-    third, _ = convert_tree(changed, "pt", config, "qa", "flax", memo=memo, allow_missing=head_only_prefixes(config, "qa"))
-    np.testing.assert_array_equal(third[kernel], first[kernel] + 1)
-    # a cast is part of the memo's key; NaN counts come back with a reused array
-    pt["model.encoder.layers.0.fc2.weight"][0, 0] = np.nan
-    memo = {}
-    _, a = convert_tree(pt, "pt", config, "lm", "flax", memo=memo, dtype="bfloat16")
-    b16, b = convert_tree(pt, "pt", config, "cls", "flax", memo=memo, dtype="bfloat16",
-                          allow_missing=head_only_prefixes(config, "cls"))
-    f32, _ = convert_tree(pt, "pt", config, "cls", "flax", memo=memo, allow_missing=head_only_prefixes(config, "cls"))
-    assert b16[kernel].dtype.name == "bfloat16" and f32[kernel].dtype == np.float32
-    assert a.nonfinite == b.nonfinite and b.nonfinite
