@@ -67,7 +67,7 @@ class Checkpoint:
         return checkpoint_hash(self.hashed_files())
 
     def hashed_files(self) -> list[str]:
-        return sorted(set(self.pt_files) | set(self.flax_files))
+        return _hashed_files(self.pt_files, self.flax_files)
 
     def config_hash(self) -> str:
         return config_hash(self.config.to_dict())
@@ -167,7 +167,7 @@ def open_checkpoint(path: str | os.PathLike, flax: str | os.PathLike | None = No
             "gate checks Flax weights against PyTorch weights: pass the PyTorch checkpoint as CHECKPOINT and the "
             "Flax one with --flax")
     flax_path, flax_files = _flax_files(path, flax, config)
-    hashing = _hash_in_background(sorted(set(source.files) | set(flax_files)))
+    hashing = _hash_in_background(_hashed_files(source.files, flax_files))
     state_dict, nonfinite = {}, {}
     for key in source.infos:
         arr = source.read(key)
@@ -180,6 +180,11 @@ def open_checkpoint(path: str | os.PathLike, flax: str | os.PathLike | None = No
     return Checkpoint(path=path, directory=directory, config=config, state_dict=state_dict,
                       source_head=infer_head(list(state_dict), "pt"), pt_files=list(source.files),
                       flax_path=flax_path, flax_files=flax_files, nonfinite=nonfinite, _hash=hashing)
+
+
+def _hashed_files(pt_files, flax_files) -> list[str]:
+    """The files `checkpoint_hash` covers: both frameworks' weight files, each once, sorted."""
+    return sorted(set(pt_files) | set(flax_files))
 
 
 def _hash_in_background(files: list[str]) -> Future:
