@@ -9,6 +9,11 @@ other processes hits both alike; CPU seconds per call are reported too), and fla
 
 `--dtype bfloat16` runs both sides in bfloat16 (flax_bart's params and compute, PyTorch's model cast).
 
+Where flax_bart's decoding loop multiplies with (out, in) copies of the decoder's kernels
+(`flax_bart.search._transposed_kernels`: float32 on a CPU), a third arm, interleaved with the other two,
+times the same `generate` with the kernels as stored, so every run on every CPU type says whether the
+copies pay there (`loop_kernels` in the JSON).
+
 It also measures the floor of any exact greedy decoding in that dtype on this machine: the encoder pass and
 the cross-attention K/V projections that every decoder layer computes once from its output (each the
 faster of the two frameworks, measured alone), plus, for each new token, one read of the weights a
@@ -26,11 +31,12 @@ import argparse
 import os
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 
 from benchmarks.common import (SHAPES, add_allocator_flag, apply_allocator, environment, interleaved_times, median_time,
-                               write_json)
+                               paired_ratio, write_json)
 
 FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
@@ -48,6 +54,7 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
 
     from convert import pt_to_flax
     from flax_bart import BartConfig, FlaxBartForConditionalGeneration
+    from flax_bart import search as _search
 
     torch.set_num_threads(torch_threads)
     cfg_kwargs = SHAPES[shape]
@@ -81,8 +88,17 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
     first_call_s = time.perf_counter() - t0
     torch_ids = torch_generate()  # warm-up
     flax_generate()
+    # decided after the first call: deciding runs the copies' program, whose compile that call includes
+    fns = {"flax": flax_generate}
+    transposed_used = _search._transposed_kernels(model.module, params, batch, new_tokens) is not None
+    if transposed_used:
+        def flax_stored_kernels():
+            with mock.patch.object(_search, "TRANSPOSE_MAX_ROWS", -1):   # no (out, in) copies this call
+                return flax_generate()
+        fns["flax_stored_kernels"] = flax_stored_kernels
+    stored_ids = fns["flax_stored_kernels"]() if transposed_used else None   # its own program: compiled here
     # interleaved, so that changes in the machine's load hit both sides alike
-    timed = interleaved_times({"flax": flax_generate, "transformers": torch_generate}, repeats)
+    timed = interleaved_times({**fns, "transformers": torch_generate}, repeats)
     flax_t, torch_t = ({**timed[k], "min_s": min(timed[k]["samples_s"])} for k in ("flax", "transformers"))
 
     tokens = batch * new_tokens
@@ -104,8 +120,20 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
         # a shared machine: other processes' load skews both sides (PyTorch's OpenMP threads most)
         "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
         "floor": floor,
+        "loop_kernels": _loop_kernels_result(transposed_used, timed, stored_ids, flax_ids),
         "targets": {"speedup": ">= 3", "first_call_s": "<= 5"},
     }
+
+
+def _loop_kernels_result(used: bool, timed: dict, stored_ids, flax_ids) -> dict:
+    """Whether the decoding loop used (out, in) kernel copies and, if so, the interleaved arm without them."""
+    if not used:
+        return {"transposed_used": False}
+    stored, flax_t = timed["flax_stored_kernels"], timed["flax"]
+    return {"transposed_used": True, "stored_kernels": stored,
+            "stored_over_transposed": stored["median_s"] / flax_t["median_s"],
+            "stored_over_transposed_paired": paired_ratio(stored, flax_t),
+            "tokens_equal": bool(np.array_equal(stored_ids, flax_ids))}
 
 
 def decoding_floor(model, params, tmodel, ids, mask, new_tokens: int, repeats: int) -> dict:
@@ -193,7 +221,16 @@ def render(result: dict) -> str:
         f"{c['new_tokens']} x {fl['step_bytes'] / 1e6:.0f} MB at {fl['bandwidth_gb_s']:.1f} GB/s; best possible "
         f"speedup {fl['best_possible_speedup']:.2f}; flax_bart reaches {100 * fl['share_of_floor_reached']:.0f}% "
         "of the floor's speed",
+        *_render_loop_kernels(result.get("loop_kernels", {})),
     ])
+
+
+def _render_loop_kernels(lk: dict) -> list[str]:
+    if not lk.get("transposed_used"):
+        return ["decoding loop: kernels as stored (no (out, in) copies for this case)"]
+    return [f"decoding loop with (out, in) kernel copies vs as stored (interleaved): stored / copies "
+            f"{lk['stored_over_transposed']:.2f} (paired {lk['stored_over_transposed_paired']:.2f}; stored median "
+            f"{lk['stored_kernels']['median_s']:.3f} s); same token ids: {lk['tokens_equal']}"]
 
 
 def main(argv=None) -> int:

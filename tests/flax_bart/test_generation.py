@@ -185,6 +185,12 @@ def test_bench_quick_mode_writes_valid_json(tmp_path, dtype):
     for side in ("flax", "transformers"):
         assert result[side]["tokens_per_s"] > 0 and len(result[side]["samples_s"]) == result["case"]["repeats"]
     assert result["speedup"] > 0 and result["first_call_s"] > 0
+    # float32 on a CPU decodes with (out, in) kernel copies: the third arm times the kernels as stored
+    lk = result["loop_kernels"]
+    assert lk["transposed_used"] is (dtype == "float32")
+    if dtype == "float32":
+        assert lk["tokens_equal"] is True and len(lk["stored_kernels"]["samples_s"]) == result["case"]["repeats"]
+        assert lk["stored_over_transposed"] > 0 and "kernel copies vs as stored" in proc.stdout
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
