@@ -3,7 +3,8 @@ flax_bart's post-normalised form (`flax_bart.modules._attend`: (e v) / sum(e)), 
 distance from float64; then whole BART forwards built each way, with transformers' PyTorch BART
 (its default attention, SDPA) timed in the same interleaved rounds.
 
-Attention cases: random q, k, v (q scaled by 1/sqrt(head size)), half the keys of the first row
+Attention cases (one of more than `modules.QUERY_BLOCK` queries also times the query-blocked form the
+models use there on a CPU): random q, k, v (q scaled by 1/sqrt(head size)), half the keys of the first row
 masked. Forwards: the same weights and inputs in every arm; each flax arm is compiled once, then all
 arms run round by round (`benchmarks.common.interleaved_times`).
 
@@ -23,8 +24,9 @@ from benchmarks.common import (HEAD_OUTPUT, SHAPES, environment, interleaved_tim
 CORES = [  # (batch, heads, queries, keys, head size): BART-base / -large at 4 x 256, a decoding step, one long row
     (4, 12, 256, 256, 64), (4, 16, 256, 256, 64), (4, 12, 1, 256, 64), (1, 12, 1024, 1024, 64),
 ]
-QUICK_CORES = [(2, 4, 16, 16, 8)]
-# (no case over modules.QUERY_BLOCK tokens: the query-blocked attention keeps the probabilities-first order)
+QUICK_CORES = [(2, 4, 16, 16, 8), (1, 2, 300, 300, 8)]
+# A case of more than modules.QUERY_BLOCK queries adds the arm the models run on a CPU there,
+# "query_blocked" (`modules._blocked_attention`: blocks of queries, probabilities first).
 FORWARD = [("base", "qa", 4, 256), ("base", "lm", 2, 128), ("large", "qa", 4, 256)]
 QUICK_FORWARD = [("tiny", "qa", 2, 16)]
 ARMS = ("probs_first", "post_normalised")
@@ -63,7 +65,11 @@ def core_case(b, h, t, s, k, repeats):
     outs, fns = {}, {}
     fn = {"probs_first": lambda q, k, v, m: modules._values(modules._probs(q, k, m, np.float32, None), v, None),
           "post_normalised": lambda q, k, v, m: modules._attend(q, k, v, m, np.float32, None)[0]}
-    for arm in ARMS:
+    arms = ARMS
+    if t > modules.QUERY_BLOCK:
+        fn["query_blocked"] = lambda q, k, v, m: modules._blocked_attention(q, k, v, m, np.float32, None)[0]
+        arms = (*ARMS, "query_blocked")
+    for arm in arms:
         f = jax.jit(fn[arm]).lower(*args).compile()
         outs[arm] = np.asarray(f(*args)).transpose(0, 2, 1, 3)   # back to (B, H, T, K)
         fns[arm] = (lambda f=f: jax.block_until_ready(f(*args)))
