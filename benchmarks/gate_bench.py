@@ -2,7 +2,7 @@
 
     python -m benchmarks.gate_bench [--quick] [--matrix quick4x3,demo3x3] [--compile-modes auto,optimized]
                                     [--flax-jobs 1,default] [--precisions highest,default]
-                                    [--out reports/bench]
+                                    [--out reports/bench | --out FILE.json]
 
 Each run is `python -m parity CKPT --heads ... --dtypes ... --compile-cache DIR` in a child process:
 "cold" with an empty DIR, then "warm" with the same DIR. The breakdown comes from the report's
@@ -65,11 +65,17 @@ def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: f
     return result
 
 
+def results_path(out: str) -> str:
+    """--out names the JSON file itself when it ends in .json, else the folder that gets gate.json."""
+    return out if out.lower().endswith(".json") else os.path.join(out, "gate.json")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gate_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny config, head qa, float32")
     p.add_argument("--matrix", default="quick4x3,demo3x3,base4x3", help=f"comma-separated among {sorted(MATRICES)}")
-    p.add_argument("--out", default=os.path.join("reports", "bench"))
+    p.add_argument("--out", default=os.path.join("reports", "bench"),
+                   help="a folder (the results go to gate.json in it) or a path ending in .json")
     p.add_argument("--cache-dir", default=None, help="demo checkpoint cache (default: the demo's)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--compile-modes", default="auto",
@@ -132,8 +138,7 @@ def main(argv=None) -> int:
                               "compile_mode": mode, "flax_jobs": "default" if jobs is None else jobs,
                               "precision": precision, **runs}
     data = {"benchmark": "gate", "quick": args.quick, "environment": environment(), "results": results}
-    os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "gate.json"), data)
+    write_json(results_path(args.out), data)   # makes the folder
     failed = [n for n, r in results.items() if any(r[p]["exit_code"] != 0 for p in ("cold", "warm"))]
     return 1 if failed else 0
 

@@ -1,6 +1,7 @@
 """The benchmark entry points run and write valid output (smoke runs; no timing is asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -64,6 +65,14 @@ def test_gate_bench_quick_runs_cold_then_warm(tmp_path):
     assert cold["programs"] > 0 and cold["cache_hits"] == 0 and warm["cache_hits"] > 0
     assert set(cold["steps"]) == {"qa/float32"} and data["environment"]["cpu"]
     assert data["results"]["smoke"]["precision"] == "highest"
+
+
+def test_gate_bench_out_is_a_folder_or_a_json_file():
+    from benchmarks.gate_bench import results_path
+
+    assert results_path(os.path.join("reports", "bench")) == os.path.join("reports", "bench", "gate.json")
+    assert results_path(os.path.join("x", "gate-demo.json")) == os.path.join("x", "gate-demo.json")
+    assert results_path("G.JSON") == "G.JSON"
 
 
 def test_gate_bench_rejects_an_unknown_precision(tmp_path):
