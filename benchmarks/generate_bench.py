@@ -88,9 +88,8 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
     first_call_s = time.perf_counter() - t0
     torch_ids = torch_generate()  # warm-up
     flax_generate()
-    # decided after the first call: deciding runs the copies' program, whose compile that call includes
     fns = {"flax": flax_generate}
-    transposed_used = _search._transposed_kernels(model.module, params, batch, new_tokens) is not None
+    transposed_used = _search.transposes_loop_kernels(model.module, batch, new_tokens)
     if transposed_used:
         def flax_stored_kernels():
             with mock.patch.object(_search, "TRANSPOSE_MAX_ROWS", -1):   # no (out, in) copies this call

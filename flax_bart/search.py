@@ -130,11 +130,17 @@ def _transposed_kernels(module, params, rows: int, new_tokens: int, seq2seq: boo
     (`scan_layers="all"`), whose layers pick their weights inside the scan. The cross-attention's key and
     value projections are left out (the loop reads their output from the cache), and a decoder-only
     model's cross-attention altogether."""
-    if (jax.default_backend() != "cpu" or jnp.dtype(module.dtype) != jnp.float32 or rows > TRANSPOSE_MAX_ROWS
-            or new_tokens < TRANSPOSE_MIN_TOKENS or is_highest(module.precision)
-            or getattr(module, "scan_layers", False) == "all"):
+    if not transposes_loop_kernels(module, rows, new_tokens):
         return None
     return _transpose_loop_kernels(params, seq2seq) or None
+
+
+def transposes_loop_kernels(module, rows: int, new_tokens: int) -> bool:
+    """Whether a decoding loop of `rows` rows and `new_tokens` tokens gets (out, in) kernel copies
+    (`_transposed_kernels`' rule), decided without making them."""
+    return (jax.default_backend() == "cpu" and jnp.dtype(module.dtype) == jnp.float32 and rows <= TRANSPOSE_MAX_ROWS
+            and new_tokens >= TRANSPOSE_MIN_TOKENS and not is_highest(module.precision)
+            and getattr(module, "scan_layers", False) != "all")
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -82,6 +82,7 @@ def test_transposed_kernels_only_where_they_pay(case):
     rows = search.TRANSPOSE_MAX_ROWS + 1 if case == "many_rows" else 4
     tokens = search.TRANSPOSE_MIN_TOKENS - 1 if case == "few_tokens" else 32
     picked = search._transposed_kernels(model.module, params, rows, tokens)
+    assert search.transposes_loop_kernels(model.module, rows, tokens) is (picked is not None)
     if case != "float32":
         assert picked is None
         return
