@@ -105,16 +105,17 @@ def ratios(timings: dict, num: str, den: str, name: str) -> dict:
 
 
 def add_allocator_flag(parser) -> None:
-    parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
-                        help="tuned (default): flax_bart.tune_host_allocator() first, as the CLI does; default: the "
-                             "C library's malloc settings (the process-wide setting applies to both frameworks)")
+    parser.add_argument("--allocator", choices=("tuned", "thresholds", "default"), default="tuned",
+                        help="tuned (default): flax_bart.tune_host_allocator() first, as the CLI does; thresholds: "
+                             "its mmap/trim thresholds without the one arena (one_arena=False); default: the C "
+                             "library's malloc settings (the process-wide setting applies to both frameworks)")
 
 
 def apply_allocator(choice: str) -> None:
-    if choice == "tuned":
+    if choice in ("tuned", "thresholds"):
         from flax_bart.host_memory import tune_host_allocator
 
-        tune_host_allocator()
+        tune_host_allocator(one_arena=choice == "tuned")
 
 
 def environment() -> dict:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.gate_bench [--quick] [--matrix quick4x3,demo3x3] [--compile-modes auto,optimized]
                                     [--flax-jobs 1,default] [--precisions highest,default]
+                                    [--allocators tuned,default]
                                     [--out reports/bench | --out FILE.json]
 
 Each run is `python -m parity CKPT --heads ... --dtypes ... --compile-cache DIR` in a child process:
@@ -10,7 +11,9 @@ Each run is `python -m parity CKPT --heads ... --dtypes ... --compile-cache DIR`
 float32,bfloat16,float16, default inputs; `demo3x3` = the BART-base demo (heads qa,lm,cls, the demo's
 inputs); `base4x3` = the default gate of issue 13 on the BART-base demo checkpoint (heads qa,lm,cls,causal x
 float32,bfloat16,float16, default inputs). `--quick` (the test suite's smoke run) runs the tiny config,
-head qa, float32 only.
+head qa, float32 only. `--allocators default` runs the child with `FLAX_BART_TUNE_ALLOCATOR=0` (the C
+library's malloc settings; parity tunes them for a CPU gate, flax_bart.host_memory); each run records
+the child's minor page faults.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,19 +40,25 @@ MATRICES = {
 
 
 def run_gate(checkpoint: str, matrix: dict, cache_dir: str, out: str, timeout: float,
-             compile_mode: str = "auto", flax_jobs: int | None = None, precision: str = "highest") -> dict:
+             compile_mode: str = "auto", flax_jobs: int | None = None, precision: str = "highest",
+             allocator: str = "tuned") -> dict:
     cmd = [sys.executable, "-m", "parity", checkpoint, "--heads", matrix["heads"], "--dtypes", matrix["dtypes"],
            "--compile-cache", cache_dir, "--out", out, "--quiet", "--compile-mode", compile_mode,
            "--precision", precision, *matrix["extra"]]
     if flax_jobs is not None:
         cmd += ["--flax-jobs", str(flax_jobs)]
+    env = {**os.environ, "FLAX_BART_TUNE_ALLOCATOR": "0" if allocator == "default" else "1"}
+    faults0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     wall = time.perf_counter() - t0
-    result = {"exit_code": proc.returncode, "wall_s": round(wall, 2)}
+    result = {"exit_code": proc.returncode, "wall_s": round(wall, 2),
+              "minor_faults": resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults0}
     try:
         with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
-            timings = json.load(fh)["timings"]
+            report = json.load(fh)
+        timings = report["timings"]
+        result["host_allocator"] = report["environment"].get("host_allocator")
     except (OSError, KeyError, ValueError):
         result["log_tail"] = (proc.stdout + proc.stderr)[-2000:]
         return result
@@ -87,7 +97,15 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default="highest",
                    help="comma-separated parity --precision values, each run in turn (results of 'default' are keyed "
                         "MATRIX/default)")
+    p.add_argument("--allocators", default="tuned",
+                   help="comma-separated among tuned (parity's own: flax_bart.host_memory's settings for a CPU gate) "
+                        "and default (the C library's: FLAX_BART_TUNE_ALLOCATOR=0), run side by side (results of "
+                        "default are keyed MATRIX/default-allocator)")
     args = p.parse_args(argv)
+    allocators = [x.strip() for x in args.allocators.split(",") if x.strip()]
+    if not allocators or any(x not in ("tuned", "default") for x in allocators):
+        print(f"gate_bench: --allocators {args.allocators!r}; expected some of tuned, default", file=sys.stderr)
+        return 2
     precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
     if not precisions or any(x not in ("highest", "default") for x in precisions):
         print(f"gate_bench: --precisions {args.precisions!r}; expected some of highest, default", file=sys.stderr)
@@ -116,27 +134,27 @@ def main(argv=None) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
     results = {}
     with tempfile.TemporaryDirectory(prefix="gate-bench-") as tmp:
-        for name, mode, jobs, precision in [(n, m, j, x) for n in names for m in modes for j in jobs_list
-                                            for x in precisions]:
+        for name, mode, jobs, precision, alloc in [(n, m, j, x, a) for n in names for m in modes for j in jobs_list
+                                                   for x in precisions for a in allocators]:
             matrix = MATRICES[name]
             ckpt = str(ensure_checkpoint(matrix["quick"], cache, log=lambda msg: print(msg, file=sys.stderr)))
             label = name + ("" if mode == "auto" else f"/{mode}") + ("" if jobs is None else f"/jobs{jobs}") + \
-                ("" if precision == "highest" else f"/{precision}")
+                ("" if precision == "highest" else f"/{precision}") + ("" if alloc == "tuned" else "/default-allocator")
             tag = label.replace("/", "-")
             compile_dir = os.path.join(tmp, f"{tag}-xla")
             runs = {}
             for phase in ("cold", "warm"):
                 runs[phase] = run_gate(ckpt, matrix, compile_dir, os.path.join(tmp, f"{tag}-{phase}"),
-                                       args.timeout, mode, jobs, precision)
+                                       args.timeout, mode, jobs, precision, alloc)
                 r = runs[phase]
                 print(f"{label} {phase}: wall {r['wall_s']:.1f} s; PyTorch {r.get('torch_s', 0):.1f} s, Flax "
                       f"{r.get('flax_s', 0):.1f} s (building {r.get('programs', 0)} programs {r.get('flax_build_s', 0):.1f} s"
                       f", {r.get('cache_hits', 0)} from the cache; running {r.get('flax_run_s', 0):.1f} s; waited for "
-                      f"{r.get('flax_wait_s', 0):.1f} s); exit "
+                      f"{r.get('flax_wait_s', 0):.1f} s); {r['minor_faults']} minor page faults; exit "
                       f"{r['exit_code']}", flush=True)
             results[label] = {"heads": matrix["heads"], "dtypes": matrix["dtypes"], "args": matrix["extra"],
                               "compile_mode": mode, "flax_jobs": "default" if jobs is None else jobs,
-                              "precision": precision, **runs}
+                              "precision": precision, "allocator": alloc, **runs}
     data = {"benchmark": "gate", "quick": args.quick, "environment": environment(), "results": results}
     write_json(results_path(args.out), data)   # makes the folder
     failed = [n for n, r in results.items() if any(r[p]["exit_code"] != 0 for p in ("cold", "warm"))]

@@ -200,6 +200,19 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
     return EXIT_CODES[report.status]
 
 
+def tune_allocator_for(flax_devices) -> None:
+    """A gate whose Flax side runs on the CPU keeps XLA:CPU's buffers between calls
+    (`flax_bart.host_memory`; both frameworks share the process's allocator), set before JAX starts;
+    `FLAX_BART_TUNE_ALLOCATOR=0` leaves the C library's settings as they are. The report's environment
+    says which (`host_allocator`)."""
+    if os.environ.get("FLAX_BART_TUNE_ALLOCATOR", "1").strip() == "0":
+        return
+    if flax_devices and all(str(d).split(":")[0].strip().lower() == "cpu" for d in flax_devices):
+        from flax_bart.host_memory import tune_host_allocator
+
+        tune_host_allocator()
+
+
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not args.baseline_factor >= 1:
@@ -212,6 +225,7 @@ def _main(argv: list[str]) -> int:
         raise ParityInputError(f"--baseline-floor {args.baseline_floor:g}: expected a fraction in [0, 1)")
     out = args.out or os.path.join("reports", "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
     opts = options_from_args(args, Path(os.path.abspath(out)).name)
+    tune_allocator_for(opts.flax_devices)
     setup_compile_cache(args.compile_cache, args.no_compile_cache)
     return run_gate(args.checkpoint, args.flax, opts, out, baseline=args.baseline,
                     baseline_factor=args.baseline_factor, baseline_floor=args.baseline_floor, quiet=args.quiet)

@@ -478,9 +478,11 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                             (f"; and {len(nan) - 10} more" if len(nan) > 10 else "") +
                             "): every metric they reach is NaN and fails.")
     seconds = time.perf_counter() - t_start
+    from flax_bart.host_memory import host_allocator_state
+
     report.environment = Environment.collect(
         devices=report.environment.devices, matmul_precision=MATMUL_PRECISION,
-        extra={**env_extra, "flax_greedy": "; ".join(sorted(greedy_paths)) or "none",
+        extra={**env_extra, "host_allocator": host_allocator_state(), "flax_greedy": "; ".join(sorted(greedy_paths)) or "none",
                "flax_buckets": describe_buckets(buckets), "flax_jobs": describe_jobs(jobs_used),
                **{k: round(v, 2) for k, v in timings.items()}, "seconds": round(seconds, 2)})
     bar.close()

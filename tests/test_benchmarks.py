@@ -65,6 +65,10 @@ def test_gate_bench_quick_runs_cold_then_warm(tmp_path):
     assert cold["programs"] > 0 and cold["cache_hits"] == 0 and warm["cache_hits"] > 0
     assert set(cold["steps"]) == {"qa/float32"} and data["environment"]["cpu"]
     assert data["results"]["smoke"]["precision"] == "highest"
+    # parity tunes a CPU gate's allocator before JAX starts (flax_bart.host_memory); faults are counted
+    assert data["results"]["smoke"]["allocator"] == "tuned"
+    assert cold["host_allocator"].startswith("tuned (") and cold["host_allocator"].endswith("one arena)")
+    assert cold["minor_faults"] > 0
 
 
 def test_gate_bench_out_is_a_folder_or_a_json_file():
@@ -168,6 +172,12 @@ def test_compile_bench_quick_compiles_each_variant_of_one_program(tmp_path):
     for v in row["variants"].values():
         assert v["compile_s"] > 0 and v["run_median_s"] > 0 and 0 <= v["drift_rel_rms"] < 1e-4
     assert row["variants"]["optimized"]["drift_rel_rms"] == 0.0
+
+
+def test_gate_bench_rejects_an_unknown_allocator(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gate_bench", "--allocators", "jemalloc", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--allocators 'jemalloc'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_gate_bench_rejects_bad_flax_jobs(tmp_path):
