@@ -9,6 +9,7 @@ the exit code is 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -200,17 +201,32 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
     return EXIT_CODES[report.status]
 
 
-def tune_allocator_for(flax_devices) -> None:
+def tune_allocator_for(flax_devices, checkpoint) -> None:
     """A gate whose Flax side runs on the CPU keeps XLA:CPU's buffers between calls
     (`flax_bart.host_memory`; both frameworks share the process's allocator), set before JAX starts;
     `FLAX_BART_TUNE_ALLOCATOR=0` leaves the C library's settings as they are. The report's environment
-    says which (`host_allocator`)."""
+    says which (`host_allocator`).
+
+    The one arena only for a model whose gate is not compile-bound (`parity.options.compile_bound`, from
+    the sizes in the checkpoint's config.json): a test-sized model's temporaries are far below the 64 MiB
+    that the one arena is for, and its lock slowed the side-by-side compiling and PyTorch runs
+    (`gate_bench --matrix quick4x3 --allocators default,tuned`, 2-core EPYC: cold 13.4-15.1 s against
+    15.5-15.9 s, PyTorch 4.6-5.1 s against 7.1-8.3 s), while the BART-base default gate ran 143 -> 116 s."""
     if os.environ.get("FLAX_BART_TUNE_ALLOCATOR", "1").strip() == "0":
         return
-    if flax_devices and all(str(d).split(":")[0].strip().lower() == "cpu" for d in flax_devices):
-        from flax_bart.host_memory import tune_host_allocator
+    if not flax_devices or any(str(d).split(":")[0].strip().lower() != "cpu" for d in flax_devices):
+        return
+    from flax_bart.host_memory import tune_host_allocator
+    from parity.options import compile_bound, estimated_params
 
-        tune_host_allocator()
+    one_arena = True
+    path = Path(checkpoint)
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    try:
+        one_arena = not compile_bound(estimated_params(json.loads(config.read_text(encoding="utf-8"))))
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass   # a missing or bad config is reported by the gate itself, with its name
+    tune_host_allocator(one_arena=one_arena)
 
 
 def _main(argv: list[str]) -> int:
@@ -225,7 +241,7 @@ def _main(argv: list[str]) -> int:
         raise ParityInputError(f"--baseline-floor {args.baseline_floor:g}: expected a fraction in [0, 1)")
     out = args.out or os.path.join("reports", "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
     opts = options_from_args(args, Path(os.path.abspath(out)).name)
-    tune_allocator_for(opts.flax_devices)
+    tune_allocator_for(opts.flax_devices, args.checkpoint)
     setup_compile_cache(args.compile_cache, args.no_compile_cache)
     return run_gate(args.checkpoint, args.flax, opts, out, baseline=args.baseline,
                     baseline_factor=args.baseline_factor, baseline_floor=args.baseline_floor, quiet=args.quiet)

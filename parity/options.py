@@ -100,6 +100,16 @@ def flax_jobs(requested: int | None, mesh: bool, on_cpu: bool = True, n_params: 
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def estimated_params(config: dict) -> int:
+    """A BART config's parameter count from its sizes alone (weights of the embeddings and the layers'
+    matrices; biases and norms left out), for decisions taken before any weights are read."""
+    d, vocab = int(config.get("d_model", 1024)), int(config.get("vocab_size", 50265))
+    positions = int(config.get("max_position_embeddings", 1024)) + 2
+    enc = int(config.get("encoder_layers", 12)) * (4 * d * d + 2 * d * int(config.get("encoder_ffn_dim", 4 * d)))
+    dec = int(config.get("decoder_layers", 12)) * (8 * d * d + 2 * d * int(config.get("decoder_ffn_dim", 4 * d)))
+    return vocab * d + 2 * positions * d + enc + dec
+
+
 def compile_bound(n_params: int) -> bool:
     """Whether a model this size is test-sized: its gate programs cost more to compile than to run
     (below COMPILE_BOUND_FLOPS at MIN_TOKENS tokens: about 39M parameters)."""
