@@ -201,13 +201,13 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
     return EXIT_CODES[report.status]
 
 
-def tune_allocator_for(flax_devices, checkpoint) -> None:
+def tune_allocator_for(flax_devices, checkpoint=None, test_sized: bool | None = None) -> None:
     """A gate whose Flax side runs on the CPU keeps XLA:CPU's buffers between calls
     (`flax_bart.host_memory`; both frameworks share the process's allocator), set before JAX starts;
     `FLAX_BART_TUNE_ALLOCATOR=0` leaves the C library's settings as they are. The report's environment
     says which (`host_allocator`).
 
-    The one arena only for a model whose gate is not compile-bound (`parity.options.compile_bound`, from
+    The one arena only (`test_sized` False, or by default read from the checkpoint) for a model whose gate is not compile-bound (`parity.options.compile_bound`, from
     the sizes in the checkpoint's config.json): a test-sized model's temporaries are far below the 64 MiB
     that the one arena is for, and its lock slowed the side-by-side compiling and PyTorch runs
     (`gate_bench --matrix quick4x3 --allocators default,tuned`, 2-core EPYC: cold 13.4-15.1 s against
@@ -219,13 +219,14 @@ def tune_allocator_for(flax_devices, checkpoint) -> None:
     from flax_bart.host_memory import tune_host_allocator
     from parity.options import compile_bound, estimated_params
 
-    one_arena = True
-    path = Path(checkpoint)
-    config = (path if path.is_dir() else path.parent) / "config.json"
-    try:
-        one_arena = not compile_bound(estimated_params(json.loads(config.read_text(encoding="utf-8"))))
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass   # a missing or bad config is reported by the gate itself, with its name
+    one_arena = True if test_sized is None else not test_sized
+    if test_sized is None and checkpoint is not None:
+        path = Path(checkpoint)
+        config = (path if path.is_dir() else path.parent) / "config.json"
+        try:
+            one_arena = not compile_bound(estimated_params(json.loads(config.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass   # a missing or bad config is reported by the gate itself, with its name
     tune_host_allocator(one_arena=one_arena)
 
 

@@ -196,6 +196,9 @@ def demo_cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     out = args.out or os.path.join("reports", "demo-quick" if args.quick else "demo")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
+    from parity.cli import tune_allocator_for
+
+    tune_allocator_for(("cpu",), test_sized=args.quick)   # before JAX starts (flax_bart.host_memory)
     if not args.no_compile_cache:
         from parity.cli import enable_compile_cache
         from parity.machine import compile_key

@@ -54,6 +54,13 @@ def test_one_arena_only_for_models_that_are_not_test_sized(tmp_path, calls, conf
     assert calls == [{"one_arena": one_arena}]
 
 
+def test_the_demo_says_which_it_runs(calls):
+    tune_allocator_for(("cpu",), test_sized=True)
+    tune_allocator_for(("cpu",), test_sized=False)
+    tune_allocator_for(("cpu",))
+    assert calls == [{"one_arena": False}, {"one_arena": True}, {"one_arena": True}]
+
+
 def test_a_weights_file_reads_the_config_beside_it(tmp_path, calls):
     tune_allocator_for(("cpu:0",), _ckpt(tmp_path, BART_BASE) / "model.safetensors")
     assert calls == [{"one_arena": True}]
