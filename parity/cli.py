@@ -9,7 +9,6 @@ the exit code is 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -216,6 +215,7 @@ def tune_allocator_for(flax_devices, checkpoint=None, test_sized: bool | None = 
         return
     if not flax_devices or any(str(d).split(":")[0].strip().lower() != "cpu" for d in flax_devices):
         return
+    from flax_bart.config import read_json_file
     from flax_bart.host_memory import tune_host_allocator
     from parity.options import compile_bound, estimated_params
 
@@ -223,10 +223,10 @@ def tune_allocator_for(flax_devices, checkpoint=None, test_sized: bool | None = 
     if test_sized is None and checkpoint is not None:
         path = Path(checkpoint)
         config = (path if path.is_dir() else path.parent) / "config.json"
-        try:
-            one_arena = not compile_bound(estimated_params(json.loads(config.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, TypeError, AttributeError):
-            pass   # a missing or bad config is reported by the gate itself, with its name
+        try:   # the guarded reader: a FIFO, a device or a huge file is refused, never read
+            one_arena = not compile_bound(estimated_params(read_json_file(config, "config.json")))
+        except Exception:   # noqa: BLE001 - any bad config is the gate's to report, with its name
+            pass
     tune_host_allocator(one_arena=one_arena)
 
 

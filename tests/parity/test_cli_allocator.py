@@ -73,3 +73,17 @@ def test_left_alone_off_the_cpu_or_when_told(tmp_path, calls, monkeypatch):
     monkeypatch.setenv("FLAX_BART_TUNE_ALLOCATOR", "0")
     tune_allocator_for(("cpu",), ckpt)
     assert calls == []
+
+
+def test_a_fifo_or_huge_config_is_never_read(tmp_path, calls):
+    import os
+
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "config.json")   # reading it would block: the guarded reader refuses it
+    tune_allocator_for(("cpu",), fifo)
+    huge = _ckpt(tmp_path / "huge", '{"d_model": 16, "pad": "' + "x" * (64 << 20) + '"}')
+    tune_allocator_for(("cpu",), huge)
+    odd = _ckpt(tmp_path / "odd", '{"d_model": {"a": 1}, "vocab_size": [1]}')
+    tune_allocator_for(("cpu",), odd)
+    assert calls == [{"one_arena": True}] * 3
