@@ -11,11 +11,13 @@ same hundreds of megabytes again. Two settings keep those pages in the process:
   such threads arenas of their own, whose heaps hold at most 64 MiB: a larger request there is an
   `mmap` whatever the threshold says. A BART-base float16 forward converts its weights to float32
   for XLA's dots, a few hundred MB of temporaries: with the thresholds alone it still took ~110k
-  page faults a call (~0.45 GB), with one arena too about none, and ran 10-14% faster (2-core AMD
-  EPYC, `reports/bench/`). A thread's arena is fixed by its first allocation and JAX's threads
-  allocate as the backend starts, so this part only takes effect when it comes before JAX's first
-  use (`one_arena_in_time()`; the CLIs and `from_pretrained` call it then; setting
-  `MALLOC_ARENA_MAX=1` in the environment does it for any process).
+  page faults a call (~0.45 GB), with one arena too about none; the LM forward of 2 x 32 tokens ran in
+  149-152 ms against 269-313 ms, float32 in 119 against 147-157 ms (2-core AMD EPYC,
+  `reports/bench/epyc-avx512-68b435a/`). A thread's arena is fixed by its first allocation and JAX's
+  threads allocate as the backend starts, so this part only takes effect when it comes before JAX
+  starts: the CLIs and `from_pretrained` (as the process's first use of JAX) set it then,
+  `one_arena_in_time()` says whether it was, and `MALLOC_ARENA_MAX=1` in the environment does it for
+  any process.
 
 These change process-wide settings, so flax_bart never does it on import. `from_pretrained` does
 it by default when JAX's default backend is the CPU (`tune_for_cpu()`): a library user then gets the

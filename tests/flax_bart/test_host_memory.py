@@ -121,3 +121,31 @@ def test_one_arena_keeps_xla_temporaries_resident():
     assert _faults_per_call("thresholds") > pages // 2   # the thresholds alone do not reach XLA's threads
     tuned = _faults_per_call("tuned")
     assert tuned < pages // 4, (default, tuned)   # measured: 0, or one call of 8 faulting afresh
+
+
+_TIMING = """
+import sys
+from flax_bart.host_memory import host_allocator_state, one_arena_in_time, tune_host_allocator
+if sys.argv[1] == "late":
+    import jax
+    jax.devices()   # the backend, and XLA's threads, start here
+tune_host_allocator()
+print(one_arena_in_time(), host_allocator_state())
+"""
+
+
+@pytest.mark.skipif(not _has_glibc(), reason="glibc only")
+@pytest.mark.parametrize("when, in_time", [("early", True), ("late", False)])
+def test_the_state_says_whether_the_arena_came_before_jax(when, in_time):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("MALLOC_ARENA_MAX", None)
+    out = subprocess.run([sys.executable, "-c", _TIMING, when], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    flag, state = out.stdout.strip().split(" ", 1)
+    assert flag == str(in_time)
+    assert state.endswith(", one arena)") is in_time and ("set late" in state) is not in_time
