@@ -89,14 +89,17 @@ x = jnp.ones((4, 768), jnp.float16)
 f = jax.jit(lambda x, ws: sum(jnp.dot(x, w, preferred_element_type=jnp.float32) for w in ws))
 for _ in range(3):   # the heap settles in a few calls
     jax.block_until_ready(f(x, ws))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):
+faults = []
+for _ in range(15):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     jax.block_until_ready(f(x, ws))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 8)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
 """
 
 
-def _faults_per_call(mode: str) -> int:
+def _faults_per_call(mode: str) -> tuple[int, list[int]]:
+    """(median, all) of the minor page faults of 15 calls, after 3 to settle."""
     import os
     import subprocess
     from pathlib import Path
@@ -106,7 +109,8 @@ def _faults_per_call(mode: str) -> int:
     out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2], env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    return int(out.stdout.split()[-1])
+    faults = [int(v) for v in out.stdout.split()[-15:]]
+    return sorted(faults)[len(faults) // 2], faults
 
 
 @pytest.mark.skipif(not _has_glibc(), reason="glibc only")
@@ -115,37 +119,12 @@ def test_one_arena_keeps_xla_temporaries_resident():
     with raised thresholds alone (its threads' own arenas mmap them); with one arena, set before JAX
     starts, they stay resident."""
     pages = 16 * 768 * 3072 * 4 // 4096        # the float32 temporaries' pages, ~36.9k
-    default = _faults_per_call("default")
+    default, seen = _faults_per_call("default")
     if default < pages // 2:
-        pytest.skip(f"this glibc/XLA faults {default} pages a call untuned: no temporaries to keep")
-    assert _faults_per_call("thresholds") > pages // 2   # the thresholds alone do not reach XLA's threads
-    tuned = _faults_per_call("tuned")
-    assert tuned < pages // 4, (default, tuned)   # measured: 0, or one call of 8 faulting afresh
-
-
-_TIMING = """
-import sys
-from flax_bart.host_memory import host_allocator_state, one_arena_in_time, tune_host_allocator
-if sys.argv[1] == "late":
-    import jax
-    jax.devices()   # the backend, and XLA's threads, start here
-tune_host_allocator()
-print(one_arena_in_time(), host_allocator_state())
-"""
-
-
-@pytest.mark.skipif(not _has_glibc(), reason="glibc only")
-@pytest.mark.parametrize("when, in_time", [("early", True), ("late", False)])
-def test_the_state_says_whether_the_arena_came_before_jax(when, in_time):
-    import os
-    import subprocess
-    from pathlib import Path
-
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("MALLOC_ARENA_MAX", None)
-    out = subprocess.run([sys.executable, "-c", _TIMING, when], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[2], env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    flag, state = out.stdout.strip().split(" ", 1)
-    assert flag == str(in_time)
-    assert state.endswith(", one arena)") is in_time and ("set late" in state) is not in_time
+        pytest.skip(f"this glibc/XLA faults {seen} pages a call untuned: no temporaries to keep")
+    thresholds, seen = _faults_per_call("thresholds")
+    assert thresholds > pages // 2, seen   # the thresholds alone do not reach XLA's threads
+    # With one arena most calls fault nothing; now and then one faults them all afresh (measured:
+    # 2 of 30 calls idle, up to half of them with the test suite running beside): the median is the claim.
+    tuned, seen = _faults_per_call("tuned")
+    assert tuned < pages // 4, seen
