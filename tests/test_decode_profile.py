@@ -1,0 +1,53 @@
+"""`benchmarks.decode_profile`: the decoding loop's ops sorted into groups from the compiled HLO, and the
+quick run's report."""
+
+import json
+import subprocess
+import sys
+
+from benchmarks.decode_profile import GROUPS, classify, op_names
+
+HLO = """
+body {
+  %ynn_fusion = f32[1000,4]{1,0} fusion(%a, %b), kind=kCustom, metadata={op_name="jit(program)/while/body/dot_general"}
+  %ynn_fusion.2 = f32[768,4]{1,0} fusion(%c, %d), metadata={op_name="jit(program)/while/body/model.decode/decoder/layers/0/self_attn/q_proj/dot_general"}
+  %ynn_fusion.3 = f32[3072,4]{1,0} fusion(%c, %d), metadata={op_name="jit(program)/while/body/model.decode/decoder/layers/0/0._ffn/fc1/dot_general"}
+  %dot.7 = f32[4,12,256]{2,1,0} dot(%e, %f), metadata={op_name="jit(program)/while/body/model.decode/decoder/layers/0/encoder_attn/bhtk,bhsk->bhts/dot_general"}
+  %ynn_fusion.5 = f32[4,12,1]{2,1,0} fusion(%g), metadata={op_name="jit(program)/while/body/model.decode/decoder/layers/0/encoder_attn/reduce_sum"}
+  ROOT %iota_reduce_fusion.1 = s32[4]{0} fusion(%h), metadata={op_name="jit(program)/while/body/reduce_max"}
+  %add_fusion.1 = f32[4,1000]{1,0} fusion(%i), metadata={op_name="jit(program)/while/body/add"}
+}
+%ynn_fusion.9 = f32[1000,4]{1,0} fusion(%a, %b), metadata={op_name="jit(program)/dot_general"}
+"""
+
+
+def test_classify_sorts_the_loop_ops_and_leaves_the_rest_out():
+    groups = classify(HLO, vocab_size=1000)
+    assert groups == {
+        "ynn_fusion": "LM head", "ynn_fusion.2": "decoder weight products", "ynn_fusion.3": "decoder weight products",
+        "dot.7": "attention products", "ynn_fusion.5": "other decoder ops", "iota_reduce_fusion.1": "loop bookkeeping",
+        "add_fusion.1": "loop bookkeeping",
+    }   # ynn_fusion.9 is outside the loop
+    assert op_names(HLO)["dot.7"].startswith("model.decode/decoder/layers/0/encoder_attn/")
+
+
+def test_quick_run_reports_every_group(tmp_path):
+    out = tmp_path / "decode_profile.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.decode_profile", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["quick"] is True and data["environment"]["cpu"]
+    assert list(data["groups"]) == list(GROUPS)
+    for group in GROUPS[:3]:   # a profiled loop has products of each kind, with the bytes they read
+        row = data["groups"][group]
+        assert row["ms_per_step"] > 0 and row["mb_per_step"] > 0 and row["gb_s"] > 0, (group, row)
+    assert data["loop_ops"] > 10 and data["step_ms"] > 0 and data["step_ms_at_streaming"] > 0
+    assert {o["group"] for o in data["top_ops"]} <= set(GROUPS)
+    assert "ms a step" in proc.stdout
+
+
+def test_too_few_new_tokens_is_a_usage_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.decode_profile", "--quick", "--new-tokens", "2",
+                           "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--new-tokens 2" in proc.stderr and "Traceback" not in proc.stderr
