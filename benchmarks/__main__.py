@@ -1,7 +1,7 @@
 """Run the benchmark suite: each benchmark in its own subprocess (clean memory figures), merged into
 reports/bench/bench.json and bench.md with the machine, versions and thread settings.
 
-    python -m benchmarks [--quick] [--only forward,generate,convert,shard_load,train,remat,scan,trace,dtypes,matmul,parity] [--out reports/bench]
+    python -m benchmarks [--quick] [--only forward,generate,decode_profile,convert,shard_load,train,remat,scan,trace,dtypes,matmul,parity] [--out reports/bench]
     python -m benchmarks --device gpu [--quick]   # forward and generate beside transformers on that device
                                                   # (benchmarks.device_bench), per precision mode
 """
@@ -20,6 +20,7 @@ from benchmarks.common import environment, write_json
 BENCHES = {
     "forward": "benchmarks.forward_bench",
     "generate": "benchmarks.generate_bench",
+    "decode_profile": "benchmarks.decode_profile",
     "convert": "benchmarks.convert_bench",
     "shard_load": "benchmarks.shard_load_bench",
     "train": "benchmarks.train_bench",
@@ -62,6 +63,14 @@ def _headline(results: dict) -> list[tuple[str, str, str]]:
         val = _find(gen, key)
         if val is not None:
             rows.append((label, f"{val:.2f}", target))
+    share = _find(gen.get("floor", {}), "share_of_floor_reached")
+    if share is not None:
+        rows.append(("greedy generate: share of the floor's speed (exact decoding at streaming bandwidth)",
+                     f"{share:.2f}", ">= 0.9"))
+    prof = results.get("decode_profile", {})
+    if "step_ms" in prof:
+        rows.append(("greedy decoding step ms (at streaming bandwidth; benchmarks.decode_profile)",
+                     f"{prof['step_ms']:.2f} ({prof['step_ms_at_streaming']:.2f})", ""))
     train = results.get("train", {})
     for key, label, target in (("speedup", "training step BART-base 4x256 fp32: flax / transformers tokens/s", ">= 1.0"),):
         val = _find(train, key)

@@ -51,3 +51,15 @@ def test_too_few_new_tokens_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.decode_profile", "--quick", "--new-tokens", "2",
                            "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--new-tokens 2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_suite_headline_reports_the_floor_share_and_the_step():
+    from benchmarks.__main__ import BENCHES, _headline
+
+    assert BENCHES["decode_profile"] == "benchmarks.decode_profile"
+    rows = _headline({"generate": {"speedup": 2.0, "floor": {"share_of_floor_reached": 0.8123}},
+                      "decode_profile": {"step_ms": 19.514, "step_ms_at_streaming": 12.4}})
+    by_label = {label: (value, target) for label, value, target in rows}
+    assert by_label["greedy generate: share of the floor's speed (exact decoding at streaming bandwidth)"] == ("0.81", ">= 0.9")
+    step = next(v for label, v in by_label.items() if label.startswith("greedy decoding step ms"))
+    assert step == ("19.51 (12.40)", "")
