@@ -20,6 +20,9 @@ Bytes per step are what each group must read at least (the kernels it multiplies
 cached K/V); the streaming bandwidth is XLA's sum over an array of the step's size, as in
 `benchmarks.generate_bench`'s floor. Op times are the profiler's, summed over the threads that ran
 them (two ops on two cores count twice), so the groups can add up to more than the step's wall time.
+Written for and run on XLA:CPU only (no GPU was lent while it was built): it reads every profiler event
+that names the program's module and an HLO op, which a GPU trace may lay out otherwise; with none found
+it says so instead of printing a breakdown.
 """
 
 from __future__ import annotations
@@ -205,6 +208,9 @@ def render(r: dict) -> str:
         extra = (f"{row['mb_per_step']:.1f} | {row['gb_s']:.1f} | {100 * row['share_of_streaming']:.0f}%"
                  if "gb_s" in row else " | | ")
         lines.append(f"| {g} | {row['ms_per_step']:.3f} | {extra} |")
+    if not r["loop_ops"]:
+        lines.append("no op of the decoding loop was found in the profile (this device's trace layout is not "
+                     "one this benchmark reads: it was written for XLA:CPU's)")
     lines.append("slowest ops: " + ", ".join(f"{o['op']} ({o['group']}) {o['ms_per_step']:.3f} ms" for o in r["top_ops"][:6]))
     return "\n".join(lines)
 

@@ -63,3 +63,13 @@ def test_suite_headline_reports_the_floor_share_and_the_step():
     assert by_label["greedy generate: share of the floor's speed (exact decoding at streaming bandwidth)"] == ("0.81", ">= 0.9")
     step = next(v for label, v in by_label.items() if label.startswith("greedy decoding step ms"))
     assert step == ("19.51 (12.40)", "")
+
+
+def test_render_says_when_no_loop_op_was_found():
+    from benchmarks.decode_profile import render
+
+    groups = {g: {"ms_per_step": 0.0} for g in GROUPS}
+    text = render({"case": {"shape": "base", "batch": 4, "source_length": 256, "dtype": "float32"}, "step_ms": 1.0,
+                   "step_ms_at_streaming": 0.5, "step_mb": 10.0, "streaming_gb_s": 20.0, "loop_ops": 0,
+                   "ops_summed_ms": 0.0, "groups": groups, "top_ops": []})
+    assert "no op of the decoding loop was found" in text
