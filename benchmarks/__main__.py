@@ -1,7 +1,7 @@
 """Run the benchmark suite: each benchmark in its own subprocess (clean memory figures), merged into
 reports/bench/bench.json and bench.md with the machine, versions and thread settings.
 
-    python -m benchmarks [--quick] [--only forward,generate,decode_profile,convert,shard_load,train,remat,scan,trace,dtypes,matmul,parity] [--out reports/bench]
+    python -m benchmarks [--quick] [--only forward,generate,decode_profile,decode_ab,convert,shard_load,train,remat,scan,trace,dtypes,matmul,parity] [--out reports/bench]
     python -m benchmarks --device gpu [--quick]   # forward and generate beside transformers on that device
                                                   # (benchmarks.device_bench), per precision mode
 """
@@ -21,6 +21,7 @@ BENCHES = {
     "forward": "benchmarks.forward_bench",
     "generate": "benchmarks.generate_bench",
     "decode_profile": "benchmarks.decode_profile",
+    "decode_ab": "benchmarks.decode_ab",
     "convert": "benchmarks.convert_bench",
     "shard_load": "benchmarks.shard_load_bench",
     "train": "benchmarks.train_bench",

@@ -158,3 +158,13 @@ def write_json(path: str, data: dict) -> None:
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def finish(result: dict, quick: bool, out: str, render) -> int:
+    """A benchmark's last steps: mark the run quick or not, add the environment, write the JSON to `out`
+    and print `render(result)`; the exit code 0."""
+    result["quick"] = quick
+    result["environment"] = environment()
+    write_json(out, result)
+    print(render(result))
+    return 0

@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, environment, median_time, write_json
+from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, finish, median_time
 
 FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
@@ -234,12 +234,7 @@ def main(argv=None) -> int:
             case[key] = getattr(args, key)
     if case["new_tokens"] < 4:
         p.error(f"--new-tokens {case['new_tokens']}: expected at least 4")
-    result = run(**case, dtype=args.dtype)
-    result["quick"] = args.quick
-    result["environment"] = environment()
-    write_json(args.out, result)
-    print(render(result))
-    return 0
+    return finish(run(**case, dtype=args.dtype), args.quick, args.out, render)
 
 
 if __name__ == "__main__":

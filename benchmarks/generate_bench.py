@@ -35,8 +35,8 @@ from unittest import mock
 
 import numpy as np
 
-from benchmarks.common import (SHAPES, add_allocator_flag, apply_allocator, environment, interleaved_times, median_time,
-                               paired_ratio, write_json)
+from benchmarks.common import (SHAPES, add_allocator_flag, apply_allocator, finish, interleaved_times, median_time,
+                               paired_ratio)
 
 FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
@@ -244,12 +244,7 @@ def main(argv=None) -> int:
     case = dict(QUICK if args.quick else FULL)
     if args.repeats is not None:
         case["repeats"] = args.repeats
-    result = run(**case, dtype=args.dtype)
-    result["quick"] = args.quick
-    result["environment"] = environment()
-    write_json(args.out, result)
-    print(render(result))
-    return 0
+    return finish(run(**case, dtype=args.dtype), args.quick, args.out, render)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,25 @@ def test_render_says_when_no_loop_op_was_found():
                    "step_ms_at_streaming": 0.5, "step_mb": 10.0, "streaming_gb_s": 20.0, "loop_ops": 0,
                    "ops_summed_ms": 0.0, "groups": groups, "top_ops": []})
     assert "no op of the decoding loop was found" in text
+
+
+def test_decode_ab_quick_runs_each_arm_on_the_same_tokens(tmp_path):
+    """`python -m benchmarks.decode_ab --quick`: the default, XLA's argmax and an XLA option, interleaved."""
+    out = tmp_path / "ab.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.decode_ab", "--quick", "--arm", "argmax", "--arm",
+                           "xla:xla_cpu_enable_concurrency_optimized_scheduler=true", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    arms = json.loads(out.read_text())["arms"]
+    assert list(arms) == ["default", "argmax", "xla:xla_cpu_enable_concurrency_optimized_scheduler=true"]
+    for arm in arms.values():
+        assert arm["tokens_equal"] is True and arm["median_s"] > 0 and len(arm["samples_s"]) == 2
+    assert arms["default"]["paired_ratio_to_default"] == 1.0
+    assert [name for name, arm in arms.items() if arm["xla_argmax"]] == ["argmax"]   # the arm is what it says
+
+
+def test_decode_ab_rejects_an_unknown_arm(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.decode_ab", "--quick", "--arm", "fused",
+                           "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--arm 'fused'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.json").exists()
