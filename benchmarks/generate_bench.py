@@ -19,7 +19,9 @@ the cross-attention K/V projections that every decoder layer computes once from 
 faster of the two frameworks, measured alone), plus, for each new token, one read of the weights a
 decoding step must touch (decoder weights except the cross-attention K/V projections, LM head) and
 of the cached cross-attention K/V, at the memory bandwidth XLA reaches streaming an array of that
-size. `torch median / floor` is the best ratio any implementation could reach against this PyTorch.
+size (one read of it timed in the same interleaved rounds as the calls, since 2026-12-04; the JSON keeps
+the fastest and slowest rounds' bandwidths). `torch median / floor` is the best ratio any implementation
+could reach against this PyTorch.
 
     python -m benchmarks.generate_bench [--quick] [--repeats N] [--dtype float32|bfloat16]
                                         [--out reports/bench/generate.json]
@@ -35,8 +37,7 @@ from unittest import mock
 
 import numpy as np
 
-from benchmarks.common import (SHAPES, add_allocator_flag, apply_allocator, finish, interleaved_times, median_time,
-                               paired_ratio)
+from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, finish, interleaved_times, paired_ratio
 
 FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
@@ -96,13 +97,18 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
                 return flax_generate()
         fns["flax_stored_kernels"] = flax_stored_kernels
     stored_ids = fns["flax_stored_kernels"]() if transposed_used else None   # its own program: compiled here
+    # The floor's memory bandwidth: a read of one step's bytes, timed in the same rounds as the calls
+    # (measured apart, once, it moved between 30 and 44 GB/s from run to run while the calls did not).
+    block, read = jnp.ones((floor_step_bytes(model, params, ids) // 4,), jnp.float32), jax.jit(lambda x: x.sum())
+    jax.block_until_ready(read(block))
+    stream = {"stream": lambda: jax.block_until_ready(read(block))}
     # interleaved, so that changes in the machine's load hit both sides alike
-    timed = interleaved_times({**fns, "transformers": torch_generate}, repeats)
+    timed = interleaved_times({**fns, "transformers": torch_generate, **stream}, repeats)
     flax_t, torch_t = ({**timed[k], "min_s": min(timed[k]["samples_s"])} for k in ("flax", "transformers"))
 
     tokens = batch * new_tokens
     flax_tps, torch_tps = tokens / flax_t["median_s"], tokens / torch_t["median_s"]
-    floor = decoding_floor(model, params, tmodel, ids, mask, new_tokens, max(3, repeats // 2))
+    floor = decoding_floor(model, params, tmodel, ids, mask, new_tokens, max(3, repeats // 2), timed["stream"])
     floor["best_possible_speedup"] = torch_t["median_s"] / floor["floor_s"]
     floor["share_of_floor_reached"] = floor["floor_s"] / flax_t["median_s"]
     return {
@@ -135,8 +141,27 @@ def _loop_kernels_result(used: bool, timed: dict, stored_ids, flax_ids) -> dict:
             "tokens_equal": bool(np.array_equal(stored_ids, flax_ids))}
 
 
-def decoding_floor(model, params, tmodel, ids, mask, new_tokens: int, repeats: int) -> dict:
-    """Encoder times alone, bytes one decoding step must read, streaming bandwidth, and the floor (doc)."""
+def floor_step_bytes(model, params, ids) -> int:
+    """Bytes one decoding step must read (doc): the decoder's weights but the cross-attention K/V
+    projections (applied once, before the loop), the LM head and its bias, the cached cross-attention K/V."""
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(params, sep="/")
+    once = ("encoder_attn/k_proj/", "encoder_attn/v_proj/")
+    # (a step reads one row of the position table: not counted)
+    weights = sum(v.nbytes for k, v in flat.items()
+                  if ("/decoder/" in k and not any(o in k for o in once) and "embed_positions" not in k)
+                  or k.endswith("shared/embedding")
+                  or k.startswith("lm_head/") or k == "final_logits_bias")
+    cfg = model.config
+    itemsize = jnp.dtype(model.dtype).itemsize   # the cached cross-attention K/V are in the compute dtype
+    return int(weights + 2 * cfg.decoder_layers * ids.shape[0] * ids.shape[1] * cfg.d_model * itemsize)
+
+
+def decoding_floor(model, params, tmodel, ids, mask, new_tokens: int, repeats: int, stream: dict) -> dict:
+    """Encoder times alone, bytes one decoding step must read, streaming bandwidth (from `stream`, the
+    interleaved timing of one read of those bytes), and the floor (doc)."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -174,24 +199,16 @@ def decoding_floor(model, params, tmodel, ids, mask, new_tokens: int, repeats: i
     encoders = interleaved_times(encoders, repeats)   # all in turn, as the generate calls above
     enc_flax, enc_torch = encoders["flax"]["median_s"], encoders["transformers"]["median_s"]
     cross_s = min(encoders["flax cross K/V"]["median_s"], encoders["transformers cross K/V"]["median_s"])
-    # (a step reads one row of the position table: not counted)
-    weights = sum(v.nbytes for k, v in flat.items()
-                  if ("/decoder/" in k and not any(o in k for o in once) and "embed_positions" not in k)
-                  or k.endswith("shared/embedding")
-                  or k.startswith("lm_head/") or k == "final_logits_bias")
-    cfg = model.config
-    itemsize = jnp.dtype(model.dtype).itemsize   # the cached cross-attention K/V are in the compute dtype
-    cross_kv = 2 * cfg.decoder_layers * ids.shape[0] * ids.shape[1] * cfg.d_model * itemsize
-    step_bytes = weights + cross_kv
-    block = jnp.ones((step_bytes // 4,), jnp.float32)
-    read = jax.jit(lambda x: x.sum())
-    stream_s = median_time(lambda: jax.block_until_ready(read(block)), 3 * repeats)["median_s"]
-    bandwidth = step_bytes / stream_s
+    step_bytes = floor_step_bytes(model, params, ids)
+    bandwidth = step_bytes / stream["median_s"]
     floor_s = min(enc_flax, enc_torch) + cross_s + new_tokens * step_bytes / bandwidth
     return {"encoder_s": {"flax": enc_flax, "transformers": enc_torch},
             "cross_kv_s": {"flax": encoders["flax cross K/V"]["median_s"],
                            "transformers": encoders["transformers cross K/V"]["median_s"]},
             "step_bytes": int(step_bytes), "bandwidth_gb_s": bandwidth / 1e9, "floor_s": floor_s,
+            # the read's fastest and slowest rounds, as bandwidths
+            "bandwidth_gb_s_range": [step_bytes / max(stream["samples_s"]) / 1e9,
+                                     step_bytes / min(stream["samples_s"]) / 1e9],
             # the floor as computed before 2026-12-04, without the cross-attention K/V projections
             "floor_without_cross_kv_s": floor_s - cross_s}
 
@@ -217,7 +234,8 @@ def render(result: dict) -> str:
         f"(flax {fl['encoder_s']['flax']:.3f}, transformers {fl['encoder_s']['transformers']:.3f}) + cross-attention "
         f"K/V {min(fl['cross_kv_s'].values()):.3f} s (flax {fl['cross_kv_s']['flax']:.3f}, transformers "
         f"{fl['cross_kv_s']['transformers']:.3f}) + "
-        f"{c['new_tokens']} x {fl['step_bytes'] / 1e6:.0f} MB at {fl['bandwidth_gb_s']:.1f} GB/s; best possible "
+        f"{c['new_tokens']} x {fl['step_bytes'] / 1e6:.0f} MB at {fl['bandwidth_gb_s']:.1f} GB/s (rounds "
+        f"{fl['bandwidth_gb_s_range'][0]:.1f}-{fl['bandwidth_gb_s_range'][1]:.1f}); best possible "
         f"speedup {fl['best_possible_speedup']:.2f}; flax_bart reaches {100 * fl['share_of_floor_reached']:.0f}% "
         "of the floor's speed",
         *_render_loop_kernels(result.get("loop_kernels", {})),

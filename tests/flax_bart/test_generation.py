@@ -185,6 +185,9 @@ def test_bench_quick_mode_writes_valid_json(tmp_path, dtype):
     for side in ("flax", "transformers"):
         assert result[side]["tokens_per_s"] > 0 and len(result[side]["samples_s"]) == result["case"]["repeats"]
     assert result["speedup"] > 0 and result["first_call_s"] > 0
+    # the floor's bandwidth: a read timed in the same rounds as the calls, its median within its range
+    low, high = result["floor"]["bandwidth_gb_s_range"]
+    assert 0 < low <= result["floor"]["bandwidth_gb_s"] <= high and "GB/s (rounds " in proc.stdout
     # float32 on a CPU decodes with (out, in) kernel copies: the third arm times the kernels as stored
     lk = result["loop_kernels"]
     assert lk["transposed_used"] is (dtype == "float32")
