@@ -17,9 +17,10 @@ per step is an op of the loop, and the op's metadata in the compiled HLO (`op_na
 - loop bookkeeping: the logits processors, the next token's choice, the carried state.
 
 Bytes per step are what each group must read at least (the kernels it multiplies with, the table, the
-cached K/V); the streaming bandwidth is XLA's sum over an array of the step's size, as in
-`benchmarks.generate_bench`'s floor. Op times are the profiler's, summed over the threads that ran
-them (two ops on two cores count twice), so the groups can add up to more than the step's wall time.
+cached K/V); the streaming bandwidth is XLA's sum over an array of the step's size, timed in the same
+interleaved rounds as the calls, as in `benchmarks.generate_bench`'s floor. Op times are the
+profiler's, summed over the threads that ran them (two ops on two cores count twice), so the groups can
+add up to more than the step's wall time.
 Written for and run on XLA:CPU only (no GPU was lent while it was built): it reads every profiler event
 that names the program's module and an HLO op, which a GPU trace may lay out otherwise; with none found
 it says so instead of printing a breakdown.
@@ -38,7 +39,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, finish, median_time
+from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, finish
 
 FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
@@ -136,17 +137,24 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
         return jax.block_until_ready(out.sequences)
 
     generate(new_tokens), generate(short)   # compile both
-    samples = {new_tokens: [], short: []}
-    for _ in range(repeats):   # interleaved, so that other load hits both alike
-        for n in samples:
+    plans = [p for p in model.__dict__["_generate_programs"] if p.new_tokens == new_tokens]
+    itemsize = jnp.dtype(dtype).itemsize
+    needed = step_bytes(params, config, batch, source_length, plans[0].prompt_slots + new_tokens - 1, itemsize)
+    total_bytes = sum(needed.values())
+    block, read = jnp.ones((total_bytes // 4,), jnp.float32), jax.jit(lambda x: x.sum())
+    jax.block_until_ready(read(block))
+    calls = {new_tokens: lambda: generate(new_tokens), short: lambda: generate(short),
+             "stream": lambda: jax.block_until_ready(read(block))}
+    samples = {name: [] for name in calls}
+    for _ in range(repeats):   # interleaved: other load hits the calls and the streaming read alike
+        for name, fn in calls.items():
             t0 = time.perf_counter()
-            generate(n)
-            samples[n].append(time.perf_counter() - t0)
+            fn()
+            samples[name].append(time.perf_counter() - t0)
     long_s, short_s = (statistics.median(samples[n]) for n in (new_tokens, short))
     step_s = (long_s - short_s) / (new_tokens - short)
 
-    programs = model.__dict__["_generate_programs"]
-    plan = next(p for p in programs if p.new_tokens == new_tokens)
+    programs, plan = model.__dict__["_generate_programs"], plans[0]
     program, captured = programs[plan], {}
 
     def spy(*args):
@@ -168,12 +176,7 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
         if name in groups and len(durations) >= loop_steps:
             per_group[groups[name]] += sum(durations) / len(durations)
             top.append((sum(durations) / len(durations), name, groups[name]))
-    itemsize = jnp.dtype(dtype).itemsize
-    needed = step_bytes(params, config, batch, source_length, plan.prompt_slots + new_tokens - 1, itemsize)
-    total_bytes = sum(needed.values())
-    block, read = jnp.ones((total_bytes // 4,), jnp.float32), jax.jit(lambda x: x.sum())
-    stream_s = median_time(lambda: jax.block_until_ready(read(block)), 3 * repeats)["median_s"]
-    bandwidth = total_bytes / stream_s
+    bandwidth = total_bytes / statistics.median(samples["stream"])
     rows = {}
     for g in GROUPS:
         row = {"ms_per_step": per_group[g] * 1e3}
@@ -188,6 +191,7 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
         "step_ms": step_s * 1e3,
         "step_ms_at_streaming": total_bytes / bandwidth * 1e3,
         "streaming_gb_s": bandwidth / 1e9,
+        "streaming_gb_s_range": [total_bytes / max(samples["stream"]) / 1e9, total_bytes / min(samples["stream"]) / 1e9],
         "step_mb": total_bytes / 1e6,
         "groups": rows,
         "ops_summed_ms": sum(per_group.values()) * 1e3,
@@ -197,11 +201,16 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
     }
 
 
+def _rounds(r: dict) -> str:
+    low_high = r.get("streaming_gb_s_range")
+    return f", rounds {low_high[0]:.1f}-{low_high[1]:.1f}" if low_high else ""
+
+
 def render(r: dict) -> str:
     c = r["case"]
     lines = [f"greedy decoding step, BART-{c['shape']}, batch {c['batch']}, source {c['source_length']}, {c['dtype']}: "
              f"{r['step_ms']:.2f} ms a step (at streaming speed {r['step_ms_at_streaming']:.2f} ms: "
-             f"{r['step_mb']:.0f} MB at {r['streaming_gb_s']:.1f} GB/s); {r['loop_ops']} ops a step, "
+             f"{r['step_mb']:.0f} MB at {r['streaming_gb_s']:.1f} GB/s{_rounds(r)}); {r['loop_ops']} ops a step, "
              f"{r['ops_summed_ms']:.2f} ms summed over threads",
              "| group | ms / step | MB / step | GB/s | share of streaming |", "|---|---:|---:|---:|---:|"]
     for g, row in r["groups"].items():

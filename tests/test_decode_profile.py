@@ -43,6 +43,8 @@ def test_quick_run_reports_every_group(tmp_path):
         row = data["groups"][group]
         assert row["ms_per_step"] > 0 and row["mb_per_step"] > 0 and row["gb_s"] > 0, (group, row)
     assert data["loop_ops"] > 10 and data["step_ms"] > 0 and data["step_ms_at_streaming"] > 0
+    low, high = data["streaming_gb_s_range"]   # the read timed in the calls' rounds
+    assert 0 < low <= data["streaming_gb_s"] <= high and ", rounds " in proc.stdout
     assert {o["group"] for o in data["top_ops"]} <= set(GROUPS)
     assert "ms a step" in proc.stdout
 
