@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from benchmarks.common import SHAPES, add_allocator_flag, apply_allocator, finish
+from benchmarks.roofline import MODE_BYTES, decode_step_bytes
 
 FULL = dict(shape="base", batch=4, source_length=256, new_tokens=32, repeats=7)
 QUICK = dict(shape="tiny", batch=2, source_length=16, new_tokens=8, repeats=2)
@@ -49,15 +50,20 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _DENSE = re.compile(r"/(q_proj|k_proj|v_proj|out_proj|fc1|fc2)/")
 
 
-def classify(hlo_text: str, vocab_size: int) -> dict[str, str]:
-    """{instruction name: group} for the ops of the program's decoding loop (`op_name` under while/body);
-    `op_names(hlo_text)` gives their metadata."""
-    groups = {}
+def _loop_instructions(hlo_text: str):
+    """(name, output dims, op_name) of each instruction of the program's decoding loop (`op_name` under
+    while/body) in a compiled HLO text."""
     for line in hlo_text.splitlines():
         m, op = _INSTR.match(line), _OP_NAME.search(line)
-        if not m or not op or "/while/body/" not in op.group(1):
-            continue
-        name, dims, op_name = m.group(1), [int(d) for d in m.group(3).split(",") if d], op.group(1)
+        if m and op and "/while/body/" in op.group(1):
+            yield m.group(1), [int(d) for d in m.group(3).split(",") if d], op.group(1)
+
+
+def classify(hlo_text: str, vocab_size: int) -> dict[str, str]:
+    """{instruction name: group} for the ops of the program's decoding loop; `op_names(hlo_text)` gives
+    their metadata."""
+    groups = {}
+    for name, dims, op_name in _loop_instructions(hlo_text):
         product = op_name.endswith("dot_general")
         if product and _DENSE.search(op_name) and "model." in op_name:
             groups[name] = GROUPS[0]
@@ -73,27 +79,18 @@ def classify(hlo_text: str, vocab_size: int) -> dict[str, str]:
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
-    """{instruction name: its `op_name` metadata} of the loop's ops."""
-    names = {}
-    for line in hlo_text.splitlines():
-        m, op = _INSTR.match(line), _OP_NAME.search(line)
-        if m and op and "/while/body/" in op.group(1):
-            names[m.group(1)] = op.group(1).split("/while/body/", 1)[1]
-    return names
+    """{instruction name: its `op_name` metadata, from the loop's body on} of the loop's ops."""
+    return {name: op_name.split("/while/body/", 1)[1] for name, _, op_name in _loop_instructions(hlo_text)}
 
 
-def step_bytes(params: dict, config, batch: int, source_length: int, cache_length: int, itemsize: int) -> dict:
-    """Bytes per group one step must read: the decoder's kernels (not the cross-attention K/V projections,
-    applied once before the loop), the LM table, the cached cross-attention and self-attention K/V."""
-    from flax import traverse_util
-
-    flat = traverse_util.flatten_dict(params, sep="/")
-    once = ("encoder_attn/k_proj/", "encoder_attn/v_proj/")
-    kernels = sum(v.size * itemsize for k, v in flat.items()
-                  if "/decoder/" in k and "/layers/" in k and k.endswith("/kernel") and not any(o in k for o in once))
-    d, layers = config.d_model, config.decoder_layers
-    return {GROUPS[0]: int(kernels), GROUPS[1]: int(config.vocab_size * d * itemsize),
-            GROUPS[2]: int(2 * layers * batch * (source_length + cache_length) * d * itemsize)}
+def step_bytes(config, batch: int, source_length: int, cache_length: int, dtype: str) -> dict:
+    """Bytes per group one step must read (`benchmarks.roofline.decode_step_bytes`): the decoder's kernels
+    (not the cross-attention K/V projections, applied once before the loop), the LM table, the cached
+    cross-attention and self-attention K/V."""
+    mode = "bf16" if dtype == "bfloat16" else "fp32-exact"
+    b = decode_step_bytes(config.to_dict(), batch, source_length, cache_length, mode)
+    table = config.vocab_size * config.d_model * MODE_BYTES[mode]
+    return {GROUPS[0]: b["weights"] - table, GROUPS[1]: table, GROUPS[2]: b["cross_kv"] + b["self_cache"]}
 
 
 def _profile_ops(call, module_name: str = "jit_program") -> dict[str, list[float]]:
@@ -138,8 +135,7 @@ def run(shape: str, batch: int, source_length: int, new_tokens: int, repeats: in
 
     generate(new_tokens), generate(short)   # compile both
     plans = [p for p in model.__dict__["_generate_programs"] if p.new_tokens == new_tokens]
-    itemsize = jnp.dtype(dtype).itemsize
-    needed = step_bytes(params, config, batch, source_length, plans[0].prompt_slots + new_tokens - 1, itemsize)
+    needed = step_bytes(config, batch, source_length, plans[0].prompt_slots + new_tokens - 1, dtype)
     total_bytes = sum(needed.values())
     block, read = jnp.ones((total_bytes // 4,), jnp.float32), jax.jit(lambda x: x.sum())
     jax.block_until_ready(read(block))
