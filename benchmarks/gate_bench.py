@@ -80,6 +80,16 @@ def results_path(out: str) -> str:
     return out if out.lower().endswith(".json") else os.path.join(out, "gate.json")
 
 
+def _some_of(flag: str, value: str, allowed: tuple[str, ...]) -> list[str] | None:
+    """The comma-separated `value` of `flag` as a list of names among `allowed`; None (after saying which
+    flag and value, on stderr) when it names none or another."""
+    picked = [x.strip() for x in value.split(",") if x.strip()]
+    if not picked or any(x not in allowed for x in picked):
+        print(f"gate_bench: {flag} {value!r}; expected some of {', '.join(allowed)}", file=sys.stderr)
+        return None
+    return picked
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gate_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny config, head qa, float32")
@@ -102,18 +112,10 @@ def main(argv=None) -> int:
                         "and default (the C library's: FLAX_BART_TUNE_ALLOCATOR=0), run side by side (results of "
                         "default are keyed MATRIX/default-allocator)")
     args = p.parse_args(argv)
-    allocators = [x.strip() for x in args.allocators.split(",") if x.strip()]
-    if not allocators or any(x not in ("tuned", "default") for x in allocators):
-        print(f"gate_bench: --allocators {args.allocators!r}; expected some of tuned, default", file=sys.stderr)
-        return 2
-    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
-    if not precisions or any(x not in ("highest", "default") for x in precisions):
-        print(f"gate_bench: --precisions {args.precisions!r}; expected some of highest, default", file=sys.stderr)
-        return 2
-    modes = [m.strip() for m in args.compile_modes.split(",") if m.strip()]
-    if not modes or any(m not in ("auto", "fast", "optimized") for m in modes):
-        print(f"gate_bench: --compile-modes {args.compile_modes!r}; expected some of auto, fast, optimized",
-              file=sys.stderr)
+    allocators = _some_of("--allocators", args.allocators, ("tuned", "default"))
+    precisions = _some_of("--precisions", args.precisions, ("highest", "default"))
+    modes = _some_of("--compile-modes", args.compile_modes, ("auto", "fast", "optimized"))
+    if None in (allocators, precisions, modes):
         return 2
     try:
         jobs_list = [None if j.strip() == "default" else int(j) for j in args.flax_jobs.split(",") if j.strip()]
