@@ -206,11 +206,12 @@ def tune_allocator_for(flax_devices, checkpoint=None, test_sized: bool | None = 
     `FLAX_BART_TUNE_ALLOCATOR=0` leaves the C library's settings as they are. The report's environment
     says which (`host_allocator`).
 
-    The one arena only (`test_sized` False, or by default read from the checkpoint) for a model whose gate is not compile-bound (`parity.options.compile_bound`, from
-    the sizes in the checkpoint's config.json): a test-sized model's temporaries are far below the 64 MiB
-    that the one arena is for, and its lock slowed the side-by-side compiling and PyTorch runs
-    (`gate_bench --matrix quick4x3 --allocators default,tuned`, 2-core EPYC: cold 13.4-15.1 s against
-    15.5-15.9 s, PyTorch 4.6-5.1 s against 7.1-8.3 s), while the BART-base default gate ran 143 -> 116 s."""
+    The one arena only for a model whose gate is not compile-bound: `test_sized` False, or, by default,
+    `parity.options.compile_bound` of the sizes in the checkpoint's config.json. A test-sized model's
+    temporaries are far below the 64 MiB that the one arena is for, and its lock slowed the side-by-side
+    compiling and PyTorch runs (`gate_bench --matrix quick4x3 --allocators default,tuned`, 2-core Zen 4
+    EPYC: cold 13.4-15.1 s against 15.5-15.9 s, PyTorch 4.6-5.1 s against 7.1-8.3 s), while the
+    BART-base default gate ran 143 -> 116 s."""
     if os.environ.get("FLAX_BART_TUNE_ALLOCATOR", "1").strip() == "0":
         return
     if not flax_devices or any(str(d).split(":")[0].strip().lower() != "cpu" for d in flax_devices):
