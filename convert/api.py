@@ -40,6 +40,8 @@ def _config_for(path: str, config) -> BartConfig:
     cfg_path = config or os.path.join(directory, CONFIG_NAME)
     if config is None and os.path.lexists(cfg_path):
         contained(directory, CONFIG_NAME, "config file")  # the checkpoint's own, not a symlink out of it
+    if os.path.lexists(cfg_path) and not os.path.isfile(cfg_path):
+        raise ConversionError(f"{cfg_path}: the config is not a regular file")
     if not os.path.isfile(cfg_path):
         raise ConversionError(f"no {CONFIG_NAME} at {cfg_path}: the config is needed to check shapes (pass one explicitly)")
     try:
@@ -106,12 +108,22 @@ def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max
     return [os.path.join(directory, f) for f in files]
 
 
-def _check_not_overlapping(src_path: str, source_files: list[str], dst: str) -> None:
+def _check_not_overlapping(src_path: str, inputs: list[str], dst: str) -> None:
+    """Refuse a DST that is, contains or lies inside what the conversion reads: a source directory
+    (nothing is written into a checkpoint being read, even as a new subfolder), and every input file
+    (weights, index, config, side files) of a source given as a file. With `--overwrite` such a DST
+    would replace the input by the output."""
     dst_real = os.path.realpath(dst)
-    for p in [src_path] + source_files:
+    if os.path.isdir(src_path):
+        src_real = os.path.realpath(src_path)
+        if os.path.commonpath([src_real, dst_real]) in (src_real, dst_real):
+            raise ConversionError(f"output {dst} is the source directory {src_path}, inside it or contains it; "
+                                  f"choose a DST outside the checkpoint")
+    for p in [src_path] + inputs:
         real = os.path.realpath(p)
         if real == dst_real or os.path.commonpath([real, dst_real]) == dst_real:
-            raise ConversionError(f"output {dst} is the source or contains it ({p}); choose another DST")
+            raise ConversionError(f"output {dst} is an input of the conversion or contains one ({p}); "
+                                  f"choose another DST")
 
 
 def _side_files(src_dir: str) -> list[str]:
@@ -175,8 +187,9 @@ def convert_checkpoint(src, dst, *, to: str, format: str | None = None, head: st
         allow_missing=rules.head_only_prefixes(cfg, head) if allow_missing_head else (),
         allow_unexpected=allow_unexpected, describe=f"checkpoint {src_path}",
     )
-    _check_not_overlapping(src_path, source.files, os.fspath(dst))
     side_names = _side_files(src_dir)
+    _check_not_overlapping(src_path, source.files + [os.path.join(src_dir, n) for n in side_names]
+                           + ([os.fspath(config)] if isinstance(config, (str, os.PathLike)) else []), os.fspath(dst))
     specs = []
     for step in plan.steps:
         src_dtype = source.infos[step.source].dtype

@@ -122,6 +122,8 @@ class Checkpoint:
 
 def _config(directory: str) -> BartConfig:
     path = os.path.join(directory, CONFIG_NAME)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ParityInputError(f"{path}: the config is not a regular file")
     if not os.path.isfile(path):
         raise ParityInputError(f"no {CONFIG_NAME} in {directory}: the parity gate needs the checkpoint's config")
     try:
