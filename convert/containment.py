@@ -42,6 +42,8 @@ def _inside(real: str, root: str) -> bool:
 def contained(directory: str, name: str, what: str) -> str:
     """The real path of `name` (relative to checkpoint `directory`), refused with a clear error when
     it is absolute, has `..` components, or resolves (through symlinks) outside the checkpoint."""
+    if "\0" in name:
+        raise ConversionError(f"{what} {name!r} contains a NUL byte: not a file name")
     parts = name.replace("\\", "/").split("/")
     if not name or os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
         raise ConversionError(f"{what} {name!r} escapes the checkpoint directory {directory}")

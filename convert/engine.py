@@ -28,7 +28,8 @@ def _diff_note(a: np.ndarray, b: np.ndarray) -> str:
         return ""
     x, y = a.astype(np.float32), b.astype(np.float32)
     differ = ~((x == y) | (np.isnan(x) & np.isnan(y)))
-    d = np.abs(x - y)[differ]
+    with np.errstate(invalid="ignore", over="ignore"):   # inf - inf, NaN against a number
+        d = np.abs(x - y)[differ]
     return f" ({int(differ.sum())} of {a.size} values differ, max |diff| {np.nanmax(d) if d.size else 0:.3g})"
 
 

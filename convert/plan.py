@@ -191,7 +191,8 @@ def make_plan(
 
     wanted_set = set(wanted)
     unused = sorted(display_name(k) for p, keys in found.items() if p not in wanted_set for _, k in keys)
-    bad_missing = [m[0] for m in missing if not _allowed(m[1], m[2], allow_missing)]
+    # named as the source would hold them (a PyTorch checkpoint lacks "model.x.bias", not "model/x/bias")
+    bad_missing = [m[1] if source_framework == "pt" else m[2] for m in missing if not _allowed(m[1], m[2], allow_missing)]
     if bad_missing:
         problems.append(
             f"missing from the {describe} (needed by head {head!r}): {bad_missing}"

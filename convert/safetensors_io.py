@@ -45,7 +45,7 @@ class SafetensorsFile:
                     f"{path}: safetensors header of {n} bytes points past the end of the file ({size} bytes): truncated or corrupted"
                 )
             raw = f.read(n)
-        header = parse_json(raw, path, "safetensors header", ConversionError)
+        header = parse_json(raw, path, "safetensors header", ConversionError, unique_keys=True)
         if not isinstance(header, dict):
             raise ConversionError(f"{path}: safetensors header must be a JSON object, got {type(header).__name__}")
         meta = header.pop("__metadata__", None)
@@ -65,19 +65,29 @@ class SafetensorsFile:
                 )
             self.entries[key] = (shape, dtype, begin, end)
             spans.append((begin, end, key))
-        spans.sort()
-        for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
-            if b1 < e0 and e1 > b1:
+        # As the safetensors library requires: the tensors tile the data section, no overlap, no gap.
+        covered, last = 0, None   # end of the data covered so far, and the tensor that reaches it
+        for b1, e1, k1 in sorted(spans):
+            if b1 < covered and e1 > b1:
+                b0, e0, k0 = last
                 raise ConversionError(
                     f"{path}: tensors {k0!r} [{b0}, {e0}) and {k1!r} [{b1}, {e1}) overlap in the data section"
                 )
+            if b1 > covered:
+                raise ConversionError(f"{path}: data bytes [{covered}, {b1}) belong to no tensor (before {k1!r}): "
+                                      f"corrupted or not a safetensors file")
+            if e1 >= covered:
+                covered, last = e1, (b1, e1, k1)
+        if covered != data_size:
+            raise ConversionError(f"{path}: the last {data_size - covered} data bytes belong to no tensor: "
+                                  f"corrupted or not a safetensors file")
 
     def _entry(self, key, info):
         where = f"{self.path}: tensor {key!r}"
         if not isinstance(info, dict):
             raise ConversionError(f"{where}: header entry must be an object, got {info!r}")
         dtype_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype_name not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
             raise ConversionError(f"{where}: unknown dtype {dtype_name!r}; expected one of {sorted(SAFETENSORS_DTYPES)}")
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
             raise ConversionError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")

@@ -178,7 +178,7 @@ _SOURCES = {"safetensors": SafetensorsSource, "msgpack": MsgpackSource, "bin": T
 def read_index(index_path: str) -> dict[str, str]:
     """weight_map of a sharded checkpoint index: tensor name -> shard path (checked to exist and
     to stay inside the checkpoint directory, symlinks resolved; see `containment`)."""
-    index = read_json_file(index_path, "index", ConversionError)
+    index = read_json_file(index_path, "index", ConversionError, unique_keys=True)
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
         raise ConversionError(f"{index_path}: index must be an object with a 'weight_map' of name -> shard file")

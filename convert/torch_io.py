@@ -11,9 +11,11 @@ the same process cannot let a checkpoint's pickle call anything else).
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import pickletools
+import warnings
 import zipfile
 
 import numpy as np
@@ -48,10 +50,10 @@ def load_state_dict(path: str) -> dict:
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         k = bad[0]
-        raise ConversionError(
-            f"{path}: not a state dict: entry {k!r} is {type(obj[k]).__name__}, expected a tensor"
-            + (f" ({len(bad)} such entries)" if len(bad) > 1 else "")
-        )
+        what = (f"key {k!r} is {type(k).__name__}, expected a str" if not isinstance(k, str)
+                else f"entry {k!r} is {type(obj[k]).__name__}, expected a tensor")
+        raise ConversionError(f"{path}: not a state dict: {what}"
+                              + (f" ({len(bad)} such entries)" if len(bad) > 1 else ""))
     return obj
 
 
@@ -107,7 +109,77 @@ def check_archive(path: str) -> None:
         if isinstance(e, ConversionError):
             raise
         raise ConversionError(f"{path}: not a readable zip archive ({type(e).__name__}: {e})") from None
-    scan_pickle(data, f"{path}: {pickles[0].filename}")
+    where = f"{path}: {pickles[0].filename}"
+    scan_pickle(data, where)
+    prefix = pickles[0].filename[: -len("data.pkl")]
+    sizes = {i.filename: i.file_size for i in infos}
+    for key, (nbytes, storage) in _storage_records(data, where).items():
+        record = f"{prefix}data/{key}"
+        if record not in sizes:
+            raise ConversionError(f"{path}: the pickle's {storage} {key!r} has no data record {record!r} in the archive")
+        if sizes[record] != nbytes:
+            # torch.load(mmap=True) would read the missing bytes from whatever follows the record
+            raise ConversionError(
+                f"{path}: data record {record!r} holds {sizes[record]} bytes, but the pickle declares a "
+                f"{storage} of {nbytes} bytes there: truncated or corrupted"
+            )
+
+
+class _Inert(dict):
+    """What a stand-in's call returns: takes items (SETITEMS) and state (BUILD), does nothing."""
+
+    def __setstate__(self, state):
+        pass
+
+
+class _Stub:
+    """What a vetted global stands for while `_storage_records` walks a pickle: callable, inert."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+
+def _storage_records(data: bytes, where: str) -> dict[str, tuple[int, str]]:
+    """{data record key: (bytes, storage type name)} that a vetted torch.save pickle declares, read by
+    an unpickler whose every global is an inert stand-in (nothing is imported or called)."""
+    import torch
+
+    records: dict[str, tuple[int, str]] = {}
+
+    class Walker(pickle.Unpickler):
+        def find_class(self, module, name):   # scan_pickle allowed only TORCH_GLOBALS' kind
+            return _Stub(f"{module}.{name}")
+
+        def persistent_load(self, pid):
+            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                    and isinstance(pid[1], _Stub) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+                raise ConversionError(f"{where}: unexpected persistent id {pid!r}: not a torch.save storage")
+            storage, key, numel = pid[1].name, pid[2], pid[4]
+            module, _, cls = storage.rpartition(".")
+            with warnings.catch_warnings():   # torch.<X>Storage.dtype warns that typed storages are deprecated
+                warnings.simplefilter("ignore")
+                dtype = getattr(getattr(torch, cls, None), "dtype", None) if module == "torch" else None
+            if storage == "torch.storage.UntypedStorage":
+                itemsize = 1
+            elif isinstance(dtype, torch.dtype):
+                itemsize = dtype.itemsize
+            else:
+                raise ConversionError(f"{where}: storage type {storage} of data record {key!r} is not a tensor storage")
+            if numel < 0:
+                raise ConversionError(f"{where}: data record {key!r} declares {numel} elements")
+            records[key] = (numel * itemsize, storage)
+            return None
+
+    try:
+        Walker(io.BytesIO(data)).load()
+    except ConversionError:
+        raise
+    except Exception as e:  # a malformed pickle: the stand-ins make no sense of it
+        raise ConversionError(f"{where}: malformed pickle ({type(e).__name__}: {e})") from None
+    return records
 
 
 def scan_pickle(data: bytes, where: str) -> None:

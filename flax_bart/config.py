@@ -68,9 +68,24 @@ MAX_JSON_BYTES = 16 * 2**20  # config.json and index files (hub configs are a fe
 MAX_JSON_DEPTH = 64          # nesting of JSON objects/arrays accepted from a file
 
 
-def parse_json(raw: bytes, where: str, what: str = "JSON", error: type[Exception] = None) -> Any:
-    """JSON from untrusted bytes: UTF-8, at most MAX_JSON_DEPTH levels deep; anything else raises
-    `error` (default ConfigError) naming `where` and `what`. Python's own json module would raise
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs):
+    seen = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _DuplicateKey(k)
+        seen[k] = v
+    return seen
+
+
+def parse_json(raw: bytes, where: str, what: str = "JSON", error: type[Exception] = None,
+               unique_keys: bool = False) -> Any:
+    """JSON from untrusted bytes: UTF-8, at most MAX_JSON_DEPTH levels deep (and, with `unique_keys`,
+    no key twice in an object: Python's json keeps the last silently); anything else raises `error`
+    (default ConfigError) naming `where` and `what`. Python's own json module would raise
     RecursionError or a bare ValueError (e.g. for integers of more than 4300 digits)."""
     error = error or ConfigError
     try:
@@ -79,9 +94,11 @@ def parse_json(raw: bytes, where: str, what: str = "JSON", error: type[Exception
         raise error(f"{where}: {what} is not valid UTF-8 JSON (not UTF-8 text: {e})") from None
     too_deep = f"{where}: {what} nests JSON deeper than {MAX_JSON_DEPTH} levels"
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_pairs if unique_keys else None)
     except RecursionError:
         raise error(too_deep) from None
+    except _DuplicateKey as e:
+        raise error(f"{where}: {what} holds the key {e.args[0]!r} twice") from None
     except ValueError as e:  # JSONDecodeError, and e.g. the 4300-digit limit on integers
         raise error(f"{where}: {what} is not valid UTF-8 JSON (not valid JSON: {e})") from None
     if _depth(value) > MAX_JSON_DEPTH:
@@ -103,7 +120,7 @@ def _depth(value) -> int:
 
 
 def read_json_file(path: str | os.PathLike, what: str = "JSON file", error: type[Exception] = None,
-                   max_bytes: int = MAX_JSON_BYTES) -> Any:
+                   max_bytes: int = MAX_JSON_BYTES, unique_keys: bool = False) -> Any:
     """`parse_json` of a regular file of at most `max_bytes` (checked before reading: a FIFO or a
     device would block or never end, a huge file would be read into memory)."""
     error = error or ConfigError
@@ -123,7 +140,7 @@ def read_json_file(path: str | os.PathLike, what: str = "JSON file", error: type
             os.close(fd)
     if len(raw) > max_bytes:
         raise error(f"{path}: {what} is more than {max_bytes} bytes")
-    return parse_json(raw, path, what, error)
+    return parse_json(raw, path, what, error, unique_keys)
 
 
 def _default_labels(num_labels) -> dict[int, str]:

@@ -21,3 +21,32 @@ def test_convert_to_orbax_and_back_is_exact(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "orbax"), str(tmp_path / "again"), "--to", "orbax"]) == 2
     assert main(["convert", str(tmp_path / "nope"), str(tmp_path / "x"), "--to", "orbax"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_orbax_source_refuses_links_out_and_names_a_broken_description(tmp_path, capsys):
+    """An orbax directory comes from a stranger like any checkpoint: a side file linked to a file
+    elsewhere is not copied into the output, and its params folder may not lead out of it."""
+    import shutil
+
+    src = tmp_path / "pt"
+    torch_model("qa", seed=4).save_pretrained(src)
+    assert main(["convert", str(src), str(tmp_path / "orbax"), "--to", "orbax", "--quiet"]) == 0
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET")
+    linked = tmp_path / "linked"
+    shutil.copytree(tmp_path / "orbax", linked)
+    (linked / "vocab.json").symlink_to(secret)
+    assert main(["convert", str(linked), str(tmp_path / "out"), "--to", "pytorch", "--quiet"]) == 2
+    assert "'vocab.json' resolves to" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "orbax", moved)
+    shutil.rmtree(moved / "params")
+    (moved / "params").symlink_to(tmp_path / "orbax" / "params")
+    assert main(["convert", str(moved), str(tmp_path / "out"), "--to", "pytorch", "--quiet"]) == 2
+    assert "orbax params directory 'params' resolves to" in capsys.readouterr().err
+
+    (linked / "vocab.json").unlink()
+    (linked / "flax_bart_orbax.json").write_text("{")
+    assert main(["convert", str(linked), str(tmp_path / "out"), "--to", "pytorch", "--quiet"]) == 2
+    assert f"{linked / 'flax_bart_orbax.json'}: not a flax-bart-orbax description (invalid JSON" in capsys.readouterr().err

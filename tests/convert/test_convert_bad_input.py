@@ -78,12 +78,29 @@ def test_header_pointing_past_the_end(pt_dir, tmp_path):
     ({"a": {"dtype": "F32", "shape": [10**12, 10**12], "data_offsets": [0, 8]}}, b"\0" * 8, "needs 4000000000000000000000000"),
     ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}}, b"\0" * 8, "non-negative integers"),
     (["not", "an", "object"], b"", "must be a JSON object"),
+    ({"a": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, r"unknown dtype \['F32'\]"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},   # an empty tensor between two that overlap
+      "m": {"dtype": "F32", "shape": [0], "data_offsets": [2, 2]},
+      "z": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "'a' \\[0, 8\\) and 'z' \\[4, 12\\) overlap"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+      "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}, b"\0" * 12, r"data bytes \[4, 8\) belong to no tensor"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 12, "the last 8 data bytes belong to no tensor"),
 ])
 def test_corrupted_safetensors_headers(tmp_path, header, data, match):
     src = tmp_path / "src"
     write_config(src, tiny_config())
     (src / "model.safetensors").write_bytes(_safetensors_bytes(header, data))
     _fails_cleanly(src, tmp_path, match)
+
+
+def test_duplicate_keys_in_a_header_or_an_index(tmp_path):
+    """Python's json keeps the last of two equal keys: a second entry could hide the first tensor."""
+    src = tmp_path / "src"
+    write_config(src, tiny_config())
+    entry = '{"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+    header = ('{"a": %s, "a": %s}' % (entry, entry)).encode()
+    (src / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    _fails_cleanly(src, tmp_path, "safetensors header holds the key 'a' twice")
 
 
 def test_non_json_header(tmp_path):
@@ -99,6 +116,18 @@ def _sharded(tmp_path):
     write_pt_checkpoint(src, flax_to_pt(random_flax_params(config, "lm"), config, "lm", tied="drop"), shards=2)
     write_config(src, config)
     return src, json.loads((src / "model.safetensors.index.json").read_text())
+
+
+def test_index_with_a_duplicate_key_or_a_nul_in_a_shard_name(tmp_path, capsys):
+    src, index = _sharded(tmp_path)
+    path = src / "model.safetensors.index.json"
+    text = path.read_text()
+    key, shard = next(iter(index["weight_map"].items()))
+    path.write_text(text.replace('"weight_map": {', '"weight_map": {"%s": "%s", ' % (key, shard), 1))
+    _fails_cleanly(src, tmp_path, f"index holds the key '{key}' twice", capsys)
+    index["weight_map"][key] = "a\0b"
+    path.write_text(json.dumps(index))
+    _fails_cleanly(src, tmp_path, r"shard path 'a\\x00b' contains a NUL byte", capsys)
 
 
 def test_index_naming_a_missing_shard(tmp_path, capsys):
@@ -150,12 +179,37 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path, zipped, capsys
 @pytest.mark.parametrize("obj,match", [
     ([torch.zeros(2)], "must hold a state dict .* got list"),
     ({"model.shared.weight": torch.zeros(64, 16), "step": 3}, "entry 'step' is int, expected a tensor"),
+    ({"model.shared.weight": torch.zeros(64, 16), 3: torch.zeros(2)}, "key 3 is int, expected a str"),
 ])
 def test_bin_that_is_not_a_state_dict(tmp_path, obj, match):
     src = tmp_path / "src"
     write_config(src, tiny_config())
     torch.save(obj, src / "pytorch_model.bin")
     _fails_cleanly(src, tmp_path, match)
+
+
+def test_bin_with_a_truncated_data_record(tmp_path, capsys):
+    """A data record shorter than the storage its pickle declares: memory-mapped loading would read
+    the next records' bytes as weights, so the archive is refused, naming the record."""
+    import zipfile
+
+    config = tiny_config()
+    state = flax_to_pt(random_flax_params(config, "lm"), config, "lm", tied="drop")
+    src = tmp_path / "src"
+    write_pt_checkpoint(src, state, "bin")
+    write_config(src, config)
+    path = src / "pytorch_model.bin"
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    want = np.ascontiguousarray(state["model.encoder.layers.0.fc1.weight"]).tobytes()
+    record = next(n for n, b in members.items() if b == want)
+    members[record] = members[record][:64]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    err = _fails_cleanly(src, tmp_path, f"data record '{record}' holds 64 bytes, but the pickle declares a "
+                                        f"torch.FloatStorage of {len(want)} bytes", capsys)
+    assert "UserWarning" not in err
 
 
 def test_shapes_contradicting_config(pt_dir, tmp_path, capsys):
@@ -232,8 +286,46 @@ def test_existing_output_needs_overwrite_and_source_cannot_be_output(pt_dir, tmp
     before = tree_hash(pt_dir)
     assert main([str(pt_dir), str(pt_dir), "--to", "flax", "--quiet", "--overwrite"]) == 2
     assert main([str(pt_dir / "model.safetensors"), str(tmp_path), "--to", "flax", "--quiet", "--overwrite"]) == 2
-    assert "is the source or contains it" in capsys.readouterr().err
+    assert "is an input of the conversion or contains one" in capsys.readouterr().err
     assert tree_hash(pt_dir) == before
+
+
+@pytest.mark.parametrize("name", ["config.json", "generation_config.json", "new_folder"])
+def test_output_inside_the_source_is_refused(pt_dir, tmp_path, capsys, name):
+    """With --overwrite, a DST naming one of the checkpoint's own files would replace it by the output;
+    nothing is written into a checkpoint being read, not even a new folder."""
+    (pt_dir / "generation_config.json").write_text("{}")
+    before = tree_hash(pt_dir)
+    assert main([str(pt_dir), str(pt_dir / name), "--to", "flax", "--quiet", "--overwrite"]) == 2
+    assert "inside it" in capsys.readouterr().err
+    assert tree_hash(pt_dir) == before
+
+
+@pytest.mark.parametrize("name", ["config.json", "generation_config.json"])
+def test_output_over_an_input_of_a_file_source_is_refused(pt_dir, tmp_path, capsys, name):
+    """A source given as its weights file also reads the config and side files beside it."""
+    (pt_dir / "generation_config.json").write_text("{}")
+    before = tree_hash(pt_dir)
+    assert main([str(pt_dir / "model.safetensors"), str(pt_dir / name), "--to", "flax", "--quiet", "--overwrite"]) == 2
+    assert f"is an input of the conversion or contains one ({pt_dir / name})" in capsys.readouterr().err
+    assert tree_hash(pt_dir) == before
+    assert main([str(pt_dir / "model.safetensors"), str(pt_dir / "out"), "--to", "flax", "--quiet"]) == 0
+
+
+def test_explicit_config_cannot_be_output(pt_dir, tmp_path, capsys):
+    cfg = tmp_path / "cfg" / "config.json"
+    cfg.parent.mkdir()
+    cfg.write_text((pt_dir / "config.json").read_text())
+    assert main([str(pt_dir), str(cfg.parent), "--to", "flax", "--quiet", "--overwrite", "--config", str(cfg)]) == 2
+    assert "is an input of the conversion or contains one" in capsys.readouterr().err
+    assert cfg.is_file()
+
+
+def test_config_that_is_not_a_file_is_named(pt_dir, tmp_path):
+    (pt_dir / "config.json").unlink()
+    (pt_dir / "config.json").mkdir()
+    with pytest.raises(ConversionError, match="config.json: the config is not a regular file"):
+        load_flax_params(pt_dir, None, "lm")
 
 
 def test_truncated_and_garbage_msgpack(tmp_path):
