@@ -46,10 +46,23 @@ def _flat(tree) -> dict:
     return traverse_util.flatten_dict(dict(tree)) if tree else {}
 
 
+def _own_file(directory: str, name: str, what: str) -> str:
+    """The real path of `name` in `directory`, refused when it leads (through a symlink) out of it:
+    a converted orbax directory comes from a stranger like any checkpoint (convert.containment)."""
+    from convert.containment import contained
+    from convert.errors import ConversionError
+
+    try:
+        return contained(directory, name, what)
+    except ConversionError as e:
+        raise OrbaxError(str(e)) from None
+
+
 def _params_dir(directory) -> str:
     """The orbax checkpoint inside `directory`: `directory` itself, or `params/` of a converted one."""
     directory = os.path.abspath(os.fspath(directory))
     if os.path.isfile(os.path.join(directory, ORBAX_INFO_NAME)):
+        _own_file(directory, PARAMS_DIR, "orbax params directory")
         return os.path.join(directory, PARAMS_DIR)
     return directory
 
@@ -77,10 +90,13 @@ def orbax_shapes(directory) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
     path = _params_dir(directory)
     if not os.path.isdir(path):
         raise OrbaxError(f"{path}: no orbax checkpoint directory")
+    ckptr = _checkpointer()
     try:
-        meta = _checkpointer().metadata(path)
+        meta = ckptr.metadata(path)
     except Exception as e:  # orbax raises several types for a directory that is no checkpoint
         raise OrbaxError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from None
+    finally:   # its background work on a broken manifest, left running, prints tracebacks at exit
+        ckptr.close()
     tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
     if tree is None:
         raise OrbaxError(f"{path}: the orbax checkpoint holds no array tree metadata")
@@ -184,6 +200,8 @@ def _read_config(directory: str, config) -> BartConfig:
     if isinstance(config, BartConfig):
         return config
     path = os.fspath(config) if config is not None else os.path.join(directory, CONFIG_NAME)
+    if config is None and os.path.lexists(path):
+        _own_file(directory, CONFIG_NAME, "config file")
     if not os.path.isfile(path):
         raise OrbaxError(f"no {CONFIG_NAME} at {path}: the config is needed for the parameter shapes (pass config=)")
     return BartConfig.from_json_file(path)
@@ -203,8 +221,12 @@ def read_orbax_info(directory) -> dict:
     p = os.path.join(os.fspath(directory), ORBAX_INFO_NAME)
     if not os.path.isfile(p):
         return {}
-    with open(p, "rb") as f:
-        info = json.loads(f.read().decode("utf-8"))
+    _own_file(os.fspath(directory), ORBAX_INFO_NAME, "orbax description")
+    try:
+        with open(p, "rb") as f:
+            info = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OrbaxError(f"{p}: not a {FORMAT_TAG} description (invalid JSON: {e})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT_TAG:
         raise OrbaxError(f"{p}: not a {FORMAT_TAG} description")
     return info
@@ -237,17 +259,20 @@ def convert_from_orbax(src, dst, *, to: str = "pytorch", format: str | None = No
     "pytorch" or "flax") through `convert.convert_checkpoint`. The params pass through one host
     copy and a temporary Flax safetensors file beside `dst`. Returns the conversion Summary."""
     from convert import convert_checkpoint, save_flax_params
+    from convert.api import _side_files
 
     params, config, head = load_orbax_as_flax(src)
+    try:   # the side files convert copies from any checkpoint, each a regular file of this directory
+        side = [n for n in _side_files(os.fspath(src)) if n != CONFIG_NAME]
+    except ValueError as e:
+        raise OrbaxError(str(e)) from None
     dst = os.path.abspath(os.fspath(dst))
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.", suffix=".orbax-tmp", dir=os.path.dirname(dst))
     try:
         config.save_pretrained(tmp)
-        for name in os.listdir(os.fspath(src)):
-            p = os.path.join(os.fspath(src), name)
-            if os.path.isfile(p) and name not in (CONFIG_NAME, ORBAX_INFO_NAME):
-                shutil.copyfile(p, os.path.join(tmp, name))
+        for name in side:
+            shutil.copyfile(os.path.join(os.fspath(src), name), os.path.join(tmp, name))
         save_flax_params(jax.device_get(params), tmp, format="safetensors")
         del params
         return convert_checkpoint(tmp, dst, to=to, format=format, head=head, dtype=dtype,
