@@ -43,7 +43,8 @@ def _input_errors() -> tuple:
 
 
 def run_guarded(fn, argv: list[str]) -> int:
-    """Run `fn(argv)`; bad input becomes a one-paragraph message and exit code 2 (unless --debug)."""
+    """Run `fn(argv)`; bad input becomes a one-paragraph message and exit code 2, any other error one
+    line and exit code 1 (a traceback with --debug)."""
     debug = "--debug" in argv
     try:
         return int(fn(argv) or 0)
@@ -57,6 +58,11 @@ def run_guarded(fn, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: one line, exit 1, the traceback with --debug
+        if debug:
+            raise
+        print(f"internal error ({type(e).__name__}: {e}); rerun with --debug for a traceback", file=sys.stderr)
+        return 1
 
 
 def _qa(argv: list[str]) -> int:

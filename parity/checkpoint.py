@@ -145,11 +145,10 @@ def _check_same_architecture(config: BartConfig, flax_dir: str) -> None:
 
 
 def _flax_source(path: str) -> list[str] | None:
-    """The weight files if `path` holds Flax weights (preferred over PyTorch ones), else None."""
-    try:
-        source = open_source(path, prefer="flax")
-    except ConversionError:
-        return None
+    """The weight files if `path` holds Flax weights (preferred over PyTorch ones), else None. A Flax
+    file that cannot be read is bad input (ConversionError), never taken for "no Flax weights": the
+    gate would otherwise check weights converted on the fly and pass over a broken file."""
+    source = open_source(path, prefer="flax")
     return list(source.files) if source.framework == "flax" else None
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 from flax_bart import compile_cache
 from parity.tolerance import add_cli_arguments
 
-EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -37,7 +37,8 @@ def _bad_input_errors() -> tuple:
 
 
 def guarded(fn, argv: Sequence[str], prog: str) -> int:
-    """Run `fn(argv)`; bad input becomes one paragraph on stderr and exit code 2 (traceback with --debug)."""
+    """Run `fn(argv)`; bad input becomes one paragraph on stderr and exit code 2, any other error one
+    line and exit code 3 (a traceback with --debug)."""
     debug = "--debug" in argv
     try:
         return int(fn(list(argv)))
@@ -49,6 +50,15 @@ def guarded(fn, argv: Sequence[str], prog: str) -> int:
         message = " ".join(str(e).split()) if "\n" not in str(e) else str(e)
         print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not a verdict: exit 3, distinct from FAIL (1) and bad input (2)
+        if debug:
+            raise
+        print(f"{prog}: internal error ({type(e).__name__}: {e}); rerun with --debug for a traceback",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 # The commands' compile cache (flax_bart.compile_cache), under the names this module has always had.

@@ -124,3 +124,16 @@ def test_generate_cli_keeps_compiled_programs_in_the_default_cache(lm_ckpt, tmp_
     mine = tmp_path / "mine"
     done = run(tmp_path / "unused", "--compile-cache", str(mine), "--no-compile-cache")
     assert done.returncode == 2 and "not allowed with" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unexpected_errors_are_one_line_and_exit_1(capsys):
+    from flax_bart.cli import run_guarded
+
+    def broken(argv):
+        raise KeyError("a bug")
+
+    assert run_guarded(broken, []) == 1
+    err = capsys.readouterr().err
+    assert "internal error (KeyError: 'a bug'); rerun with --debug" in err and "Traceback" not in err
+    with pytest.raises(KeyError):
+        run_guarded(broken, ["--debug"])

@@ -241,6 +241,41 @@ def test_flax_only_checkpoint_exit_2(checkpoint, tmp_path, capsys):
     assert "Flax weights only" in err
 
 
+@pytest.mark.parametrize("beside", [True, False])
+def test_corrupt_flax_weights_exit_2_naming_the_file(checkpoint, tmp_path, capsys, beside):
+    """A broken Flax file beside the PyTorch weights (or given with --flax) is bad input: the gate
+    must not fall back to weights converted on the fly and pass."""
+    import shutil
+
+    from convert import convert_checkpoint
+
+    convert_checkpoint(checkpoint, tmp_path / "flax", to="flax")
+    data = (tmp_path / "flax" / "flax_model.msgpack").read_bytes()
+    if beside:
+        shutil.copytree(checkpoint, tmp_path / "both")
+        target, extra = tmp_path / "both", []
+    else:
+        target, extra = Path(checkpoint), ["--flax", str(tmp_path / "flax")]
+    bad = (tmp_path / ("both" if beside else "flax")) / "flax_model.msgpack"
+    bad.write_bytes(data[: len(data) // 2])
+    code, _, err = run([str(target), *extra, *FAST, "--out", str(tmp_path / "r")], capsys)
+    _no_traceback(code, err)
+    assert f"{bad}: not a valid flax msgpack checkpoint" in err
+
+
+def test_unexpected_errors_are_one_line_and_exit_3(checkpoint, tmp_path, capsys, monkeypatch):
+    from parity import cli
+
+    def broken(argv):
+        raise KeyError("a bug")
+
+    assert cli.guarded(broken, [checkpoint], "flax-bart parity") == cli.EXIT_INTERNAL == 3
+    err = capsys.readouterr().err
+    assert "internal error (KeyError: 'a bug'); rerun with --debug" in err and "Traceback" not in err
+    with pytest.raises(KeyError):
+        cli.guarded(broken, [checkpoint, "--debug"], "flax-bart parity")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_unavailable_device_exit_2(checkpoint, tmp_path, capsys):
     code, _, err = run([checkpoint, *FAST, "--torch-device", "cuda", "--out", str(tmp_path)], capsys)
