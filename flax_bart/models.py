@@ -152,6 +152,10 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
         check_mask("decoder_position_ids", decoder_position_ids, (b, t))
         check_positions("decoder_position_ids", decoder_position_ids, c.max_position_embeddings)
         if self.head == "cls":
+            if t != input_ids.shape[1]:   # PyTorch fails on the mask's shape; out of range here would read NaN
+                raise InputError(f"decoder_input_ids has length {t}, input_ids has {input_ids.shape[1]}: the "
+                                 f"classification head reads the decoder's state at input_ids' last <eos> "
+                                 f"position, so both must have the same length")
             check_eos_rows(input_ids, c.eos_token_ids)
         arrays = dict(
             input_ids=_array(input_ids), attention_mask=mask, decoder_input_ids=_array(decoder_input_ids),

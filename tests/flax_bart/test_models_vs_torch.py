@@ -115,6 +115,23 @@ def test_sequence_classification_uneven_or_missing_eos():
         assert np.isnan(np.asarray(out)).all()
 
 
+def test_sequence_classification_needs_decoder_ids_of_the_source_length():
+    """PyTorch fails on the <eos> mask's shape; here an explicit error, eager and under jit (shapes are
+    static), never NaN logits from positions past the decoder's end."""
+    from flax_bart import InputError
+
+    tm = torch_model("cls", seed=7)
+    fm, params = flax_from_torch(tm, "cls")
+    ids, mask = batch(seed=4, b=2, t=10)
+    for length in (6, 12):
+        dec = np.full((2, length), 5, np.int32)
+        with pytest.raises(InputError, match=rf"decoder_input_ids has length {length}, input_ids has 10"):
+            fm(ids, attention_mask=mask, decoder_input_ids=dec, params=params)
+        with pytest.raises(InputError, match="same length"):
+            jax.jit(lambda p, i, m, d: fm(i, attention_mask=m, decoder_input_ids=d, params=p).logits)(
+                params, ids, mask, dec)
+
+
 @pytest.mark.parametrize("head", ["lm", "causal"])
 def test_cached_decoding_equals_full_pass_and_pytorch(head):
     tm = torch_model(head, seed=9)
