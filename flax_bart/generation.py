@@ -232,9 +232,10 @@ class GenerationMixin:
         (`num_beams > 1`). Keyword arguments are generation settings (see `GenerationConfig`).
         `trace=False` runs the same program op by op (for debugging; slow).
         Returns `FlaxGreedySearchOutput`, `FlaxSampleOutput` or `FlaxBeamSearchOutput`."""
+        decoder_ids = kwargs.pop("decoder_input_ids", None)
         cfg, default_max = self._resolve_generation_config(generation_config, kwargs)
         ids, mask, eos, pad = self._generation_inputs(input_ids, attention_mask, cfg)
-        arrays, prompt_len, slots, src = self._generation_prompt(ids, mask, cfg, pad)
+        arrays, prompt_len, slots, src = self._generation_prompt(ids, mask, cfg, pad, decoder_ids)
         plan, scalars = self._generation_plan(cfg, default_max, ids.shape[0], prompt_len, slots, src, eos, pad)
         program = self._generate_program(plan)
         params = self._resolve_params(params)
@@ -272,23 +273,53 @@ class GenerationMixin:
             mask = np.ones((b, t), np.int32)
         return ids, mask, eos, pad
 
-    def _generation_prompt(self, ids, mask, cfg: GenerationConfig, pad):
-        """(arrays for the program, decoder prompt length, its bucket, bucketed source length)."""
+    def _generation_prompt(self, ids, mask, cfg: GenerationConfig, pad, decoder_ids=None):
+        """(arrays for the program, decoder prompt length, its bucket, bucketed source length). The
+        decoder prompt is left-padded to its bucket (masked), so one program serves a bucket's lengths."""
         c, (b, t) = self.config, ids.shape
         fill = pad if pad is not None else 0
-        if self.head == "causal":  # the prompt is the decoder's: left-pad it to its bucket
-            slots = bucket_length(t)
-            return dict(prompt=np.pad(ids, ((0, 0), (slots - t, 0)), constant_values=fill),
-                        prompt_mask=np.pad(mask, ((0, 0), (slots - t, 0)), constant_values=ABSENT)), t, slots, 0
+
+        def left_padded(prompt, prompt_mask):
+            n = prompt.shape[1]
+            slots = bucket_length(n)
+            return dict(prompt=np.pad(prompt, ((0, 0), (slots - n, 0)), constant_values=fill),
+                        prompt_mask=np.pad(prompt_mask, ((0, 0), (slots - n, 0)), constant_values=ABSENT)), n, slots
+
+        if self.head == "causal":  # the prompt is the decoder's
+            if decoder_ids is not None:
+                raise InputError("decoder_input_ids is for encoder-decoder models; FlaxBartForCausalLM takes its "
+                                 "prompt as input_ids")
+            arrays, n, slots = left_padded(ids, mask)
+            return arrays, n, slots, 0
         start = _one_token("decoder_start_token_id", cfg.decoder_start_token_id, c.vocab_size)
         start = start if start is not None else _one_token("bos_token_id", cfg.bos_token_id, c.vocab_size)
         if start is None:
             raise InputError("decoder_start_token_id (or bos_token_id) must be set for encoder-decoder generation")
+        if decoder_ids is None:
+            prompt = np.full((b, 1), start, np.int32)
+        else:
+            prompt = self._decoder_prompt(decoder_ids, b, start)
+        arrays, n, slots = left_padded(prompt, np.ones(prompt.shape, np.int32))
         src = min(bucket_length(t), c.max_position_embeddings)  # right-pad the source, masked
-        arrays = dict(input_ids=np.pad(ids, ((0, 0), (0, src - t)), constant_values=fill),
-                      attention_mask=np.pad(mask, ((0, 0), (0, src - t)), constant_values=ABSENT),
-                      prompt=np.full((b, 1), start, np.int32), prompt_mask=np.ones((b, 1), np.int32))
-        return arrays, 1, 1, src
+        arrays.update(input_ids=np.pad(ids, ((0, 0), (0, src - t)), constant_values=fill),
+                      attention_mask=np.pad(mask, ((0, 0), (0, src - t)), constant_values=ABSENT))
+        return arrays, n, slots, src
+
+    def _decoder_prompt(self, decoder_ids, batch: int, start: int) -> np.ndarray:
+        """`decoder_input_ids` as the decoder's prompt, every row attended: the start token put first
+        when no row begins with it, as transformers' PyTorch `generate` does (4.x Flax took the ids
+        as they were, so the two agree on a prompt that begins with the start token)."""
+        if isinstance(decoder_ids, jax.core.Tracer):
+            raise InputError("generate() needs concrete decoder_input_ids: call it outside jax.jit")
+        prompt = np.asarray(decoder_ids)
+        if prompt.ndim != 2 or prompt.shape[0] != batch or prompt.shape[1] < 1:
+            raise InputError(f"decoder_input_ids must have shape (batch={batch}, length >= 1), got {prompt.shape}")
+        check_ids("decoder_input_ids", prompt, self.config.vocab_size)
+        prompt = prompt.astype(np.int32)
+        if (prompt[:, 0] != start).all():
+            prompt = np.concatenate([np.full((batch, 1), start, np.int32), prompt], axis=1)
+        check_length("decoder_input_ids", prompt.shape[1], self.config.max_position_embeddings)
+        return prompt
 
     def _generation_plan(self, cfg: GenerationConfig, default_max: bool, batch: int, prompt_len: int, slots: int,
                          src: int, eos: tuple, pad):

@@ -265,9 +265,12 @@ def make_program(module, plan: SearchPlan, on_trace: Callable[[], None], compile
             enc_BxSxD = _encode(module, params, arrays["input_ids"], arrays["attention_mask"])
             cache = _init_cache(module, params, True, b, cache_len, enc_BxSxD, arrays["attention_mask"])
             cache = _map_cache(cache, lambda x: jnp.repeat(x, e, axis=0), self_attn_only=False)
+            enc, enc_mask = jnp.repeat(enc_BxSxD, e, axis=0), jnp.repeat(arrays["attention_mask"], e, axis=0)
+            if p > 1:  # a decoder prompt (decoder_input_ids): prefill all its slots but the last
+                _, cache = _feed(module, params, cache, True, prompt_RxP[:, :p - 1],
+                                 _positions(r, -first_slot, p - 1), dec_mask_RxC, enc, enc_mask)
             widen = jax.default_backend() == "cpu" and jnp.dtype(module.dtype) in LOW_PRECISION
             cache, cross = _split_cross(cache, widen)
-            enc, enc_mask = jnp.repeat(enc_BxSxD, e, axis=0), jnp.repeat(arrays["attention_mask"], e, axis=0)
         else:
             cache = _init_cache(module, params, False, r, cache_len)
             if p > 1:  # prefill all prompt slots but the last (its logits are dead code)

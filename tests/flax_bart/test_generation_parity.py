@@ -91,6 +91,37 @@ def test_beam_search_early_finish(lm):
     _assert_same_ids(out, ref)
 
 
+@pytest.mark.parametrize("prompt,settings", [
+    ([[2], [2]], dict(max_new_tokens=8)),                                       # the start token alone
+    ([[2, 0, 7], [2, 0, 9]], dict(max_new_tokens=8, output_scores=True)),       # a 4-slot bucket, one pad slot
+    ([[0, 7], [5, 9]], dict(max_new_tokens=6)),                                 # no row starts with it: prepended
+    ([[2, 0, 7, 11, 13], [2, 5, 9, 11, 13]], dict(num_beams=3, max_length=12, no_repeat_ngram_size=2,
+                                                  min_new_tokens=3, output_scores=True)),
+], ids=["start-only", "greedy-3", "prepended", "beams-5"])
+def test_decoder_prompt(lm, prompt, settings):
+    """`decoder_input_ids` as the decoder's prompt (transformers' and 4.x Flax's generate take it)."""
+    tmodel, model, params, ids, mask = lm
+    dec = np.asarray(prompt + [prompt[-1]], np.int32)[: ids.shape[0]]
+    out = model.generate(ids, attention_mask=mask, params=params, decoder_input_ids=dec, **settings)
+    with torch.no_grad():
+        ref = tmodel.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+                              decoder_input_ids=torch.tensor(dec, dtype=torch.long), return_dict_in_generate=True,
+                              **settings)
+    _assert_same_ids(out, ref)
+    if settings.get("output_scores"):
+        _assert_close_scores(out.scores, ref.scores)
+
+
+def test_decoder_prompt_is_checked(lm):
+    from flax_bart import InputError
+
+    tmodel, model, params, ids, mask = lm
+    with pytest.raises(InputError, match=r"decoder_input_ids must have shape \(batch=3, length >= 1\), got \(2, 2\)"):
+        model.generate(ids, attention_mask=mask, params=params, decoder_input_ids=np.zeros((2, 2), np.int32))
+    with pytest.raises(InputError, match="decoder_input_ids"):
+        model.generate(ids, attention_mask=mask, params=params, decoder_input_ids=np.full((3, 2), VOCAB))
+
+
 @pytest.fixture(scope="module")
 def causal():
     tmodel = torch_model("causal", seed=4, **MODEL)
