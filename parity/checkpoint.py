@@ -29,10 +29,13 @@ from convert.tree import convert_tree, flatten, unflatten
 from flax_bart.config import CONFIG_NAME, BartConfig, ConfigError
 from parity.report import checkpoint_hash, config_hash
 
-# Architecture fields a separate Flax checkpoint's config must share with the PyTorch one.
+# Fields a separate Flax checkpoint's config must share with the PyTorch one: the architecture, and the
+# special token ids (the gate runs both sides with the PyTorch config, so a Flax checkpoint whose config
+# starts decoding from another token would pass here and generate otherwise where it is used).
 _ARCH_FIELDS = ("vocab_size", "max_position_embeddings", "d_model", "encoder_layers", "decoder_layers",
                 "encoder_ffn_dim", "decoder_ffn_dim", "encoder_attention_heads", "decoder_attention_heads",
-                "activation_function", "scale_embedding", "tie_word_embeddings")
+                "activation_function", "scale_embedding", "tie_word_embeddings", "pad_token_id", "bos_token_id",
+                "eos_token_id", "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id")
 
 
 class ParityInputError(ValueError):

@@ -45,6 +45,7 @@ from parity.timing import CompileMeter
 from parity.report import Environment, RunReport
 from parity.runners import DECODING_HEADS, GREEDY_HEADS, FlaxRunner, TorchRunner, new_tokens
 from parity.tolerance import LOW_PRECISION
+from parity.weights import GROUP as WEIGHTS_GROUP, compare_weights
 
 MATMUL_PRECISION = "highest"
 
@@ -287,6 +288,9 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     dtypes = check_dtypes(opts.dtypes)
     if opts.max_length_dtypes is not None:
         opts = dataclasses.replace(opts, max_length_dtypes=check_dtypes(opts.max_length_dtypes, "--max-length-dtypes"))
+        if not set(opts.max_length_dtypes) & set(dtypes):
+            # e.g. --dtypes bfloat16,float16: the positions past --seq-len are still proved, in one dtype
+            opts = dataclasses.replace(opts, max_length_dtypes=dtypes[:1])
     if opts.reference not in REFERENCES:
         raise ParityInputError(f"--reference {opts.reference!r}: expected one of {', '.join(REFERENCES)}")
     if opts.compile_mode not in COMPILE_MODES:
@@ -466,6 +470,14 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                         t0 = time.perf_counter()
                         step.update(grad_check.judge(report, dtype, fdevs, tdevs))
                         step["grads_s"] = round(time.perf_counter() - t0, 3)
+                if ckpt.flax_path:
+                    # a Flax checkpoint checked as it is: its weights too, after the outputs (so the first
+                    # failure stays the first output in forward order where an output fails; parity.weights)
+                    t0 = time.perf_counter()
+                    first = dict(dtype=dtypes[0], flax_device=next(iter(fdevs)), torch_device=next(iter(tdevs)))
+                    for metrics, verdict in compare_weights(sd, params, cfg, head):
+                        report.add(metrics, group=WEIGHTS_GROUP, verdict=verdict, **first)
+                    timings["compare_s"] += time.perf_counter() - t0
                 del base, gold, run_gold   # the float64 model goes before the next head's
 
     if ckpt.drawn:
