@@ -359,7 +359,9 @@ class FlaxBartPreTrainedModel:
         params = self._resolve_params(params)
         self.check_params(params)
         os.makedirs(save_directory, exist_ok=True)
-        self.config.replace(architectures=[type(self).__name__]).save_pretrained(save_directory)
+        # as 4.x wrote it: the PyTorch class name ("BartForConditionalGeneration"), which transformers'
+        # Auto classes and PyTorch users read
+        self.config.replace(architectures=[type(self).__name__.removeprefix("Flax")]).save_pretrained(save_directory)
         save_flax_params(jax.device_get(params), save_directory,
                          format="safetensors" if safe_serialization else "msgpack", max_shard_size=max_shard_size)
         logger.info("saved %s to %s", type(self).__name__, save_directory)

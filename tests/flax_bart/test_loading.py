@@ -79,7 +79,7 @@ def test_save_pretrained_round_trip_msgpack_safetensors_and_sharded(tmp_path, v5
         back = FlaxBartForConditionalGeneration.from_pretrained(out)
         np.testing.assert_array_equal(np.asarray(back(ids, attention_mask=mask).logits), ref)
         cfg = json.loads((out / "config.json").read_text())
-        assert cfg["architectures"] == ["FlaxBartForConditionalGeneration"] and cfg["model_type"] == "bart"
+        assert cfg["architectures"] == ["BartForConditionalGeneration"] and cfg["model_type"] == "bart"
 
 
 def test_do_init_false_returns_model_and_params(v5_dir):
