@@ -119,7 +119,7 @@ def test_differing_copies_under_a_tied_config_are_still_refused(tmp_path):
     with pytest.raises(ConversionError, match="tied copies differ: model.encoder.embed_tokens.weight"):
         MODEL_CLASSES["lm"].from_pretrained(tmp_path)
     with pytest.raises(ConversionError, match="tied copies differ"):
-        convert_checkpoint(str(tmp_path), str(tmp_path / "out"), to="flax")
+        convert_checkpoint(str(tmp_path), str(tmp_path.parent / f"{tmp_path.name}-out"), to="flax")
 
 
 def test_parity_gate_passes_on_an_untied_checkpoint(tmp_path):
