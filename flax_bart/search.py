@@ -352,21 +352,27 @@ def _greedy_loop(plan: SearchPlan, decode, context, prng_key, state, scalars):
     p, spec = plan.prompt_slots, plan.processors
     eos = jnp.asarray(np.array(plan.eos_token_ids or (-1,), np.int32))
     state["unfinished"] = jnp.ones((state["tokens"].shape[0],), bool)
+    if plan.mode == "sample":
+        # 4.x Flax's key schedule: each step splits the key it got and samples with the first half,
+        # so a given prng_key draws the same tokens as it did with 4.x
+        state["key"] = prng_key
 
     def step(st, logits_RxV):
         s = st["s"]
         ctx = context(s)
         scores = process(spec, logits_RxV, st["tokens"], ctx)
+        extra = {}
         if plan.mode == "sample":
             scores = warp(spec, scores, ctx)
-            nxt = jax.random.categorical(jax.random.fold_in(prng_key, s), scores, axis=-1).astype(jnp.int32)
+            use, extra["key"] = jax.random.split(st["key"])
+            nxt = jax.random.categorical(use, scores, axis=-1).astype(jnp.int32)
         else:
             nxt = first_argmax(scores)
         if plan.eos_token_ids:
             nxt = jnp.where(st["unfinished"], nxt, plan.pad_token_id)
         done = (ctx.cur_len + 1 >= ctx.max_length) | jnp.isin(nxt, eos)
         out = dict(st, s=s + 1, last=nxt, unfinished=st["unfinished"] & ~done,
-                   tokens=jax.lax.dynamic_update_slice_in_dim(st["tokens"], nxt[:, None], p + s, axis=1))
+                   tokens=jax.lax.dynamic_update_slice_in_dim(st["tokens"], nxt[:, None], p + s, axis=1), **extra)
         if plan.output_scores:
             out["scores"] = jax.lax.dynamic_update_index_in_dim(st["scores"], scores, s, axis=0)
         return out

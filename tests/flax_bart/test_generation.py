@@ -89,6 +89,22 @@ def test_sampling(model):
     np.testing.assert_array_equal(np.asarray(top1.sequences), np.repeat(greedy, 2, axis=0))
 
 
+def test_sampling_follows_the_4x_key_schedule(model):
+    """Each step splits the key it got and draws with the first half, as 4.x Flax's sampling loop did:
+    with JAX's random bits of that time (jax_threefry_partitionable=False) a key gives 4.x's tokens."""
+    ids, mask = batch(seed=0, b=2, t=9)
+    key = jax.random.PRNGKey(3)
+    out = model.generate(ids, attention_mask=mask, prng_key=key, do_sample=True, top_k=7, max_new_tokens=4,
+                         output_scores=True, forced_eos_token_id=None, min_length=0)
+    seqs = np.asarray(out.sequences)
+    for step, scores in enumerate(out.scores):
+        use, key = jax.random.split(key)
+        drawn = np.asarray(jax.random.categorical(use, np.asarray(scores), axis=-1))
+        finished = (seqs[:, 1:1 + step] == model.config.eos_token_id).any(axis=1)   # padded from there
+        want = np.where(finished, model.config.pad_token_id, drawn)
+        np.testing.assert_array_equal(seqs[:, 1 + step], want, err_msg=f"step {step}")
+
+
 def test_beam_sampling_is_deterministic_per_key(model):
     ids, mask = batch(seed=0, b=2, t=9)
     kw = dict(do_sample=True, num_beams=3, num_return_sequences=2, max_new_tokens=5, prng_key=jax.random.PRNGKey(1))
