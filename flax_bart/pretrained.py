@@ -55,6 +55,8 @@ class FlaxBartPreTrainedModel:
 
     config_class = BartConfig
     base_model_prefix = "model"
+    main_input_name = "input_ids"   # as 4.x's classes say (pipelines and trainers read it)
+    framework = "flax"
     module_class: type
     head: str
 

@@ -29,6 +29,7 @@ def test_output_access_like_4x(qa):
     assert len(full.encoder_hidden_states) == CFG.encoder_layers + 1
     assert len(full.decoder_hidden_states) == CFG.decoder_layers + 1
     assert full.cross_attentions[0].shape == (3, CFG.decoder_attention_heads, 9, 9)
+    assert (qa.main_input_name, qa.framework) == ("input_ids", "flax")   # 4.x's class attributes
 
 
 def test_dtype_is_compute_dtype_and_casts_do_not_touch_params(qa):
