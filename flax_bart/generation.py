@@ -18,6 +18,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
@@ -234,24 +235,67 @@ class GenerationMixin:
         Returns `FlaxGreedySearchOutput`, `FlaxSampleOutput` or `FlaxBeamSearchOutput`."""
         decoder_ids = kwargs.pop("decoder_input_ids", None)
         cfg, default_max = self._resolve_generation_config(generation_config, kwargs)
-        ids, mask, eos, pad = self._generation_inputs(input_ids, attention_mask, cfg)
+        traced = isinstance(input_ids, jax.core.Tracer) or isinstance(attention_mask, jax.core.Tracer)
+        if traced and cfg.output_scores:
+            raise InputError("output_scores=True inside a caller's jax.jit: the number of steps is not known "
+                             "there; call generate outside jit for per-step scores")
+        ids, mask, eos, pad = (self._traced_inputs if traced else self._generation_inputs)(input_ids, attention_mask,
+                                                                                             cfg)
         arrays, prompt_len, slots, src = self._generation_prompt(ids, mask, cfg, pad, decoder_ids)
         plan, scalars = self._generation_plan(cfg, default_max, ids.shape[0], prompt_len, slots, src, eos, pad)
         program = self._generate_program(plan)
         params = self._resolve_params(params)
         args = (params, dict(arrays), scalars, _check_key(prng_key), loop_kernels(self.module, plan, params))
-        if trace:
+        if trace or traced:
             out = program(*args)
         else:
             with jax.disable_jit():
                 out = program(*args)
+        if traced:
+            return self._traced_output(plan, out, prompt_len)
         return self._generate_output(plan, jax.device_get(out), prompt_len)
+
+    def _traced_inputs(self, input_ids, attention_mask, cfg: GenerationConfig):
+        """`_generation_inputs` inside a caller's jit: shapes checked, values not (they are not known; an
+        id out of range gives NaN embeddings, as in the forward pass), the mask inferred on the device."""
+        if input_ids is None:
+            raise InputError("input_ids is required")
+        c = self.config
+        ids = jnp.asarray(input_ids)
+        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise InputError(f"input_ids must be a 2-D integer array, got shape {ids.shape} of {ids.dtype}")
+        ids = ids.astype(jnp.int32)
+        b, t = ids.shape
+        check_length("input_ids", t, c.max_position_embeddings)
+        check_mask("attention_mask", attention_mask, (b, t))
+        eos = _token_ids("eos_token_id", cfg.eos_token_id, c.vocab_size)
+        pad = _one_token("pad_token_id", cfg.pad_token_id, c.vocab_size)
+        if pad is None and eos:
+            pad = eos[0]
+        if attention_mask is not None:
+            mask = jnp.asarray(attention_mask).astype(jnp.int32)
+        elif self.head == "causal" and pad is not None and pad not in eos:   # as _generation_inputs, on the device
+            mask = jnp.where(jnp.any(ids == pad), ids != pad, True).astype(jnp.int32)
+        else:
+            mask = jnp.ones((b, t), jnp.int32)
+        return ids, mask, eos, pad
+
+    @staticmethod
+    def _traced_output(plan: SearchPlan, out: dict, prompt_len: int):
+        """The output inside a caller's jit: every row `prompt + new_tokens` wide (4.x's fixed `max_length`),
+        the slots past the tokens generated holding the pad token."""
+        seqs = out["sequences"][:, plan.prompt_slots - prompt_len:]
+        done = out["steps"] if plan.mode in ("greedy", "sample") else out["generated"]
+        seqs = jnp.where(jnp.arange(seqs.shape[1])[None] < prompt_len + done, seqs, plan.pad_token_id)
+        if plan.mode == "greedy":
+            return FlaxGreedySearchOutput(sequences=seqs, scores=None)
+        if plan.mode == "sample":
+            return FlaxSampleOutput(sequences=seqs, scores=None)
+        return FlaxBeamSearchOutput(sequences=seqs, scores=out["sequences_scores"],
+                                    sequences_scores=out["sequences_scores"])
 
     def _generation_inputs(self, input_ids, attention_mask, cfg: GenerationConfig):
         """Checked (ids, mask, eos ids, pad id) on the host; the mask inferred as transformers does."""
-        if isinstance(input_ids, jax.core.Tracer) or isinstance(attention_mask, jax.core.Tracer):
-            raise InputError("generate() compiles its own program and needs concrete input_ids and "
-                             "attention_mask: call it outside jax.jit")
         if input_ids is None:
             raise InputError("input_ids is required")
         c = self.config
@@ -278,12 +322,13 @@ class GenerationMixin:
         decoder prompt is left-padded to its bucket (masked), so one program serves a bucket's lengths."""
         c, (b, t) = self.config, ids.shape
         fill = pad if pad is not None else 0
+        xp = jnp if isinstance(ids, jax.Array) else np   # jnp inside a caller's jit (_traced_inputs)
 
         def left_padded(prompt, prompt_mask):
             n = prompt.shape[1]
             slots = bucket_length(n)
-            return dict(prompt=np.pad(prompt, ((0, 0), (slots - n, 0)), constant_values=fill),
-                        prompt_mask=np.pad(prompt_mask, ((0, 0), (slots - n, 0)), constant_values=ABSENT)), n, slots
+            return dict(prompt=xp.pad(prompt, ((0, 0), (slots - n, 0)), constant_values=fill),
+                        prompt_mask=xp.pad(prompt_mask, ((0, 0), (slots - n, 0)), constant_values=ABSENT)), n, slots
 
         if self.head == "causal":  # the prompt is the decoder's
             if decoder_ids is not None:
@@ -301,8 +346,8 @@ class GenerationMixin:
             prompt = self._decoder_prompt(decoder_ids, b, start)
         arrays, n, slots = left_padded(prompt, np.ones(prompt.shape, np.int32))
         src = min(bucket_length(t), c.max_position_embeddings)  # right-pad the source, masked
-        arrays.update(input_ids=np.pad(ids, ((0, 0), (0, src - t)), constant_values=fill),
-                      attention_mask=np.pad(mask, ((0, 0), (0, src - t)), constant_values=ABSENT))
+        arrays.update(input_ids=xp.pad(ids, ((0, 0), (0, src - t)), constant_values=fill),
+                      attention_mask=xp.pad(mask, ((0, 0), (0, src - t)), constant_values=ABSENT))
         return arrays, n, slots, src
 
     def _decoder_prompt(self, decoder_ids, batch: int, start: int) -> np.ndarray:

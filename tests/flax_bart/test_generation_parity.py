@@ -195,3 +195,48 @@ def test_processors_match_transformers(cur_len):
         ours = warp(ProcessorSpec(vocab_size=v, **spec_kw), jnp.asarray(scores), _context(first, cur_len, **ctx_kw))
         want = theirs(torch.tensor(history), torch.tensor(scores)).numpy()
         np.testing.assert_allclose(np.asarray(ours), want, rtol=1e-6, err_msg=str(spec_kw))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(max_new_tokens=12, eos_token_id=[2, 53]),
+    dict(num_beams=3, max_new_tokens=9, eos_token_id=[2, 53]),
+    dict(do_sample=True, top_k=5, max_new_tokens=8),
+], ids=["greedy", "beams", "sample"])
+def test_generate_inside_a_callers_jit(lm, settings):
+    """As 4.x's did: inside jit the sequences are prompt + max_new_tokens wide, pad after the tokens
+    generated; the tokens are those of the eager call."""
+    import jax
+
+    _, model, params, ids, mask = lm
+    key = jax.random.PRNGKey(4)
+    eager = np.asarray(model.generate(ids, attention_mask=mask, params=params, prng_key=key, **settings).sequences)
+    jitted = jax.jit(lambda i, a, k: model.generate(i, attention_mask=a, params=params, prng_key=k,
+                                                    **settings).sequences)
+    got = np.asarray(jitted(ids, mask, key))
+    assert got.shape == (eager.shape[0], 1 + settings["max_new_tokens"])
+    np.testing.assert_array_equal(got[:, :eager.shape[1]], eager)
+    assert (got[:, eager.shape[1]:] == model.config.pad_token_id).all()
+
+
+def test_causal_generate_inside_a_callers_jit_infers_the_mask(causal):
+    import jax
+
+    _, model, params = causal
+    ids, mask = batch(seed=3, b=2, t=7, vocab=VOCAB)
+    ids[0, :2] = model.config.pad_token_id   # left padding, no mask given: inferred from the pad token
+    eager = np.asarray(model.generate(ids, params=params, max_new_tokens=5).sequences)
+    got = np.asarray(jax.jit(lambda i: model.generate(i, params=params, max_new_tokens=5).sequences)(ids))
+    np.testing.assert_array_equal(got[:, :eager.shape[1]], eager)
+
+
+def test_generate_inside_jit_refuses_what_it_cannot_know(lm):
+    import jax
+
+    from flax_bart import InputError
+
+    _, model, params, ids, mask = lm
+    with pytest.raises(InputError, match="output_scores=True inside a caller's jax.jit"):
+        jax.jit(lambda i: model.generate(i, params=params, output_scores=True, max_new_tokens=3).sequences)(ids)
+    dec = np.full((3, 2), 2, np.int32)
+    with pytest.raises(InputError, match="concrete decoder_input_ids"):
+        jax.jit(lambda i, d: model.generate(i, params=params, decoder_input_ids=d, max_new_tokens=3).sequences)(ids, dec)
