@@ -239,8 +239,7 @@ class GenerationMixin:
         if traced and cfg.output_scores:
             raise InputError("output_scores=True inside a caller's jax.jit: the number of steps is not known "
                              "there; call generate outside jit for per-step scores")
-        ids, mask, eos, pad = (self._traced_inputs if traced else self._generation_inputs)(input_ids, attention_mask,
-                                                                                             cfg)
+        ids, mask, eos, pad = self._generation_inputs(input_ids, attention_mask, cfg, traced)
         arrays, prompt_len, slots, src = self._generation_prompt(ids, mask, cfg, pad, decoder_ids)
         plan, scalars = self._generation_plan(cfg, default_max, ids.shape[0], prompt_len, slots, src, eos, pad)
         program = self._generate_program(plan)
@@ -254,31 +253,6 @@ class GenerationMixin:
         if traced:
             return self._traced_output(plan, out, prompt_len)
         return self._generate_output(plan, jax.device_get(out), prompt_len)
-
-    def _traced_inputs(self, input_ids, attention_mask, cfg: GenerationConfig):
-        """`_generation_inputs` inside a caller's jit: shapes checked, values not (they are not known; an
-        id out of range gives NaN embeddings, as in the forward pass), the mask inferred on the device."""
-        if input_ids is None:
-            raise InputError("input_ids is required")
-        c = self.config
-        ids = jnp.asarray(input_ids)
-        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise InputError(f"input_ids must be a 2-D integer array, got shape {ids.shape} of {ids.dtype}")
-        ids = ids.astype(jnp.int32)
-        b, t = ids.shape
-        check_length("input_ids", t, c.max_position_embeddings)
-        check_mask("attention_mask", attention_mask, (b, t))
-        eos = _token_ids("eos_token_id", cfg.eos_token_id, c.vocab_size)
-        pad = _one_token("pad_token_id", cfg.pad_token_id, c.vocab_size)
-        if pad is None and eos:
-            pad = eos[0]
-        if attention_mask is not None:
-            mask = jnp.asarray(attention_mask).astype(jnp.int32)
-        elif self.head == "causal" and pad is not None and pad not in eos:   # as _generation_inputs, on the device
-            mask = jnp.where(jnp.any(ids == pad), ids != pad, True).astype(jnp.int32)
-        else:
-            mask = jnp.ones((b, t), jnp.int32)
-        return ids, mask, eos, pad
 
     @staticmethod
     def _traced_output(plan: SearchPlan, out: dict, prompt_len: int):
@@ -294,14 +268,20 @@ class GenerationMixin:
         return FlaxBeamSearchOutput(sequences=seqs, scores=out["sequences_scores"],
                                     sequences_scores=out["sequences_scores"])
 
-    def _generation_inputs(self, input_ids, attention_mask, cfg: GenerationConfig):
-        """Checked (ids, mask, eos ids, pad id) on the host; the mask inferred as transformers does."""
+    def _generation_inputs(self, input_ids, attention_mask, cfg: GenerationConfig, traced: bool = False):
+        """Checked (ids, mask, eos ids, pad id); the mask inferred as transformers does. `traced`: inside a
+        caller's jit, shapes are checked, values not (an id out of range gives NaN embeddings, as in the
+        forward pass), and the arrays stay jax arrays."""
         if input_ids is None:
             raise InputError("input_ids is required")
         c = self.config
-        ids = np.asarray(input_ids)
-        check_ids("input_ids", ids, c.vocab_size)
-        ids = ids.astype(np.int32)
+        xp = jnp if traced else np
+        ids = xp.asarray(input_ids)
+        if traced and (ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer)):
+            raise InputError(f"input_ids must be a 2-D integer array, got shape {ids.shape} of {ids.dtype}")
+        if not traced:
+            check_ids("input_ids", ids, c.vocab_size)
+        ids = ids.astype(xp.int32)
         b, t = ids.shape
         check_length("input_ids", t, c.max_position_embeddings)
         check_mask("attention_mask", attention_mask, (b, t))
@@ -310,11 +290,11 @@ class GenerationMixin:
         if pad is None and eos:
             pad = eos[0]
         if attention_mask is not None:
-            mask = np.asarray(attention_mask).astype(np.int32)
-        elif self.head == "causal" and pad is not None and (ids == pad).any() and pad not in eos:
-            mask = (ids != pad).astype(np.int32)  # transformers infers it so for decoder-only models
+            mask = xp.asarray(attention_mask).astype(xp.int32)
+        elif self.head == "causal" and pad is not None and pad not in eos:
+            mask = (ids != pad).astype(xp.int32)  # transformers infers it so for decoder-only models
         else:
-            mask = np.ones((b, t), np.int32)
+            mask = xp.ones((b, t), xp.int32)
         return ids, mask, eos, pad
 
     def _generation_prompt(self, ids, mask, cfg: GenerationConfig, pad, decoder_ids=None):
