@@ -302,7 +302,7 @@ class GenerationMixin:
         decoder prompt is left-padded to its bucket (masked), so one program serves a bucket's lengths."""
         c, (b, t) = self.config, ids.shape
         fill = pad if pad is not None else 0
-        xp = jnp if isinstance(ids, jax.Array) else np   # jnp inside a caller's jit (_traced_inputs)
+        xp = jnp if isinstance(ids, jax.Array) else np   # jnp inside a caller's jit (_generation_inputs)
 
         def left_padded(prompt, prompt_mask):
             n = prompt.shape[1]

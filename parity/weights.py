@@ -50,10 +50,16 @@ def compare_weights(reference_sd: Mapping[str, np.ndarray], flax_params, config:
     theirs, _ = convert_tree(reference_sd, "pt", _layout(base, reference_sd, "pt", head), head, "pt", tied="all",
                              borrow=True, describe="the PyTorch checkpoint")
     results = []
-    for key, ref in theirs.items():
-        cand = ours.get(key)
+    for key in list(theirs) + [k for k in ours if k not in theirs]:
+        ref, cand = theirs.get(key), ours.get(key)
         name = f"{head}/weights/{key}"
-        if cand is None:   # layouts that cannot be compared tensor by tensor: the outputs still are
+        if ref is None or cand is None:   # both layouts hold every copy, so this is not expected: fail
+            one = cand if ref is None else ref
+            side = "PyTorch" if ref is None else "Flax"
+            metrics = TensorMetrics(name=name, kind="param", shape=tuple(one.shape), count=int(one.size),
+                                    nonfinite_ref=0, nonfinite_cand=0, max_abs_err=float("nan"))
+            results.append((metrics, Verdict(False, "max_abs_err", float("nan"), 0.0,
+                                             f"{RULE} (no {key} in the {side} weights)")))
             continue
         dtype = coarser(np.dtype(ref.dtype), np.dtype(cand.dtype))
         r, c = np.asarray(ref).astype(dtype, copy=False), np.asarray(cand).astype(dtype, copy=False)
