@@ -227,6 +227,8 @@ class Policy:
                 f"max |torch - gold| over the same output in every case of the head"
             )
         lines.append("token ids: exact equality; any NaN/inf inside the mask fails")
+        lines.append("weights of a Flax checkpoint checked as it is: equal bit for bit to the PyTorch ones after "
+                     "rounding both to the coarser storage dtype")
         lines.append(f"gradients: max |flax - gold| <= F x k x max |torch - gold| (F = {FP32_K_FACTOR:g} in float32, "
                      f"{GRAD_K_FACTOR:g} in float16/bfloat16) + "
                      f"{GRAD_FLOOR_ULPS:g} * eps * RMS(gold); one zero in exact arithmetic (float64 RMS <= "
