@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from flax_bart.config import CONFIG_NAME, BartConfig, ConfigError
+from flax_bart.config import CONFIG_NAME, BartConfig
 from flax_bart.hub import CheckpointNotFoundError, resolve_checkpoint_dir
 from flax_bart.pretrained import logger, warn
 
@@ -46,9 +46,7 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
     if config is None or isinstance(config, (str, os.PathLike)):
         cfg_dir = directory if config is None else resolve_checkpoint_dir(config, cache_dir=cache_dir)
         cfg_path = os.path.join(cfg_dir, CONFIG_NAME)
-        if os.path.lexists(cfg_path) and not os.path.isfile(cfg_path):
-            raise ConfigError(f"{cfg_path}: the config is not a regular file")
-        if not os.path.isfile(cfg_path):
+        if not os.path.exists(cfg_path):   # a FIFO or a folder there: read_json_file names it
             raise CheckpointNotFoundError(f"{cfg_dir}: no {CONFIG_NAME} (pass config= explicitly)")
         config = file_config = BartConfig.from_json_file(cfg_path)
     elif isinstance(config, dict):

@@ -125,9 +125,7 @@ class Checkpoint:
 
 def _config(directory: str) -> BartConfig:
     path = os.path.join(directory, CONFIG_NAME)
-    if os.path.lexists(path) and not os.path.isfile(path):
-        raise ParityInputError(f"{path}: the config is not a regular file")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):   # a FIFO or a folder there: read_json_file names it
         raise ParityInputError(f"no {CONFIG_NAME} in {directory}: the parity gate needs the checkpoint's config")
     try:
         return BartConfig.from_json_file(path)

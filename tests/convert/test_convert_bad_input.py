@@ -324,7 +324,7 @@ def test_explicit_config_cannot_be_output(pt_dir, tmp_path, capsys):
 def test_config_that_is_not_a_file_is_named(pt_dir, tmp_path):
     (pt_dir / "config.json").unlink()
     (pt_dir / "config.json").mkdir()
-    with pytest.raises(ConversionError, match="config.json: the config is not a regular file"):
+    with pytest.raises(ConversionError, match="config.json: config is not a regular file"):
         load_flax_params(pt_dir, None, "lm")
 
 

@@ -342,7 +342,7 @@ def _(root, marker):
     return d
 
 
-@case("cfg_fifo", "config", r"config\.json: the config is not a regular file")
+@case("cfg_fifo", "config", r"config\.json: config is not a regular file")
 def _(root, marker):
     d = pt_dir(root)
     os.remove(d / "config.json")
