@@ -410,7 +410,7 @@ class BartConfig:
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs) -> "BartConfig":
         from flax_bart.hub import resolve_checkpoint_dir
 
-        directory = resolve_checkpoint_dir(path_or_id, **kwargs)
+        directory = resolve_checkpoint_dir(path_or_id, files=(CONFIG_NAME,), **kwargs)
         return cls.from_json_file(os.path.join(directory, CONFIG_NAME))
 
     def to_dict(self) -> dict[str, Any]:

@@ -178,17 +178,7 @@ class GenerationMixin:
         """As the base class; also reads the checkpoint's `generation_config.json` when it has one."""
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        path = os.fspath(pretrained_model_name_or_path)
-        if os.path.isfile(path):
-            directory = os.path.dirname(os.path.abspath(path))
-        else:
-            from flax_bart.hub import resolve_checkpoint_dir
-
-            directory = resolve_checkpoint_dir(
-                path, cache_dir=kwargs.get("cache_dir"), revision=kwargs.get("revision"),
-                local_files_only=kwargs.get("local_files_only") or None,
-                token=kwargs.get("token", kwargs.get("use_auth_token")),
-            )
+        directory = model.checkpoint_directory   # where the weights and config came from (subfolder included)
         file = os.path.join(directory, GENERATION_CONFIG_NAME)
         if os.path.isfile(file):
             model.generation_config = GenerationConfig.from_json_file(file)

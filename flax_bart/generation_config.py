@@ -108,7 +108,7 @@ class GenerationConfig:
             return cls.from_json_file(path)
         from flax_bart.hub import resolve_checkpoint_dir
 
-        directory = resolve_checkpoint_dir(path, **hub_kwargs)
+        directory = resolve_checkpoint_dir(path, files=(GENERATION_CONFIG_NAME,), **hub_kwargs)
         file = os.path.join(directory, GENERATION_CONFIG_NAME)
         if not os.path.isfile(file):
             raise FileNotFoundError(f"{directory}: no {GENERATION_CONFIG_NAME}")

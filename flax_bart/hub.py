@@ -1,8 +1,27 @@
-"""Resolve a local checkpoint directory or a hub id (through huggingface_hub's cache)."""
+"""Resolve a local checkpoint directory or a hub id (through huggingface_hub's cache).
+
+A hub repository often holds the same weights several times (`flax_model.msgpack`, `model.safetensors`,
+`pytorch_model.bin`, TensorFlow and Rust files): BART-large's come to several GB each. Callers say which
+files they need (`files`): the model's config and the weights of one format, chosen as the loader would
+choose among them; the tokenizer's files; or named files. Only those are downloaded. Offline (or with
+`local_files_only`), the cached snapshot is used as it is.
+"""
 
 from __future__ import annotations
 
 import os
+import posixpath
+from typing import Iterable
+
+CONFIG_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "added_tokens.json")
+# (format, single file, index file), in the loader's default order (convert.sources.WEIGHT_FILES)
+WEIGHT_FORMATS = (("msgpack", "flax_model.msgpack", "flax_model.msgpack.index.json"),
+                  ("safetensors", "model.safetensors", "model.safetensors.index.json"),
+                  ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+MODEL = "model"          # files=MODEL: config files + one format's weights
+TOKENIZER = "tokenizer"  # files=TOKENIZER: the tokenizer's files
 
 
 class CheckpointNotFoundError(OSError):
@@ -13,6 +32,66 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
+def check_subfolder(subfolder) -> str:
+    """`subfolder` as a relative path inside a checkpoint ('' for none); no absolute path or '..'."""
+    if subfolder is None:
+        return ""
+    if not isinstance(subfolder, (str, os.PathLike)):
+        raise TypeError(f"subfolder must be a string, got {type(subfolder).__name__}")
+    sub = os.fspath(subfolder).replace(os.sep, "/").strip("/")
+    parts = [p for p in sub.split("/") if p not in ("", ".")]
+    if os.path.isabs(os.fspath(subfolder)) or ".." in parts:
+        raise CheckpointNotFoundError(f"subfolder {os.fspath(subfolder)!r}: expected a relative path inside "
+                                      "the checkpoint, without '..'")
+    return "/".join(parts)
+
+
+def weight_files(names: Iterable[str], prefer: str | None = None) -> list[str]:
+    """The weight files to fetch among a repository folder's file `names`: one format's single file, or
+    its index and every file of that format beside it (its shards). Flax first, then safetensors, then
+    `.bin` (the loader's order); with `prefer="pt"`, safetensors and `.bin` before msgpack."""
+    names = set(names)
+    order = list(WEIGHT_FORMATS)
+    if prefer == "pt":
+        order = order[1:] + order[:1]
+    for fmt, single, index in order:
+        if single in names:
+            return [single]
+        if index in names:
+            ext = "." + fmt
+            return [index] + sorted(n for n in names if n.endswith(ext))
+    return []
+
+
+def _wanted(files, repo_names: list[str] | None, sub: str, prefer: str | None) -> list[str] | None:
+    """allow_patterns for snapshot_download (None: everything)."""
+    if files is None:
+        return None
+    if files == MODEL:
+        wanted = list(CONFIG_FILES)
+        if repo_names is None:   # no listing: every BART weight format rather than the whole repository
+            wanted += [n for _, single, index in WEIGHT_FORMATS for n in (single, index)]
+            wanted += ["*.msgpack", "*.safetensors", "*.bin"]
+        else:
+            prefix = sub + "/" if sub else ""
+            here = [n[len(prefix):] for n in repo_names if n.startswith(prefix) and "/" not in n[len(prefix):]]
+            wanted += weight_files(here, prefer)
+    elif files == TOKENIZER:
+        wanted = list(TOKENIZER_FILES)
+    else:
+        wanted = list(files)
+    return [posixpath.join(sub, n) if sub else n for n in wanted]
+
+
+def _list_repo(repo: str, revision, token) -> list[str] | None:
+    import huggingface_hub
+
+    try:
+        return list(huggingface_hub.list_repo_files(repo, revision=revision, token=token))
+    except Exception:  # not reachable, gated, ...: snapshot_download below says what is wrong, or uses the cache
+        return None
+
+
 def resolve_checkpoint_dir(
     path_or_id: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
@@ -20,11 +99,16 @@ def resolve_checkpoint_dir(
     local_files_only: bool | None = None,
     token: str | bool | None = None,
     force_download: bool = False,
+    subfolder: str = "",
+    files=None,
+    prefer: str | None = None,
 ) -> str:
-    """A local directory as is; a file's directory; otherwise a hub id, from the cache when offline."""
+    """A local directory as is (its `subfolder` when given); a file's directory; otherwise a hub id, from
+    the cache when offline. `files`: None (the whole repository), MODEL, TOKENIZER or a list of names."""
     path = os.fspath(path_or_id)
+    sub = check_subfolder(subfolder)
     if os.path.isdir(path):
-        return path
+        return _inside(path, sub, path)
     if os.path.isfile(path):
         return os.path.dirname(os.path.abspath(path))
     if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or not path.strip():
@@ -34,13 +118,19 @@ def resolve_checkpoint_dir(
 
     offline = bool(local_files_only) or _offline()
     try:
-        return huggingface_hub.snapshot_download(
+        if offline:
+            patterns = None  # the cached snapshot as it is
+        else:
+            huggingface_hub.utils.validate_repo_id(path)
+            patterns = _wanted(files, _list_repo(path, revision, token) if files == MODEL else None, sub, prefer)
+        directory = huggingface_hub.snapshot_download(
             repo_id=path,
             revision=revision,
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
             local_files_only=offline,
             token=token,
             force_download=force_download,
+            allow_patterns=patterns,
         )
     except HFValidationError as e:
         raise CheckpointNotFoundError(f"{path!r} is neither a local path nor a valid hub id: {e}") from None
@@ -51,3 +141,13 @@ def resolve_checkpoint_dir(
             f"{path!r}: not a local directory, and not found in {where} ({mode}"
             f"{', revision ' + revision if revision else ''}): {type(e).__name__}: {e}"
         ) from None
+    return _inside(directory, sub, f"{path!r} (snapshot {directory})")
+
+
+def _inside(directory: str, sub: str, where: str) -> str:
+    if not sub:
+        return directory
+    inner = os.path.join(directory, *sub.split("/"))
+    if not os.path.isdir(inner):
+        raise CheckpointNotFoundError(f"{where}: no subfolder {sub!r} there")
+    return inner

@@ -11,7 +11,7 @@ import numpy as np
 from flax import traverse_util
 
 from flax_bart.config import CONFIG_NAME, BartConfig
-from flax_bart.hub import CheckpointNotFoundError, resolve_checkpoint_dir
+from flax_bart.hub import MODEL, CheckpointNotFoundError, resolve_checkpoint_dir
 from flax_bart.pretrained import logger, warn
 
 
@@ -34,17 +34,20 @@ def _draw(keys, shapes: dict, config: BartConfig, seed: int) -> dict:
 
 def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore_mismatched_sizes, cache_dir,
                     revision, local_files_only, force_download, token, seed, param_dtype, precision,
-                    config_overrides, mesh=None, partition_rules=None, model_kwargs=None):
+                    config_overrides, mesh=None, partition_rules=None, model_kwargs=None, subfolder=""):
     from convert import head_only_prefixes, load_flax_params
 
     path = os.fspath(path_or_id)
     directory = resolve_checkpoint_dir(path, cache_dir=cache_dir, revision=revision,
                                        local_files_only=local_files_only or None, token=token,
-                                       force_download=force_download)
+                                       force_download=force_download, subfolder=subfolder, files=MODEL,
+                                       prefer="pt" if from_pt else None)
     weights = path if os.path.isfile(path) else directory
     file_config = None
     if config is None or isinstance(config, (str, os.PathLike)):
-        cfg_dir = directory if config is None else resolve_checkpoint_dir(config, cache_dir=cache_dir)
+        cfg_dir = directory if config is None else resolve_checkpoint_dir(
+            config, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only or None, token=token,
+            files=(CONFIG_NAME,))
         cfg_path = os.path.join(cfg_dir, CONFIG_NAME)
         if not os.path.exists(cfg_path):   # a FIFO or a folder there: read_json_file names it
             raise CheckpointNotFoundError(f"{cfg_dir}: no {CONFIG_NAME} (pass config= explicitly)")
@@ -69,6 +72,7 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
 
     model = cls(config, dtype=dtype, _do_init=False, seed=seed, param_dtype=param_dtype or jnp.float32,
                 precision=precision, **(model_kwargs or {}))
+    model.checkpoint_directory = directory
     want = model.params_shape_tree()
     # With ignore_mismatched_sizes the weights are read against the checkpoint's own config, and
     # whatever then does not fit the requested config is drawn anew (with a warning).

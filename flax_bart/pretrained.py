@@ -88,6 +88,7 @@ class FlaxBartPreTrainedModel:
         self._mesh = None
         self._shapes = None
         self._params = None
+        self.checkpoint_directory = None   # from_pretrained: the directory the checkpoint was read from
         self._is_initialized = _do_init
         if _do_init:
             self._params = self.init_weights(self.key, self.input_shape)
@@ -306,16 +307,20 @@ class FlaxBartPreTrainedModel:
 
     # ---- loading and saving -------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, dtype=jnp.float32,
+    def from_pretrained(cls, pretrained_model_name_or_path, dtype=jnp.float32, *model_args, config=None,
                         _do_init: bool = True, from_pt: bool = False, ignore_mismatched_sizes: bool = False,
                         cache_dir=None, revision=None, local_files_only: bool = False, force_download=False,
-                        token=None, use_auth_token=None, seed: int = 0, param_dtype=None, precision=None,
-                        mesh=None, partition_rules=None, tune_allocator: bool = True, scan_layers: bool | str = False,
-                        attention_impl: str = "auto", compiler_options: dict | None = None,
-                        **config_overrides):
+                        token=None, use_auth_token=None, subfolder: str = "", seed: int = 0, input_shape=(1, 1),
+                        param_dtype=None, precision=None, mesh=None, partition_rules=None, tune_allocator: bool = True,
+                        gradient_checkpointing: bool = False, scan_layers: bool | str = False,
+                        attention_impl: str = "auto", compiler_options: dict | None = None, **config_overrides):
         """Load a checkpoint: Flax msgpack (sharded too), Flax or PyTorch safetensors, pytorch_model.bin.
 
-        PyTorch weights are recognised without `from_pt`; `from_pt=True` prefers them when both exist.
+        As in 4.x, `dtype` may be the second positional argument, and further positional arguments are the
+        constructor's (`input_shape`, `seed`). PyTorch weights are recognised without `from_pt`;
+        `from_pt=True` prefers them when both exist. `subfolder` reads the checkpoint from a folder inside
+        the directory or hub repository. From the hub only the config and one format's weights are
+        downloaded. Keyword arguments that are not loading options update the config.
         Returns the model, or `(model, params)` when `_do_init=False` (like 4.x).
 
         With `mesh` (a `jax.sharding.Mesh`), each parameter is read slice by slice straight into its
@@ -326,11 +331,18 @@ class FlaxBartPreTrainedModel:
         page-faulting them in again on every call (`flax_bart.host_memory`, process-wide); pass
         `tune_allocator=False` (or set `FLAX_BART_TUNE_ALLOCATOR=0`) to leave it alone.
 
-        `scan_layers`, `attention_impl` and `compiler_options` are passed to the model's constructor."""
+        `scan_layers`, `attention_impl`, `gradient_checkpointing` and `compiler_options` are passed to the
+        model's constructor."""
         from flax_bart.loading import load_pretrained
 
+        if len(model_args) > 2:
+            raise TypeError(f"from_pretrained takes at most 2 positional arguments after dtype (input_shape, "
+                            f"seed), got {len(model_args)}")
         if model_args:
-            raise TypeError(f"from_pretrained takes no extra positional arguments, got {len(model_args)}")
+            input_shape = model_args[0]
+        if len(model_args) > 1:
+            seed = model_args[1]
+        revision = _loader_only_options(config_overrides, revision)
         if tune_allocator:
             from flax_bart.host_memory import tune_for_cpu
 
@@ -341,7 +353,9 @@ class FlaxBartPreTrainedModel:
             local_files_only=local_files_only, force_download=force_download,
             token=token if token is not None else use_auth_token, seed=seed, param_dtype=param_dtype,
             precision=precision, config_overrides=config_overrides, mesh=mesh, partition_rules=partition_rules,
-            model_kwargs=dict(scan_layers=check_scan_layers(scan_layers),
+            subfolder=subfolder,
+            model_kwargs=dict(input_shape=input_shape, gradient_checkpointing=bool(gradient_checkpointing),
+                              scan_layers=check_scan_layers(scan_layers),
                               attention_impl=check_attention_impl(attention_impl),
                               compiler_options=check_compiler_options(compiler_options)),
         )
@@ -373,3 +387,21 @@ class FlaxBartPreTrainedModel:
 def warn(msg: str) -> None:
     logger.warning(msg)
     warnings.warn(msg, stacklevel=3)
+
+
+# 4.x's from_pretrained took these loading options besides the config's fields; they must not end up in
+# the config. Those that mean nothing here are dropped (with a warning where 4.x gave one).
+_IGNORED_LOADER_OPTIONS = ("resume_download", "mirror", "_from_auto", "_from_pipeline", "adapter_kwargs")
+
+
+def _loader_only_options(kwargs: dict, revision):
+    """Take 4.x's loading-only keywords out of `kwargs` (the config overrides); the revision to use."""
+    for name in _IGNORED_LOADER_OPTIONS:
+        kwargs.pop(name, None)
+    if kwargs.pop("trust_remote_code", None) is True:
+        logger.warning("trust_remote_code=True has no effect here (no code is ever loaded from a checkpoint)")
+    if kwargs.pop("proxies", None):
+        logger.warning("proxies= is ignored: huggingface_hub reads HTTP(S)_PROXY from the environment")
+    commit = kwargs.pop("_commit_hash", None)
+    return revision if revision is not None else commit
+

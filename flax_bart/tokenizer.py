@@ -17,7 +17,7 @@ from tokenizers import AddedToken, Encoding, Tokenizer, decoders, models, pre_to
 
 from .io_utils import atomic_write_text
 
-from .hub import resolve_checkpoint_dir
+from .hub import TOKENIZER, resolve_checkpoint_dir
 
 TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE = "tokenizer.json", "vocab.json", "merges.txt"
 CONFIG_FILE, SPECIAL_TOKENS_FILE = "tokenizer_config.json", "special_tokens_map.json"
@@ -124,7 +124,8 @@ class BartTokenizer:
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                         revision: str | None = None, local_files_only: bool | None = None, *,
-                        add_prefix_space: bool | None = None, model_max_length: int | None = None) -> BartTokenizer:
+                        add_prefix_space: bool | None = None, model_max_length: int | None = None,
+                        subfolder: str = "", token: str | bool | None = None) -> BartTokenizer:
         """Load from a directory or a hub id (`tokenizer.json` first, else `vocab.json` + `merges.txt`).
 
         `tokenizer_config.json` and `special_tokens_map.json` supply the special tokens (e.g. `<mask>` with
@@ -132,7 +133,8 @@ class BartTokenizer:
         """
         path = os.fspath(path_or_hub_id)
         directory = resolve_checkpoint_dir(path, cache_dir=cache_dir, revision=revision,
-                                           local_files_only=local_files_only)
+                                           local_files_only=local_files_only, subfolder=subfolder, token=token,
+                                           files=TOKENIZER)
         files = {n: os.path.join(directory, n) for n in (TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE, CONFIG_FILE,
                                                           SPECIAL_TOKENS_FILE)}
         have = {n for n, p in files.items() if os.path.isfile(p)}
