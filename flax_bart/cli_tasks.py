@@ -117,7 +117,7 @@ def generate_main(argv: list[str]) -> int:
     import jax
     import jax.numpy as jnp
 
-    from flax_bart.hub import resolve_checkpoint_dir
+    from flax_bart.hub import MODEL, resolve_checkpoint_dir
     from flax_bart.models import FlaxBartForCausalLM, FlaxBartForConditionalGeneration
 
     texts = []
@@ -127,7 +127,7 @@ def generate_main(argv: list[str]) -> int:
                 t = f.read()
         texts.append(_nonempty("--text", t))
     directory = resolve_checkpoint_dir(args.checkpoint, cache_dir=args.cache_dir, revision=args.revision,
-                                       local_files_only=args.local_files_only or None)
+                                       local_files_only=args.local_files_only or None, files=MODEL)
     cls = FlaxBartForCausalLM if _architecture(directory) == "causal" else FlaxBartForConditionalGeneration
     tokenizer = _load_tokenizer(args.checkpoint, args)
     model = cls.from_pretrained(directory, dtype=getattr(jnp, args.dtype))
