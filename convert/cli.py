@@ -1,7 +1,8 @@
 """`flax-bart convert SRC DST --to flax|pytorch ...` (also `python -m convert`).
 
 Exit codes: 0 converted; 2 bad input (checkpoint, config, arguments, or an output that cannot be
-written) with a one-paragraph error; 1 an unexpected internal error. No traceback unless --debug.
+written) with a one-paragraph error; 3 an unexpected internal error (a bug; 3 in every flax-bart command,
+never confused with a verdict); 130 interrupted. No traceback unless --debug.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import traceback
 from convert.errors import ConversionError
 from convert.rules import HEADS
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None, prog: str = "flax-bart convert") -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written to DST.", file=sys.stderr)
-        return EXIT_INTERNAL
+        return EXIT_INTERRUPTED
     except Exception as e:  # a bug: say so, briefly
         if debug:
             traceback.print_exc()
@@ -106,13 +107,19 @@ def _orbax(args, prog: str) -> int:
         if args.to == "orbax":
             if _is_orbax_dir(args.src):
                 raise ConversionError(f"{args.src} is already an orbax directory")
+            if args.allow_missing_head:   # an orbax tree holds every param of its head
+                raise ConversionError("--allow-missing-head with --to orbax: an orbax checkpoint holds every "
+                                      "parameter of its head; convert to flax first (where the head's missing "
+                                      "weights may be left out), or pick a --head the checkpoint holds")
             info = convert_to_orbax(args.src, args.dst, head=args.head, config=args.config, dtype=args.dtype,
-                                    overwrite=args.overwrite, cache_dir=args.cache_dir, revision=args.revision)
+                                    overwrite=args.overwrite, cache_dir=args.cache_dir, revision=args.revision,
+                                    allow_unexpected=args.allow_unexpected)
             done = f"{info.get('head', '')} params as orbax"
         else:
             summary = convert_from_orbax(args.src, args.dst, to=args.to, format=args.format, dtype=args.dtype,
                                          max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-                                         quiet=args.quiet)
+                                         quiet=args.quiet, head=args.head, config=args.config,
+                                         allow_missing_head=args.allow_missing_head)
             done = summary.one_line()
     except OrbaxError as e:
         raise ConversionError(str(e)) from None

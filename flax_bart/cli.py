@@ -1,7 +1,7 @@
 """`flax-bart` command: dispatches to convert, parity, demo, report, qa, generate, bench and finetune.
 
 Exit codes: 0 success, 1 a check failed (parity, regression), 2 bad input (one paragraph, no
-traceback unless --debug).
+traceback unless --debug), 3 an unexpected internal error (a bug, never a verdict), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _input_errors() -> tuple:
 
 def run_guarded(fn, argv: list[str]) -> int:
     """Run `fn(argv)`; bad input becomes a one-paragraph message and exit code 2, any other error one
-    line and exit code 1 (a traceback with --debug)."""
+    line and exit code 3 (a traceback with --debug): 1 is a verdict (`report diff`: a regression)."""
     debug = "--debug" in argv
     try:
         return int(fn(argv) or 0)
@@ -58,11 +58,11 @@ def run_guarded(fn, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug: one line, exit 1, the traceback with --debug
+    except Exception as e:  # a bug: one line, exit 3, the traceback with --debug
         if debug:
             raise
         print(f"internal error ({type(e).__name__}: {e}); rerun with --debug for a traceback", file=sys.stderr)
-        return 1
+        return 3
 
 
 def _qa(argv: list[str]) -> int:

@@ -172,8 +172,9 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
     (parity.outcome): PASS 0, FAIL 1, REGRESSION 1, ERROR 2."""
     from parity.harness import print_progress, run_parity
     from parity.outcome import EXIT_CODES
-    from parity.regression import check_baseline, format_diff
+    from parity.regression import check_baseline, check_overlap, format_diff
     from parity.report import load_report, write_reports
+    from parity.schema import ReportError
     from parity.summary import render_table
 
     base_report = None
@@ -193,6 +194,10 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
     elif base_report is not None:
         regression = check_baseline(base_report, report, baseline_factor, baseline_floor)
         report.baseline = {"path": str(baseline), **regression.to_dict()}
+        try:   # a baseline sharing no tensor with the run proved nothing: bad input, not a PASS
+            check_overlap(regression, baseline)
+        except ReportError as e:
+            report.error = str(e)
     try:
         paths = write_reports(report, out_dir)
     except OSError as e:
@@ -243,6 +248,20 @@ def tune_allocator_for(flax_devices, checkpoint=None, test_sized: bool | None = 
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    out = args.out or os.path.join("reports", "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
+    try:
+        return _gate(args, out)
+    except BaseException as e:   # stopped before the reports were written: none of an earlier run may stay
+        from parity.report_error import replace_with_error
+
+        code = (EXIT_BAD_INPUT if isinstance(e, _bad_input_errors()) else 130 if isinstance(e, KeyboardInterrupt)
+                else EXIT_INTERNAL)
+        if not isinstance(e, SystemExit):
+            replace_with_error(out, Path(os.path.abspath(out)).name, code, " ".join(str(e).split()) or type(e).__name__)
+        raise
+
+
+def _gate(args, out: str) -> int:
     if not args.baseline_factor >= 1:
         from parity.checkpoint import ParityInputError
 
@@ -251,7 +270,6 @@ def _main(argv: list[str]) -> int:
         from parity.checkpoint import ParityInputError
 
         raise ParityInputError(f"--baseline-floor {args.baseline_floor:g}: expected a fraction in [0, 1)")
-    out = args.out or os.path.join("reports", "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
     opts = options_from_args(args, Path(os.path.abspath(out)).name)
     tune_allocator_for(opts.flax_devices, args.checkpoint)
     setup_compile_cache(args.compile_cache, args.no_compile_cache)

@@ -343,6 +343,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
                         "fast": "backend optimisation off (flax_bart.FAST_COMPILE) for every program",
                         "optimized": "XLA's default optimisation for every program"}[opts.compile_mode],
         "checkpoint": str(ckpt.path), "flax_weights": ckpt.flax_origin, "reference": opts.reference,
+        **machine.software_versions(opts.reference),
         "heads": ",".join(heads), "dtypes": ",".join(dtypes), "seed": opts.seed, "steps": opts.steps,
         "cases": ";".join(f"{h}:{','.join(c)}" for h, c in cases.items()),
         "torch_threads": torch.get_num_threads(), "gold": "PyTorch reference in float64 on cpu",
@@ -495,8 +496,7 @@ def run_parity(checkpoint_path, flax_path=None, opts: Options = Options(), log=N
     report.environment = Environment.collect(
         devices=report.environment.devices, matmul_precision=MATMUL_PRECISION,
         extra={**env_extra, "host_allocator": host_allocator_state(), "flax_greedy": "; ".join(sorted(greedy_paths)) or "none",
-               "flax_buckets": describe_buckets(buckets), "flax_jobs": describe_jobs(jobs_used),
-               **{k: round(v, 2) for k, v in timings.items()}, "seconds": round(seconds, 2)})
+               "flax_buckets": describe_buckets(buckets), "flax_jobs": describe_jobs(jobs_used)})
     bar.close()
     report.checkpoint_hash = ckpt.checkpoint_hash()
     report.timings = {**{k: round(v, 3) for k, v in timings.items()}, "seconds": round(seconds, 3),

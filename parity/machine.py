@@ -188,3 +188,33 @@ def other_tier() -> str:
         raise ValueError(f"no ISA tier below this CPU's own ({native or 'unknown'}) to restrict to")
     order = list(ISA_TIERS)
     return order[order.index(native) - 1]
+
+
+def software_versions(reference: str) -> dict:
+    """flax-bart's own version (and git commit, when run from a checkout), and transformers' when it is
+    the PyTorch reference: what else, besides jax/flax/torch/numpy, made the numbers."""
+    from parity.report import _version
+
+    out = {"flax_bart": _version("flax-bart") or "unknown", "flax_bart_commit": _git_commit()}
+    if reference == "transformers":
+        out["transformers"] = _version("transformers") or "unknown"
+    return out
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, ".git")):  # an installed copy: no commit of its own
+        return "unknown"
+    try:
+        done = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    dirty = ""
+    if done.returncode == 0:
+        status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=False)
+        dirty = "+changes" if status.returncode == 0 and status.stdout.strip() else ""
+    return done.stdout.strip() + dirty if done.returncode == 0 and done.stdout.strip() else "unknown"

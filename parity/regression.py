@@ -118,6 +118,9 @@ class RegressionResult:
     missing: list[tuple[str, str]] = field(default_factory=list)
     rule_changed: list[tuple[str, str]] = field(default_factory=list)  # shares not comparable
     compared: int = 0
+    # whether the baseline was recorded on other weights or another config (None: a report lacks the hash)
+    checkpoint_changed: bool | None = None
+    config_changed: bool | None = None
 
     @property
     def column_regressions(self) -> list[ColumnShift]:
@@ -164,7 +167,17 @@ class RegressionResult:
             "column_regressions": [c.to_dict() for c in self.column_regressions], "fixed": [list(t) for t in self.fixed],
             "new": [list(t) for t in self.new], "missing": [list(t) for t in self.missing],
             "rule_changed": [list(t) for t in self.rule_changed],
+            "checkpoint_changed": self.checkpoint_changed, "config_changed": self.config_changed,
         })
+
+    def subject_line(self) -> str | None:
+        """Whether the baseline checked the same weights and config (None when it did, or cannot say)."""
+        what = [name for name, changed in (("weights", self.checkpoint_changed), ("config", self.config_changed))
+                if changed]
+        if not what:
+            return None
+        return (f"the baseline was recorded on other {' and '.join(what)} (its checkpoint/config hash differs): "
+                "shares are compared all the same")
 
 
 def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunReport | Mapping[str, Any],
@@ -184,7 +197,9 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
     if floor is None:
         floor = SAME_MACHINE_FLOOR if same else CROSS_MACHINE_FLOOR
     result = RegressionResult(factor=float(factor), floor=float(floor), mode=mode,
-                              baseline_machine=base.machine, current_machine=cur.machine)
+                              baseline_machine=base.machine, current_machine=cur.machine,
+                              checkpoint_changed=_differs(base.checkpoint_hash, cur.checkpoint_hash),
+                              config_changed=_differs(base.config_hash, cur.config_hash))
     base_index = {(c.key, r.name): r for c in base.columns for r in c.results}
     cur_keys = set()
     for col in cur.columns:
@@ -215,6 +230,10 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
             result.columns.append(ColumnShift(col.key, len(logs), math.exp(sum(logs) / len(logs))))
     result.missing = [key for key in base_index if key not in cur_keys]
     return result
+
+
+def _differs(a: str | None, b: str | None) -> bool | None:
+    return None if a is None or b is None else a != b
 
 
 _NUMBER_IN_PARENS = re.compile(r"\(\s*[-+]?[0-9][0-9.eE+-]*\s*\)")
@@ -267,6 +286,8 @@ def format_diff(result: RegressionResult, *, baseline_label: str = "baseline",
         f"  current machine:  {machine.describe(result.current_machine)}",
         f"  {result.machine_line()}",
     ]
+    if result.subject_line():
+        lines.append(f"  {result.subject_line()}")
     sections = [
         ("newly failing (crossed their tolerance)", [f"{c} {n}" for c, n in result.newly_failing]),
         (f"regressions (tolerance share grew more than {format_value(result.factor)}x and reached the floor)",
@@ -299,6 +320,22 @@ def format_diff(result: RegressionResult, *, baseline_label: str = "baseline",
     return "\n".join(lines) + "\n"
 
 
+def check_overlap(result: RegressionResult, baseline_label) -> None:
+    """A baseline that shares no tensor with the run proves nothing: ReportError (bad input), naming the
+    columns on each side (e.g. a baseline of another head, or of dtypes this run does not check)."""
+    if result.compared:
+        return
+
+    def columns(keys) -> str:
+        found = sorted({c for c, _ in keys})
+        return ", ".join(found) if found else "none"
+
+    raise ReportError(f"baseline {baseline_label}: no tensor in common with this run, nothing could be compared "
+                      f"(baseline columns: {columns(result.missing)}; this run's: {columns(result.new)}; "
+                      f"e.g. {result.missing[0][1] if result.missing else '-'} against "
+                      f"{result.new[0][1] if result.new else '-'})")
+
+
 def check_baseline(baseline: str | Path | RunReport, current: RunReport, factor: float = DEFAULT_FACTOR,
                    floor: float | None = None) -> RegressionResult:
     """Compare ``current`` with a baseline report or the path of one (ReportError on a bad file)."""
@@ -326,6 +363,7 @@ def main_diff(argv: Sequence[str] | None = None) -> int:
     try:
         result = compare_to_baseline(load_report(args.baseline), load_report(args.current), args.factor,
                                      floor=args.floor)
+        check_overlap(result, args.baseline)
     except (ReportError, ValueError) as exc:
         print(f"flax-bart report diff: error: {exc}", file=sys.stderr)
         return 2

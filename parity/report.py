@@ -293,21 +293,39 @@ def baseline_lines(report: RunReport, *, bullet: str = "", limit: int = 10) -> l
              f"{format_value(b['floor'])} of a tolerance, {b['compared']} tensors compared)."]
     if b.get("machine_line"):
         lines.append(f"{bullet}{b['machine_line'][0].upper()}{b['machine_line'][1:]}.")
+    changed = [name for name, key in (("weights", "checkpoint_changed"), ("config", "config_changed")) if b.get(key)]
+    if changed:
+        lines.append(f"{bullet}The baseline was recorded on other {' and '.join(changed)} (its hash differs).")
     if b.get("rule_changed"):
         lines.append(f"{bullet}{len(b['rule_changed'])} tensors were judged by another rule in the baseline (an "
                      "older flax-bart's): checked for newly failing only, their shares measure different bounds.")
+    shown = 0
     for column, name in b["newly_failing"][:limit]:
         lines.append(f"{bullet}newly failing: {column} `{name}`")
+        shown += 1
     for c in sorted(b["regressions"], key=lambda c: -c["current_fraction"])[:limit]:
         lines.append(f"{bullet}worse: {c['column']} `{c['name']}`: {format_value(c['baseline_fraction'])} -> "
                      f"{format_value(c['current_fraction'])} of its tolerance")
+        shown += 1
     for c in b.get("column_regressions", ()):
         lines.append(f"{bullet}column worse as a whole: {c['column']}: geometric mean share ratio "
                      f"{format_value(c['geomean'])} over {c['tensors']} tensors")
-    hidden = len(b["newly_failing"]) + len(b["regressions"]) - 2 * limit
+    hidden = len(b["newly_failing"]) + len(b["regressions"]) - shown
     if hidden > 0:
-        lines.append(f"{bullet}... and more (report.json lists all)")
+        lines.append(f"{bullet}... and {hidden} more (report.json lists all)")
+    for key, words in (("missing", "in the baseline, not checked by this run"),
+                       ("new", "checked by this run, not in the baseline")):
+        items = b.get(key) or []
+        if items:
+            lines.append(f"{bullet}{len(items)} tensors {words} ({_by_column(items)}), e.g. `{items[0][1]}`.")
     return lines
+
+
+def _by_column(items) -> str:
+    counts: dict[str, int] = {}
+    for column, _ in items:
+        counts[column] = counts.get(column, 0) + 1
+    return ", ".join(f"{n} in {c}" for c, n in counts.items())
 
 
 def _exit_code(status: str) -> int:
@@ -353,13 +371,21 @@ def load_report(path: os.PathLike | str) -> RunReport:
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportError(f"{path}: cannot read ({exc})") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_bare_constant)
     except json.JSONDecodeError as exc:
         raise ReportError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a bare NaN, an integer of thousands of digits, deep nesting
+        raise ReportError(f"{path}: not a report: {type(exc).__name__}: {exc}"[:400]) from None
     try:
         return RunReport.from_dict(data)
     except ReportSchemaError as exc:
         raise ReportSchemaError(exc.field, f"{exc.message} (in {path})") from None
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+        raise ReportError(f"{path}: not a valid report: {type(exc).__name__}: {exc}"[:400]) from None
+
+
+def _bare_constant(name: str):
+    raise ValueError(f"bare {name} is not JSON (reports write it as the string \"{name}\")")
 
 
 def render_markdown(report: RunReport) -> str:

@@ -75,7 +75,7 @@ def plot_column(col: Column) -> str | None:
 
     fig = Figure(figsize=(9, 3.4), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.08, 0.15, 0.62, 0.72))
+    ax = fig.add_axes((0.1, 0.15, 0.6, 0.72))
     ax.set_yscale("log")
     for i, (name, fam) in enumerate(sorted(series.items())):
         layers = sorted(fam)
@@ -86,6 +86,8 @@ def plot_column(col: Column) -> str | None:
             ax.scatter(*zip(*bad), s=90, facecolors="none", edgecolors="#b00020", linewidths=1.5, zorder=4)
     ax.axhline(1.0, linestyle="--", color="black", linewidth=1, label="tolerance (1.0)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    every = [x for fam in series.values() for x in fam]
+    ax.set_xlim(min(every) - 0.5, max(every) + 0.5)   # whole layers only, also for a 1-layer model
     ax.set_ylim(bottom, top)
     ax.set_xlabel("layer")
     ax.set_ylabel("share of tolerance used\n(max over heads and inputs)", fontsize=8)
@@ -108,7 +110,11 @@ def render_html(report: RunReport) -> str:
     from parity.outcome import COLORS, WORDS
     from parity.report import baseline_lines
 
-    e = html.escape
+    from parity.report_junit import xml_safe
+
+    def e(text: str) -> str:   # escaped, and no control characters (a run name or message may hold them)
+        return html.escape(xml_safe(str(text)))
+
     state = report.status
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

@@ -8,6 +8,7 @@ lists every failing tensor, so CI systems show parity failures natively.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
 from parity.report import Column, RunReport, describe_location, format_value
@@ -19,18 +20,20 @@ def render_junit(report: RunReport) -> str:
     failure and error counts agree with it: a baseline regression is a failing ``baseline`` suite, bad
     input an ``<error>`` in an ``input`` suite."""
     root = ET.Element("testsuites", name=f"parity {report.run_name}: {report.status}")
-    suites = [_suite(col) for col in report.columns]
+    suites = [_suite(col, _seconds(report, col.dtype)) for col in report.columns]
     if report.baseline is not None:
         suites.append(_baseline_suite(report))
     if report.error:
-        suite = ET.Element("testsuite", name="input", tests="1", failures="0", errors="1", skipped="0")
+        suite = ET.Element("testsuite", name="input", tests="1", failures="0", errors="1", skipped="0", time="0")
         case = ET.SubElement(suite, "testcase", classname="parity.input", name="checkpoint", time="0")
         ET.SubElement(case, "error", message=report.error, type="BadInput").text = report.headline
         suites.append(suite)
     for suite in suites:
         root.append(suite)
-    for attr in ("tests", "failures", "errors"):
+    for attr in ("tests", "failures", "errors", "skipped"):
         root.set(attr, str(sum(int(s.get(attr)) for s in suites)))
+    root.set("time", _format_seconds(sum(float(s.get("time")) for s in suites)))
+    _make_safe(root)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -39,7 +42,7 @@ def _baseline_suite(report: RunReport) -> ET.Element:
     from parity.report import baseline_lines
 
     b = report.baseline
-    suite = ET.Element("testsuite", name="baseline", tests="1", errors="0", skipped="0")
+    suite = ET.Element("testsuite", name="baseline", tests="1", errors="0", skipped="0", time="0")
     case = ET.SubElement(suite, "testcase", classname="parity.baseline", name="regression", time="0")
     lines = baseline_lines(report, limit=1000)
     if not b["passed"]:
@@ -49,9 +52,9 @@ def _baseline_suite(report: RunReport) -> ET.Element:
     return suite
 
 
-def _suite(col: Column) -> ET.Element:
+def _suite(col: Column, seconds: float) -> ET.Element:
     classname = f"parity.{col.dtype}.flax_{_clean(col.flax_device)}.torch_{_clean(col.torch_device)}"
-    suite = ET.Element("testsuite", name=f"parity[{col.key}]")
+    suite = ET.Element("testsuite", name=f"parity[{col.key}]", time=_format_seconds(seconds))
     groups = col.groups()
     failures = 0
     for group in groups:
@@ -80,6 +83,38 @@ def _line(r) -> str:
     words = METRIC_WORDS.get(v.metric, v.metric)
     status = "ok" if v.passed else "FAIL"
     return f"{status} {r.name}: {words} = {format_value(v.value)} (tolerance {format_value(v.tolerance)})"
+
+
+def _seconds(report: RunReport, dtype: str) -> float:
+    """The PyTorch and Flax seconds of a dtype's runs, all heads (report.timings; 0 when not measured).
+    Per output group nothing is timed: the test cases keep time="0"."""
+    steps = (report.timings or {}).get("steps") or {}
+    total = 0.0
+    for key, step in steps.items():
+        if isinstance(step, dict) and key.rsplit("/", 1)[-1] == dtype:
+            total += sum(float(step.get(k) or 0) for k in ("torch_s", "flax_s"))
+    return total
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds:.3f}"
+
+
+# Characters XML 1.0 cannot hold, even escaped (C0 controls other than tab, newline, carriage return;
+# lone surrogates; U+FFFE/U+FFFF).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` with the characters XML 1.0 forbids written as \\xNN (a run name or message may hold them)."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _make_safe(element: ET.Element) -> None:
+    for el in element.iter():
+        el.attrib.update({k: xml_safe(v) for k, v in el.attrib.items()})
+        if el.text:
+            el.text = xml_safe(el.text)
 
 
 def _clean(text: str) -> str:

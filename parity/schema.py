@@ -208,10 +208,19 @@ _TYPES = {
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v),
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
 }
+
+
+def _finite(value: int | float) -> bool:
+    """A JSON number a float holds: not 1e999 (read as inf) nor an integer past the float range (those
+    are written as the strings "Infinity"/"-Infinity" when meant)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _describe(value: Any) -> str:
@@ -275,6 +284,18 @@ def _expected(schema: dict[str, Any]) -> str:
     return " or ".join(parts)
 
 
+def _check_verdict(verdict: dict[str, Any], where: str) -> None:
+    """A tolerance is a number >= 0, and a passing verdict's value is within it (parity.tolerance
+    decides every verdict so): a baseline that says otherwise would switch its tensors' regression check
+    off, e.g. a NaN tolerance with `passed: true`."""
+    value, tolerance = decode_number(verdict["value"]), decode_number(verdict["tolerance"])
+    if math.isnan(tolerance) or tolerance < 0:
+        raise ReportSchemaError(f"{where}.tolerance", f"expected a number >= 0, got {verdict['tolerance']!r}")
+    if verdict["passed"] and not value <= tolerance:
+        raise ReportSchemaError(f"{where}.passed", f"true, but its value {verdict['value']!r} is not within its "
+                                                   f"tolerance {verdict['tolerance']!r}")
+
+
 def _check_consistency(data: dict[str, Any]) -> None:
     """Cross-field rules the schema cannot state."""
     seen_keys: set[str] = set()
@@ -289,6 +310,7 @@ def _check_consistency(data: dict[str, Any]) -> None:
         names: set[str] = set()
         failing = []
         for ri, res in enumerate(col["results"]):
+            _check_verdict(res["verdict"], f"{where}.results[{ri}].verdict")
             if res["name"] in names:
                 raise ReportSchemaError(f"{where}.results[{ri}].name", f"duplicate tensor {res['name']!r}")
             names.add(res["name"])

@@ -76,17 +76,17 @@ def test_bad_arguments_exit_2(flax_dir, tmp_path, capsys, argv, match):
     assert not (tmp_path / "x").exists()
 
 
-def test_internal_error_exit_1_and_debug_traceback(flax_dir, tmp_path, monkeypatch, capsys):
+def test_internal_error_exit_3_and_debug_traceback(flax_dir, tmp_path, monkeypatch, capsys):
     import convert.api
 
     def boom(*a, **k):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(convert.api, "convert_checkpoint", boom)
-    assert cli.main([str(flax_dir), str(tmp_path / "x"), "--to", "pytorch"]) == 1
+    assert cli.main([str(flax_dir), str(tmp_path / "x"), "--to", "pytorch"]) == 3
     err = capsys.readouterr().err
     assert "internal error (RuntimeError: bug)" in err and "Traceback" not in err
-    assert cli.main([str(flax_dir), str(tmp_path / "x"), "--to", "pytorch", "--debug"]) == 1
+    assert cli.main([str(flax_dir), str(tmp_path / "x"), "--to", "pytorch", "--debug"]) == 3
     assert "Traceback" in capsys.readouterr().err
 
 

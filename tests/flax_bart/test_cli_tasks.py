@@ -126,13 +126,13 @@ def test_generate_cli_keeps_compiled_programs_in_the_default_cache(lm_ckpt, tmp_
     assert done.returncode == 2 and "not allowed with" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_unexpected_errors_are_one_line_and_exit_1(capsys):
+def test_unexpected_errors_are_one_line_and_exit_3(capsys):
     from flax_bart.cli import run_guarded
 
     def broken(argv):
         raise KeyError("a bug")
 
-    assert run_guarded(broken, []) == 1
+    assert run_guarded(broken, []) == 3
     err = capsys.readouterr().err
     assert "internal error (KeyError: 'a bug'); rerun with --debug" in err and "Traceback" not in err
     with pytest.raises(KeyError):

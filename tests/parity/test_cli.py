@@ -147,6 +147,58 @@ def test_baseline_regression_fails_and_an_equal_baseline_passes(checkpoint, pass
     assert code == (1 if share >= 0.8 else 0)
 
 
+def test_a_baseline_of_another_head_is_bad_input_with_reports(checkpoint, passing_run, tmp_path, capsys):
+    _, out = passing_run   # a qa baseline, against a run of the lm head: nothing in common
+    code, _, err = run([checkpoint, "--heads", "lm", *FAST[2:], "--out", str(tmp_path / "lm"), "--quiet",
+                        "--baseline", str(out / "report.json")], capsys)
+    assert code == 2 and "no tensor in common" in err and "Traceback" not in err
+    report = load_report(tmp_path / "lm" / "report.json")
+    assert report.status == "ERROR" and report.baseline["compared"] == 0
+    assert "in the baseline, not checked by this run" in (tmp_path / "lm" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("how", ["bad_baseline", "internal"])
+def test_a_run_that_stops_early_leaves_no_earlier_reports(checkpoint, passing_run, tmp_path, capsys, monkeypatch, how):
+    import shutil
+
+    _, earlier = passing_run
+    out = tmp_path / "gate"
+    shutil.copytree(earlier, out)                       # an earlier PASS in the same --out folder
+    (out / "notes.txt").write_text("mine")
+    argv = [checkpoint, *FAST, "--out", str(out), "--quiet"]
+    if how == "bad_baseline":
+        (tmp_path / "b.json").write_text('{"schema_version": 2,')
+        argv += ["--baseline", str(tmp_path / "b.json")]
+        expected, kind = 2, "BadInput"
+    else:
+        from parity import harness
+
+        monkeypatch.setattr(harness, "run_parity", lambda *a, **k: {}["a bug"])
+        expected, kind = 3, "InternalError"
+    assert main(argv) == expected
+    capsys.readouterr()
+    assert sorted(os.listdir(out)) == ["junit.xml", "notes.txt", "report.md"]
+    root = ET.parse(out / "junit.xml").getroot()
+    assert root.get("errors") == "1" and root.get("failures") == "0" and root.get("name") == "parity gate: ERROR"
+    assert root.find("testsuite/testcase/error").get("type") == kind
+    assert (out / "report.md").read_text().startswith("## ERROR · parity report `gate`")
+
+
+def test_control_characters_in_the_run_name_keep_junit_and_html_valid(checkpoint, tmp_path):
+    from parity import harness
+
+    out = tmp_path / "run\x01\x1bname"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(harness, "_MODELS", {})
+        assert main([checkpoint, *FAST, "--out", str(out), "--quiet"]) == 0
+    root = ET.parse(out / "junit.xml").getroot()        # well-formed
+    assert "run\\x01\\x1bname" in root.get("name")
+    assert all(float(s.get("time")) >= 0 for s in root.iter("testsuite")) and root.get("skipped") == "0"
+    assert float(root.find("testsuite").get("time")) > 0     # the dtype's PyTorch and Flax seconds
+    html_text = (out / "report.html").read_text()
+    assert "\x01" not in html_text and "\x1b" not in html_text
+
+
 def test_nan_weights_exit_2_with_nan_report(tmp_path, capsys):
     model = torch_model("lm", **QUICK_SHAPE)
     with torch.no_grad():

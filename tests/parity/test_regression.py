@@ -218,3 +218,80 @@ def test_the_report_says_how_many_tensors_changed_rule():
     cur = report({**BASE, "h[1]": 0.5})
     cur.baseline = {"path": "b.json", **compare_to_baseline(_with_rule(report(BASE), "h[1]", "old"), cur).to_dict()}
     assert any("1 tensors were judged by another rule" in line for line in baseline_lines(cur))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda t: "[" * 100000 + "]" * 100000, "RecursionError"),                     # nesting past Python's limit
+    (lambda t: t.replace('"schema_version": 2', '"schema_version": 2, "x": ' + "9" * 5000), "digits"),
+    (lambda t: t.replace('"rtol": 1e-05', '"rtol": ' + "9" * 400), "rtol"),          # past the float range
+    (lambda t: t.replace('"rtol": 1e-05', '"rtol": 1e999'), "rtol"),                 # read as inf
+    (lambda t: t.replace('"rtol": 1e-05', '"rtol": NaN'), "bare NaN"),               # not strict JSON
+])
+def test_a_hostile_baseline_is_bad_input_naming_the_file(tmp_path, capsys, edit, words):
+    a = write_json(report(BASE), tmp_path / "a.json")
+    text = a.read_text()
+    assert '"schema_version": 2' in text and '"rtol": 1e-05' in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(edit(text))
+    assert main_diff([str(bad), str(a)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and words in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("tolerance, passed, words", [
+    ("NaN", True, "expected a number >= 0"),
+    (-1.0, True, "expected a number >= 0"),
+    (1e-9, True, "is not within its tolerance"),      # a share above 1 that claims to pass
+])
+def test_a_self_contradictory_verdict_is_refused(tmp_path, capsys, tolerance, passed, words):
+    a = write_json(report(BASE), tmp_path / "a.json")
+    data = json.loads(a.read_text())
+    for res in data["columns"][0]["results"]:
+        res["verdict"]["tolerance"], res["verdict"]["passed"] = tolerance, passed
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    assert main_diff([str(tmp_path / "bad.json"), str(a)]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_baseline_sharing_no_tensor_is_bad_input(tmp_path, capsys):
+    from parity.regression import check_overlap
+    from parity.schema import ReportError
+
+    a = write_json(report(BASE, dtype="float64"), tmp_path / "a.json")
+    b = write_json(report(BASE), tmp_path / "b.json")
+    assert main_diff([str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "no tensor in common" in err and "float64/cpu/cpu" in err and "float32/cpu/cpu" in err
+    result = compare_to_baseline(report(BASE), report({"other": 0.1}))
+    with pytest.raises(ReportError, match="e.g. h\\[0\\] against other"):
+        check_overlap(result, "base.json")
+    check_overlap(compare_to_baseline(report(BASE), report({"h[0]": 0.1})), "base.json")   # one shared: fine
+
+
+def test_missing_new_and_changed_weights_reach_the_report_lines():
+    from parity.report import baseline_lines
+
+    base = report(BASE)
+    base.checkpoint_hash, base.config_hash = "sha256:aaa", "sha256:c"
+    base.add(compare("only_in_base", GOLD, GOLD), group="heads", dtype="float64")
+    cur = report({**BASE, "h[9]": 0.1})
+    cur.checkpoint_hash, cur.config_hash = "sha256:bbb", "sha256:c"
+    result = compare_to_baseline(base, cur)
+    assert result.checkpoint_changed is True and result.config_changed is False
+    cur.baseline = {"path": "b.json", **result.to_dict()}
+    text = "\n".join(baseline_lines(cur))
+    assert "1 tensors in the baseline, not checked by this run (1 in float64/cpu/cpu), e.g. `only_in_base`" in text
+    assert "1 tensors checked by this run, not in the baseline (1 in float32/cpu/cpu), e.g. `h[9]`" in text
+    assert "recorded on other weights (its hash differs)" in text
+    assert "other weights" in format_diff(result)
+
+
+def test_the_more_line_counts_what_is_not_listed():
+    from parity.report import baseline_lines
+
+    base = {f"h[{i}]": 0.05 for i in range(13)}
+    cur = report({k: 0.5 for k in base})
+    cur.baseline = {"path": "b.json", **compare_to_baseline(report(base), cur).to_dict()}
+    lines = baseline_lines(cur, limit=10)
+    assert sum(line.startswith("worse:") for line in lines) == 10
+    assert "... and 3 more (report.json lists all)" in lines
