@@ -82,14 +82,21 @@ def _weight_file_pattern(fmt: str) -> re.Pattern:
     return re.compile(rf"^({re.escape(single)}|{re.escape(index)}|{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.{ext})$")
 
 
-def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max_shard_size=None) -> list[str]:
+def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max_shard_size=None,
+                     sharded_format: str | None = None) -> list[str]:
     """Write Flax params as 4.x `save_pretrained` would (`flax_model.msgpack`, or Flax-format
     `model.safetensors`; sharded with an index past `max_shard_size`). Each file appears
-    atomically; earlier weight files of the same format in `directory` are replaced."""
+    atomically; earlier weight files of the same format in `directory` are replaced. `sharded_format`:
+    the format to write instead when the params need several shards (4.x's `save_pretrained` wrote
+    msgpack shards even with `safe_serialization=True`, and 4.x cannot read sharded safetensors)."""
     if format not in FORMATS["flax"]:
         raise ConversionError(f"format {format!r}: Flax params are saved as one of {FORMATS['flax']}")
     flat = {k: np.asarray(v) for k, v in _flax_input(params).items()}
     directory = os.fspath(directory)
+    if sharded_format is not None and sharded_format != format:
+        specs = [(k, a.shape, a.dtype) for k, a in flat.items()]
+        if len(CheckpointWriter(directory, format, "flax", specs, max_shard_size).files) > 1:  # plans only
+            format = sharded_format
     pattern = _weight_file_pattern(format)
     stale = tuple(n for n in (os.listdir(directory) if os.path.isdir(directory) else ()) if pattern.match(n))
     with StagedOutput(directory, merge=True) as staged:

@@ -108,7 +108,8 @@ def infer_head(keys: Iterable, framework: str) -> str:
         return "qa"
     if any(c.startswith("classification_head.") for c in canon):
         return "cls"
-    if not prefixed:
+    lm_only = any(c == "final_logits_bias" or c.startswith("lm_head.") for c in canon)
+    if not prefixed and not lm_only:   # an LM head's state dict saved without the `model.` prefix is still an LM
         return "base"
     if not any(c.startswith("encoder.") for c in canon) and any(c.startswith("decoder.") for c in canon):
         return "causal"

@@ -228,6 +228,11 @@ def save_state_dict(state: dict[str, np.ndarray], path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except RuntimeError as e:
-        if isinstance(e.__context__, OSError):
-            raise e.__context__ from None
+        cause = e.__context__
+        while cause is not None and not isinstance(cause, (OSError, KeyboardInterrupt)):
+            cause = cause.__context__
+        if isinstance(cause, KeyboardInterrupt):  # Ctrl-C inside torch's zip writer: an interrupt, not a bad disk
+            raise KeyboardInterrupt from None
+        if isinstance(cause, OSError):
+            raise cause from None
         raise OSError(f"{path}: torch.save failed ({e})") from e

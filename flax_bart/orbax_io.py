@@ -147,12 +147,13 @@ def _model_shapes(config: BartConfig, head: str) -> dict:
 
 def convert_to_orbax(src_checkpoint_dir, dst, head: str | None = None, *, config=None, dtype=None,
                      mesh: Mesh | None = None, partition_rules=None, overwrite: bool = False,
-                     cache_dir=None, revision=None) -> dict:
+                     cache_dir=None, revision=None, allow_unexpected: bool = False) -> dict:
     """Convert any checkpoint `from_pretrained` reads (Flax msgpack, Flax or PyTorch safetensors,
     `.bin`, sharded or not; a directory, weights file or hub id) into an orbax directory at `dst`.
 
     head: the model head (default: the checkpoint's own). Every param of the head must be in the
-    checkpoint. dtype casts floating tensors. Tensors are read slice by slice into their shardings
+    checkpoint (unexpected tensors are refused unless `allow_unexpected`, then listed in the info).
+    dtype casts floating tensors. Tensors are read slice by slice into their shardings
     on `mesh` (default: one local device) and orbax writes them from there; the output appears
     atomically. Returns the info written to `flax_bart_orbax.json`."""
     from convert.api import SIDE_FILES
@@ -174,10 +175,10 @@ def convert_to_orbax(src_checkpoint_dir, dst, head: str | None = None, *, config
     shapes = _model_shapes(cfg, head)
     shardings = tree_shardings(shapes, mesh, partition_rules, config=cfg)
     flat, report = load_into_shards(src_path, cfg, head, shapes, shardings, dtype=parse_dtype(dtype),
-                                    allow_unexpected=False)
+                                    allow_unexpected=allow_unexpected)
     info = {"format": FORMAT_TAG, "version": 1, "head": head, "params_dir": PARAMS_DIR,
             "tensors": len(flat), "bytes": int(sum(a.nbytes for a in flat.values())),
-            "source": os.path.abspath(src_path), "unused": report.unused,
+            "source": os.path.abspath(src_path), "unused": report.unused, "unexpected": report.unexpected,
             "dtypes": sorted({np.dtype(a.dtype).name for a in flat.values()})}
     with StagedOutput(os.fspath(dst), overwrite=overwrite) as staged:
         save_orbax(traverse_util.unflatten_dict(flat), os.path.join(staged.path, PARAMS_DIR))
@@ -254,14 +255,17 @@ def load_orbax_as_flax(directory, *, head: str | None = None, config=None, mesh:
 
 
 def convert_from_orbax(src, dst, *, to: str = "pytorch", format: str | None = None, dtype=None,
-                       max_shard_size=None, overwrite: bool = False, quiet: bool = True) -> Any:
+                       max_shard_size=None, overwrite: bool = False, quiet: bool = True, head: str | None = None,
+                       config=None, allow_missing_head: bool = False) -> Any:
     """Convert an orbax directory from `convert_to_orbax` to a Hugging Face checkpoint (`to` =
     "pytorch" or "flax") through `convert.convert_checkpoint`. The params pass through one host
-    copy and a temporary Flax safetensors file beside `dst`. Returns the conversion Summary."""
+    copy and a temporary Flax safetensors file beside `dst`. `head` (default: the stored one) and
+    `allow_missing_head` mean what they mean to convert_checkpoint: another head's params the orbax
+    tree lacks are refused, by name. Returns the conversion Summary."""
     from convert import convert_checkpoint, save_flax_params
     from convert.api import _side_files
 
-    params, config, head = load_orbax_as_flax(src)
+    params, config, stored_head = load_orbax_as_flax(src, config=config)
     try:   # the side files convert copies from any checkpoint, each a regular file of this directory
         side = [n for n in _side_files(os.fspath(src)) if n != CONFIG_NAME]
     except ValueError as e:
@@ -275,7 +279,8 @@ def convert_from_orbax(src, dst, *, to: str = "pytorch", format: str | None = No
             shutil.copyfile(os.path.join(os.fspath(src), name), os.path.join(tmp, name))
         save_flax_params(jax.device_get(params), tmp, format="safetensors")
         del params
-        return convert_checkpoint(tmp, dst, to=to, format=format, head=head, dtype=dtype,
-                                  max_shard_size=max_shard_size, overwrite=overwrite, quiet=quiet)
+        return convert_checkpoint(tmp, dst, to=to, format=format, head=head or stored_head, dtype=dtype,
+                                  max_shard_size=max_shard_size, overwrite=overwrite, quiet=quiet,
+                                  allow_missing_head=allow_missing_head)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -378,8 +378,11 @@ class FlaxBartPreTrainedModel:
         # as 4.x wrote it: the PyTorch class name ("BartForConditionalGeneration"), which transformers'
         # Auto classes and PyTorch users read
         self.config.replace(architectures=[type(self).__name__.removeprefix("Flax")]).save_pretrained(save_directory)
+        # as 4.x: past max_shard_size the shards are msgpack, safe_serialization or not (4.x reads no
+        # sharded safetensors; flax_bart and `flax-bart convert --format safetensors` do)
         save_flax_params(jax.device_get(params), save_directory,
-                         format="safetensors" if safe_serialization else "msgpack", max_shard_size=max_shard_size)
+                         format="safetensors" if safe_serialization else "msgpack", max_shard_size=max_shard_size,
+                         sharded_format="msgpack")
         logger.info("saved %s to %s", type(self).__name__, save_directory)
         return save_directory
 

@@ -50,3 +50,33 @@ def test_orbax_source_refuses_links_out_and_names_a_broken_description(tmp_path,
     (linked / "flax_bart_orbax.json").write_text("{")
     assert main(["convert", str(linked), str(tmp_path / "out"), "--to", "pytorch", "--quiet"]) == 2
     assert f"{linked / 'flax_bart_orbax.json'}: not a flax-bart-orbax description (invalid JSON" in capsys.readouterr().err
+
+
+def test_orbax_honours_head_and_the_allow_flags(tmp_path, capsys):
+    """--head, --allow-unexpected and --allow-missing-head mean the same with orbax as without."""
+    import torch
+    from safetensors.torch import save_file
+
+    src = tmp_path / "lm"
+    tm = torch_model("lm", seed=4)
+    tm.save_pretrained(src)
+    assert main(["convert", str(src), str(tmp_path / "orbax"), "--to", "orbax", "--quiet"]) == 0
+    # another head than the stored one: refused by name, as from the PyTorch checkpoint itself
+    assert main(["convert", str(tmp_path / "orbax"), str(tmp_path / "cls"), "--to", "pytorch", "--head", "cls"]) == 2
+    assert "classification_head" in capsys.readouterr().err and not (tmp_path / "cls").exists()
+    assert main(["convert", str(tmp_path / "orbax"), str(tmp_path / "base"), "--to", "pytorch", "--head", "base",
+                 "--quiet"]) == 0
+    assert not any(k.startswith(("lm_head", "final_logits_bias")) for k in load_file(tmp_path / "base" /
+                                                                                     "model.safetensors"))
+    # an unexpected tensor: refused unless --allow-unexpected
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "config.json").write_text((src / "config.json").read_text())
+    sd = {k: v.clone() for k, v in tm.state_dict().items() if "embed_tokens" not in k and k != "lm_head.weight"}
+    sd["model.encoder.version"] = torch.tensor([2.0])
+    save_file(sd, extra / "model.safetensors", metadata={"format": "pt"})
+    assert main(["convert", str(extra), str(tmp_path / "o2"), "--to", "orbax"]) == 2
+    assert "model.encoder.version" in capsys.readouterr().err
+    assert main(["convert", str(extra), str(tmp_path / "o2"), "--to", "orbax", "--allow-unexpected", "--quiet"]) == 0
+    assert main(["convert", str(src), str(tmp_path / "o3"), "--to", "orbax", "--allow-missing-head"]) == 2
+    assert "--allow-missing-head with --to orbax" in capsys.readouterr().err

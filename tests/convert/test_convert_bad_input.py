@@ -356,3 +356,32 @@ def test_missing_config_and_missing_weights(tmp_path):
     write_flax_msgpack(tmp_path / "noconf", random_flax_params(config, "lm"))
     with pytest.raises(ConversionError, match="no config.json at"):
         load_flax_params(tmp_path / "noconf", None, "lm")
+
+
+def test_ctrl_c_inside_torch_save_is_an_interrupt_not_a_write_error(tmp_path, monkeypatch):
+    """torch's zip writer turns an interrupt during writing into a RuntimeError on close: it stays an
+    interrupt (exit 130), while a real disk error under it stays an OSError (exit 2)."""
+    import numpy as np
+    import torch
+
+    from convert.torch_io import save_state_dict
+
+    def interrupted(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_state_dict({"w": np.zeros(2, np.float32)}, str(tmp_path / "w.bin"))
+
+    def disk_full(*a, **k):
+        try:
+            raise OSError(28, "No space left on device")
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_state_dict({"w": np.zeros(2, np.float32)}, str(tmp_path / "w.bin"))

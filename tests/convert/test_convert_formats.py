@@ -167,3 +167,24 @@ def test_directory_with_both_frameworks_prefers_as_asked(tmp_path):
     assert s.source["framework"] == "pt"
     s = convert_checkpoint(tmp_path / "both", tmp_path / "pt", to="pytorch")
     assert s.source["framework"] == "flax"
+
+
+def test_an_lm_state_dict_without_the_model_prefix_keeps_its_lm_weights(tmp_path):
+    """Some LM checkpoints were saved from the base model's state dict plus `lm_head`/`final_logits_bias`
+    (no `model.` prefix): their head is the LM's, judged by those keys, not the base model's."""
+    from convert.plan import infer_head
+
+    config = tiny_config()
+    state = flax_to_pt(random_flax_params(config, "lm", DTYPES["float32"], seed=3), config, "lm", tied="all")
+    bare = {k.removeprefix("model."): v for k, v in state.items()}
+    assert "final_logits_bias" in bare and "encoder.layers.0.fc1.weight" in bare
+    assert infer_head(bare, "pt") == "lm" and infer_head({k: v for k, v in bare.items()
+                                                          if k not in ("final_logits_bias", "lm_head.weight")},
+                                                         "pt") == "base"
+    src = tmp_path / "src"
+    write_pt_checkpoint(src, bare, "safetensors")
+    write_config(src, config)
+    summary = convert_checkpoint(src, tmp_path / "flax", to="flax", quiet=True)
+    assert summary.head == "lm" and not summary.unused
+    out = read_flax_msgpack(tmp_path / "flax")
+    assert any(k[-1] == "final_logits_bias" for k in out)
