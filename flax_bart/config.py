@@ -150,8 +150,13 @@ def _default_labels(num_labels) -> dict[int, str]:
     return {i: f"LABEL_{i}" for i in range(num_labels)}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class BartConfig:
+    """BART's config, as 4.x's `BartConfig` reads: `BartConfig(d_model=64, num_labels=5, is_decoder=True)`,
+    `config.num_attention_heads`, `config.some_extra_key`, and assignments (`config.output_hidden_states =
+    True`, `config.num_labels = 2`), each checked as config.json's values are (a bad value is refused and
+    the config left as it was). Names that are no field live in `extra` and are written back to config.json.
+    """
     vocab_size: int = 50265
     max_position_embeddings: int = 1024
     d_model: int = 1024
@@ -210,6 +215,27 @@ class BartConfig:
         object.__setattr__(self, "id2label", id2label)
         object.__setattr__(self, "extra", dict(self.extra))
         self._validate()
+        object.__setattr__(self, "_ready", True)
+
+    def __setattr__(self, name: str, value) -> None:
+        if not self.__dict__.get("_ready"):   # the dataclass __init__ setting its fields
+            object.__setattr__(self, name, value)
+            return
+        changed = self.replace(**{_ALIASES.get(name, name): value})   # validated like config.json
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, getattr(changed, f.name))
+
+    def __getattr__(self, name: str):   # only names that are no field or property
+        if name.startswith("__"):
+            raise AttributeError(name)
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        if name in _ALIASES:
+            return getattr(self, _ALIASES[name])
+        if name in _PRETRAINED_DEFAULTS:
+            return _PRETRAINED_DEFAULTS[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     # ---- validation -------------------------------------------------------------------------
     def _validate(self):
@@ -354,6 +380,11 @@ class BartConfig:
                 kw["labels_given"] = True
             if k == "num_labels":
                 kw["id2label"] = _default_labels(v)
+            elif k == "label2id":
+                try:
+                    kw["id2label"] = {int(i): str(label) for label, i in dict(v).items()}
+                except (TypeError, ValueError) as e:
+                    raise ConfigError(f"config field 'label2id' must map labels to integer ids, got {v!r}") from e
             elif k in known:
                 kw[k] = v
             else:
@@ -386,6 +417,11 @@ class BartConfig:
             raise ConfigError(f"config field 'id2label' has {len(id2label)} labels, more than {MAX_LABELS}")
         if id2label is None and num_labels is not None:
             kwargs["id2label"] = _default_labels(num_labels)
+        elif id2label is None and isinstance(label2id, Mapping):   # label2id alone names the labels
+            try:
+                kwargs["id2label"] = {int(i): str(label) for label, i in label2id.items()}
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"config field 'label2id' must map labels to integer ids, got {label2id!r}") from e
         if label2id is not None and kwargs.get("id2label") is not None:
             try:
                 inv = {str(v): int(k) for k, v in dict(kwargs["id2label"]).items()}
@@ -436,3 +472,37 @@ class BartConfig:
         from flax_bart.io_utils import save_text_file
 
         return save_text_file(directory, CONFIG_NAME, self.to_json_string())
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(BartConfig))
+# 4.x BartConfig's attribute_map, and what 4.x's PretrainedConfig answered for attributes BART never set
+_ALIASES = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
+_PRETRAINED_DEFAULTS = {"model_type": "bart", "is_decoder": False, "add_cross_attention": False,
+                        "architectures": None, "torchscript": False, "tie_encoder_decoder": False}
+_dataclass_init = BartConfig.__init__
+
+
+def _init(self, *args, **kwargs):
+    """The dataclass's __init__ for its own fields; any other keyword (4.x's `num_labels`, `label2id`,
+    `is_decoder`, `hidden_size`, a checkpoint's extra keys) is read as config.json's keys are."""
+    if len(args) > len(_FIELD_NAMES):
+        raise TypeError(f"BartConfig takes at most {len(_FIELD_NAMES)} positional arguments, got {len(args)}")
+    if all(k in _FIELD_NAMES for k in kwargs):
+        _dataclass_init(self, *args, **kwargs)
+        return
+    d = {**dict(zip(_FIELD_NAMES, args)), **kwargs}
+    for alias, name in _ALIASES.items():
+        if alias in d:
+            value = d.pop(alias)
+            if name in d and d[name] != value:
+                raise ConfigError(f"BartConfig: {alias}={value!r} and {name}={d[name]!r} disagree ({alias} is {name})")
+            d[name] = value
+    d.pop("labels_given", None)
+    built = BartConfig.from_dict({**dict(d.pop("extra", None) or {}), **d})
+    for f in dataclasses.fields(BartConfig):
+        object.__setattr__(self, f.name, getattr(built, f.name))
+    object.__setattr__(self, "_ready", True)
+
+
+BartConfig.__init__ = _init
+

@@ -25,7 +25,7 @@ from flax import struct
 from flax_bart.generation_config import (
     GENERATION_CONFIG_NAME, UNSUPPORTED, GenerationConfig, unsupported_settings,
 )
-from flax_bart.logits_process import ProcessorSpec
+from flax_bart.logits_process import ProcessorSpec, custom_processors
 from flax_bart.modules import ABSENT
 from flax_bart.outputs import ModelOutput
 from flax_bart.search import SearchPlan, loop_kernels, make_program
@@ -159,8 +159,16 @@ class GenerationMixin:
     # ---- the model's generation config ---------------------------------------------------------
     @property
     def generation_config(self) -> GenerationConfig:
+        """The model's generation settings: the one assigned (or read from generation_config.json), else
+        one derived from the model's config. A derived one that nobody changed follows later changes of
+        the config; once changed in place (`model.generation_config.max_length = 7`) it is kept, as 4.x did."""
         own = self.__dict__.get("_generation_config")
-        return own if own is not None else GenerationConfig.from_model_config(self.config)
+        derived = self.__dict__.get("_derived_generation_config")
+        if own is None or (derived is not None and own.to_dict() == derived):
+            own = GenerationConfig.from_model_config(self.config)
+            self.__dict__["_generation_config"] = own
+            self.__dict__["_derived_generation_config"] = own.to_dict()
+        return own
 
     @generation_config.setter
     def generation_config(self, value) -> None:
@@ -169,6 +177,7 @@ class GenerationMixin:
         if value is not None and not isinstance(value, GenerationConfig):
             raise TypeError(f"generation_config must be a GenerationConfig or a dict, got {type(value).__name__}")
         self._generation_config = value
+        self._derived_generation_config = None
 
     def can_generate(self) -> bool:
         return True
@@ -181,7 +190,9 @@ class GenerationMixin:
         directory = model.checkpoint_directory   # where the weights and config came from (subfolder included)
         file = os.path.join(directory, GENERATION_CONFIG_NAME)
         if os.path.isfile(file):
-            model.generation_config = GenerationConfig.from_json_file(file)
+            # as 4.x: generation settings among the keyword arguments override the file's
+            settings = {k: v for k, v in kwargs.items() if k in GenerationConfig.field_names()}
+            model.generation_config = GenerationConfig.from_json_file(file).replace(**settings)
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> str:
@@ -202,7 +213,9 @@ class GenerationMixin:
             generation_config = GenerationConfig.from_dict(generation_config)
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):
             raise TypeError(f"generation_config must be a GenerationConfig or a dict, got "
-                            f"{type(generation_config).__name__}")
+                            f"{type(generation_config).__name__} (the positional order is 4.x's: generate(input_ids, "
+                            f"generation_config, prng_key, trace, params, logits_processor); pass attention_mask= "
+                            f"by keyword)")
         # Like transformers: the config's unset fields come from the model's; keyword arguments then
         # override, an explicit None included (e.g. forced_eos_token_id=None switches it off).
         cfg = self.generation_config if generation_config is None else generation_config.merged_over(
@@ -217,13 +230,16 @@ class GenerationMixin:
             )
         return cfg, has_default_max_length
 
-    def generate(self, input_ids, attention_mask=None, generation_config=None, prng_key=None,
-                 trace: bool = True, params=None, **kwargs):
+    def generate(self, input_ids, generation_config=None, prng_key=None, trace: bool = True, params=None,
+                 logits_processor=None, *, attention_mask=None, **kwargs):
         """Generate token ids: greedy, sampling (`do_sample=True`, with `prng_key`) or beam search
-        (`num_beams > 1`). Keyword arguments are generation settings (see `GenerationConfig`).
-        `trace=False` runs the same program op by op (for debugging; slow).
+        (`num_beams > 1`). The positional order is 4.x's; `attention_mask`, `decoder_input_ids` and the
+        generation settings (see `GenerationConfig`) are keywords. `trace=False` runs the same program
+        op by op (for debugging; slow). `logits_processor`: callables `fn(input_ids, scores, cur_len) ->
+        scores`, as 4.x's processors, applied after the built-in ones (see `custom_processors`).
         Returns `FlaxGreedySearchOutput`, `FlaxSampleOutput` or `FlaxBeamSearchOutput`."""
         decoder_ids = kwargs.pop("decoder_input_ids", None)
+        custom = custom_processors(logits_processor)
         cfg, default_max = self._resolve_generation_config(generation_config, kwargs)
         traced = isinstance(input_ids, jax.core.Tracer) or isinstance(attention_mask, jax.core.Tracer)
         if traced and cfg.output_scores:
@@ -231,7 +247,8 @@ class GenerationMixin:
                              "there; call generate outside jit for per-step scores")
         ids, mask, eos, pad = self._generation_inputs(input_ids, attention_mask, cfg, traced)
         arrays, prompt_len, slots, src = self._generation_prompt(ids, mask, cfg, pad, decoder_ids)
-        plan, scalars = self._generation_plan(cfg, default_max, ids.shape[0], prompt_len, slots, src, eos, pad)
+        plan, scalars = self._generation_plan(cfg, default_max, ids.shape[0], prompt_len, slots, src, eos, pad,
+                                              custom)
         program = self._generate_program(plan)
         params = self._resolve_params(params)
         args = (params, dict(arrays), scalars, _check_key(prng_key), loop_kernels(self.module, plan, params))
@@ -337,7 +354,7 @@ class GenerationMixin:
         return prompt
 
     def _generation_plan(self, cfg: GenerationConfig, default_max: bool, batch: int, prompt_len: int, slots: int,
-                         src: int, eos: tuple, pad):
+                         src: int, eos: tuple, pad, custom: tuple = ()):
         """The static SearchPlan (compile key) and the traced scalars, from validated settings."""
         v, max_pos, seq2seq = self.config.vocab_size, self.config.max_position_embeddings, self.head != "causal"
         if cfg.max_new_tokens is not None:
@@ -389,6 +406,7 @@ class GenerationMixin:
             begin_suppress_tokens=_token_ids("begin_suppress_tokens", cfg.begin_suppress_tokens, v),
             temperature=temperature != 1.0, top_k=top_k, top_p=top_p < 1.0,
             min_tokens_to_keep=(len(eos) + 1 if eos else 2) if mode == "beam_sample" else 1,
+            custom=custom, pad_token_id=pad if pad is not None else 0,
         )
         plan = SearchPlan(
             mode=mode, seq2seq=seq2seq, batch=batch, rows_per_item=num_beams if num_beams > 1 else nrs,

@@ -43,8 +43,12 @@ def unsupported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
             if k in UNSUPPORTED and v != UNSUPPORTED[k] and v not in _ALSO_OFF.get(k, ())}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class GenerationConfig:
+    """Generation settings, None where unset (`generate` fills those from the model's config, then from
+    transformers' defaults). Mutable like 4.x's: `model.generation_config.max_length = 7` holds; a
+    name that is no field goes to `extra`, as it would to a 4.x config's attributes."""
+
     max_length: int | None = None
     max_new_tokens: int | None = None
     min_length: int | None = None
@@ -75,6 +79,18 @@ class GenerationConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "extra", dict(self.extra))
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _FIELDS or name == "extra" or "extra" not in self.__dict__:   # fields, and __init__
+            object.__setattr__(self, name, value)
+        else:
+            self.extra[name] = value
+
+    def __getattr__(self, name: str):   # only for names that are no field: 4.x read extra keys as attributes
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -158,3 +174,6 @@ class GenerationConfig:
         from flax_bart.io_utils import save_text_file
 
         return save_text_file(directory, GENERATION_CONFIG_NAME, self.to_json_string())
+
+
+_FIELDS = frozenset(GenerationConfig.field_names())

@@ -44,6 +44,10 @@ class ProcessorSpec:
     top_k: int = 0
     top_p: bool = False
     min_tokens_to_keep: int = 1
+    # the caller's processors (generate(logits_processor=...)), each held by identity; and the pad id
+    # their view of the sequences holds past the tokens so far
+    custom: tuple = ()
+    pad_token_id: int = 0
 
 
 class StepContext(NamedTuple):
@@ -147,7 +151,60 @@ def process(spec: ProcessorSpec, scores_RxV, tokens_RxL, ctx: StepContext):
     if spec.begin_suppress_tokens:
         mask = jnp.asarray(_id_mask(v, spec.begin_suppress_tokens))[None]
         scores_RxV = jnp.where(mask & (ctx.cur_len == ctx.begin_index), NEG_INF, scores_RxV)
+    if spec.custom:
+        ids_RxL = sequences_view(tokens_RxL, ctx, spec.pad_token_id)
+        for held in spec.custom:
+            scores_RxV = _call_custom(held.fn, ids_RxL, scores_RxV, ctx.cur_len)
     return scores_RxV
+
+
+class _Held:
+    """A caller's processor in the (hashable) spec: equal only to itself, whatever the object defines."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __hash__(self):
+        return id(self.fn)
+
+    def __eq__(self, other):
+        return isinstance(other, _Held) and other.fn is self.fn
+
+
+def custom_processors(logits_processor) -> tuple:
+    """4.x's `logits_processor` argument (None, one callable, or a list such as a FlaxLogitsProcessorList)
+    as spec entries; anything not callable is refused, naming its position."""
+    if logits_processor is None:
+        return ()
+    items = [logits_processor] if callable(logits_processor) and not isinstance(logits_processor, (list, tuple)) \
+        else list(logits_processor)
+    for i, fn in enumerate(items):
+        if not callable(fn):
+            from flax_bart.validation import InputError
+
+            raise InputError(f"logits_processor[{i}] is a {type(fn).__name__}, expected a callable "
+                             "fn(input_ids, scores, cur_len) -> scores")
+    return tuple(_Held(fn) for fn in items)
+
+
+def sequences_view(tokens_RxL, ctx: StepContext, pad_token_id: int):
+    """The sequences so far as 4.x's processors saw them: each row's tokens from its first (the decoder
+    start token, or a causal prompt's first) left-aligned, `cur_len` of them, then the pad id."""
+    width = tokens_RxL.shape[1]
+    rolled = jnp.roll(tokens_RxL, -ctx.first_slot, axis=1)
+    return jnp.where(jnp.arange(width)[None] < ctx.cur_len, rolled, pad_token_id)
+
+
+def _call_custom(fn, ids_RxL, scores_RxV, cur_len):
+    out = fn(ids_RxL, scores_RxV, cur_len)
+    if getattr(out, "shape", None) != scores_RxV.shape:
+        from flax_bart.validation import InputError
+
+        raise InputError(f"logits_processor {fn!r} returned shape {getattr(out, 'shape', type(out).__name__)}, "
+                         f"expected the scores' {scores_RxV.shape}")
+    return out.astype(scores_RxV.dtype)
 
 
 def top_k_filter(scores_RxV, k: int):

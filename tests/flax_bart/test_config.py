@@ -91,3 +91,35 @@ def test_4x_fixture_configs_load(name):
     cfg = BartConfig.from_json_file(f"{FIXTURES}/{name}/config.json")
     assert cfg.d_model == 16 and cfg.decoder_layers == 3 and cfg.encoder_layers == 2
     assert cfg.tie_word_embeddings == (name != "lm_untied")
+
+
+def test_4x_constructor_keywords_aliases_and_attributes():
+    c = BartConfig(d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, num_labels=5, is_decoder=True,
+                   custom_key="x")
+    assert c.num_labels == 5 and c.labels_given and c.is_decoder is True and c.custom_key == "x"
+    assert c.num_attention_heads == 4 and c.hidden_size == 32 and c.model_type == "bart"
+    assert BartConfig(hidden_size=64, encoder_attention_heads=4, decoder_attention_heads=4).d_model == 64
+    assert BartConfig(label2id={"neg": 0, "pos": 1}).id2label == {0: "neg", 1: "pos"}
+    with pytest.raises(ConfigError, match="disagree"):
+        BartConfig(hidden_size=64, d_model=32)
+    with pytest.raises(ConfigError, match="num_labels"):
+        BartConfig(num_labels=0)
+    with pytest.raises(AttributeError, match="no attribute 'not_there'"):
+        c.not_there
+    assert json.loads(c.to_json_string())["is_decoder"] is True
+
+
+def test_assignments_are_checked_and_a_refused_one_changes_nothing():
+    c = BartConfig(d_model=32, encoder_attention_heads=4, decoder_attention_heads=4)
+    before = c.to_dict()
+    c.output_hidden_states = True
+    c.num_labels = 2
+    c.num_attention_heads = 8
+    assert c.output_hidden_states and c.num_labels == 2 and c.encoder_attention_heads == 8
+    for name, value, words in (("d_model", 33, "not divisible"), ("dropout", 2.0, "probability"),
+                               ("normalize_before", True, "not supported"), ("num_labels", -1, "num_labels")):
+        snapshot = c.to_dict()
+        with pytest.raises(ConfigError, match=words):
+            setattr(c, name, value)
+        assert c.to_dict() == snapshot
+    assert c.to_dict() != before and hash(c) == hash(BartConfig.from_dict(c.to_dict()))

@@ -275,3 +275,74 @@ def test_cross_kv_widened_for_the_loop_changes_no_number(monkeypatch, dtype, num
     assert widened and widened[0] is (jax.default_backend() == "cpu")
     np.testing.assert_array_equal(wide[0], narrow[0])
     np.testing.assert_array_equal(wide[1], narrow[1])
+
+
+def test_4x_positional_order_and_attention_mask_by_keyword(model):
+    ids, mask = batch(seed=4, b=2, t=7)
+    want = model.generate(ids, attention_mask=mask, max_new_tokens=4).sequences
+    got = model.generate(ids, GenerationConfig(max_new_tokens=4), None, True, None, attention_mask=mask).sequences
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.raises(TypeError, match="pass attention_mask= by keyword"):
+        model.generate(ids, mask)          # an old call with the mask second: said, not misread
+
+
+@pytest.mark.parametrize("settings", [{}, {"num_beams": 3}])
+def test_custom_logits_processor_acts_as_the_builtin_one(model, settings):
+    """A 4.x-style processor fn(input_ids, scores, cur_len) that bans a token gives what suppress_tokens
+    gives; one that reads input_ids sees the sequence so far, left-aligned, cur_len long."""
+    ids, mask = batch(seed=5, b=2, t=7)
+    common = dict(attention_mask=mask, max_new_tokens=5, **settings)
+    plain = np.asarray(model.generate(ids, **common).sequences)
+    banned = int(plain[0, 1])
+
+    def ban(input_ids, scores, cur_len):
+        return scores.at[:, banned].set(-np.inf)
+
+    want = np.asarray(model.generate(ids, suppress_tokens=[banned], **common).sequences)
+    got = np.asarray(model.generate(ids, logits_processor=[ban], **common).sequences)
+    np.testing.assert_array_equal(got, want)
+    assert banned not in got[:, 1:]
+
+    v = model.config.vocab_size
+
+    def successor(input_ids, scores, cur_len):   # force (last token + 1) mod V
+        last = jax.numpy.take_along_axis(input_ids, jax.numpy.full((input_ids.shape[0], 1), cur_len - 1), axis=1)
+        return jax.numpy.where(jax.numpy.arange(v)[None] == (last + 1) % v, 0.0, -np.inf).astype(scores.dtype)
+
+    out = np.asarray(model.generate(ids, logits_processor=successor, forced_eos_token_id=None, eos_token_id=None,
+                                    **{**common, "max_new_tokens": 4}).sequences)
+    start = model.config.decoder_start_token_id
+    np.testing.assert_array_equal(out[0], (start + np.arange(5)) % v)
+
+
+def test_a_logits_processor_that_is_not_callable_is_refused(model):
+    ids, _ = batch(seed=4, b=1, t=5)
+    with pytest.raises(InputError, match=r"logits_processor\[1\] is a int"):
+        model.generate(ids, logits_processor=[lambda i, s, c: s, 3], max_new_tokens=2)
+    with pytest.raises(InputError, match="returned shape"):
+        model.generate(ids, logits_processor=[lambda i, s, c: s[:, :3]], max_new_tokens=2)
+
+
+def test_generation_config_changed_in_place_holds_and_an_untouched_one_follows_the_config(model):
+    import copy
+
+    m = copy.copy(model)
+    m.__dict__.pop("_generation_config", None)
+    m.__dict__.pop("_derived_generation_config", None)
+    ids, _ = batch(seed=6, b=1, t=5)
+    assert m.generation_config.max_length is None           # unset: generate's own default (20 new tokens)
+    m.generation_config.max_length = 6                        # 4.x: assignment in place
+    m.generation_config.my_note = "kept"
+    assert m.generation_config.max_length == 6 and m.generation_config.extra["my_note"] == "kept"
+    assert m.generate(ids, forced_eos_token_id=None, eos_token_id=None).sequences.shape == (1, 6)
+    m.generation_config = None                                # back to the derived one, which follows the config
+    m.config = m.config.replace(max_length=4)
+    assert m.generation_config.max_length == 4
+
+
+def test_from_pretrained_generation_keywords_override_the_files(tmp_path, model):
+    model.save_pretrained(tmp_path / "m")
+    GenerationConfig(max_length=12, num_beams=2).save_pretrained(tmp_path / "m")
+    loaded = FlaxBartForConditionalGeneration.from_pretrained(tmp_path / "m", max_length=9)
+    assert loaded.generation_config.max_length == 9 and loaded.generation_config.num_beams == 2
+    assert FlaxBartForConditionalGeneration.from_pretrained(tmp_path / "m").generation_config.max_length == 12
