@@ -8,8 +8,10 @@ never confused with a verdict); 130 interrupted. No traceback unless --debug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 import traceback
 
 from convert.errors import ConversionError
@@ -101,28 +103,71 @@ def _is_orbax_dir(src: str) -> bool:
 
 def _orbax(args, prog: str) -> int:
     """--to orbax, or an orbax SRC: through flax_bart.orbax_io (imports jax + orbax only here)."""
+    import logging
+
     from flax_bart.orbax_io import OrbaxError, convert_from_orbax, convert_to_orbax
 
+    # orbax logs a failed write (e.g. a full disk) with its thread's traceback through absl, and
+    # tensorstore's callbacks print more from C++ once orbax's event loop is closed; the error itself
+    # reaches this command, which says it in one paragraph (--debug keeps all of it)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if not args.debug:
+        absl_logger.setLevel(logging.CRITICAL + 1)
     try:
-        if args.to == "orbax":
-            if _is_orbax_dir(args.src):
-                raise ConversionError(f"{args.src} is already an orbax directory")
-            if args.allow_missing_head:   # an orbax tree holds every param of its head
-                raise ConversionError("--allow-missing-head with --to orbax: an orbax checkpoint holds every "
-                                      "parameter of its head; convert to flax first (where the head's missing "
-                                      "weights may be left out), or pick a --head the checkpoint holds")
-            info = convert_to_orbax(args.src, args.dst, head=args.head, config=args.config, dtype=args.dtype,
-                                    overwrite=args.overwrite, cache_dir=args.cache_dir, revision=args.revision,
-                                    allow_unexpected=args.allow_unexpected)
-            done = f"{info.get('head', '')} params as orbax"
-        else:
-            summary = convert_from_orbax(args.src, args.dst, to=args.to, format=args.format, dtype=args.dtype,
-                                         max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-                                         quiet=args.quiet, head=args.head, config=args.config,
-                                         allow_missing_head=args.allow_missing_head)
-            done = summary.one_line()
+        with _stderr_held_back(args.debug):
+            return _orbax_run(args, convert_from_orbax, convert_to_orbax)
     except OrbaxError as e:
         raise ConversionError(str(e)) from None
+    finally:
+        absl_logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _stderr_held_back(keep: bool):
+    """File descriptor 2 (where C++ libraries print) goes to a temporary file while the block runs: its
+    text is written out when the block succeeds, and dropped when it fails (the failure is reported
+    in one paragraph)."""
+    if keep:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    ok = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                for chunk in iter(lambda: held.read(1 << 16), b""):
+                    os.write(2, chunk)
+
+
+def _orbax_run(args, convert_from_orbax, convert_to_orbax) -> int:
+    """The conversion itself (an orbax source, or --to orbax)."""
+    if args.to == "orbax":
+        if _is_orbax_dir(args.src):
+            raise ConversionError(f"{args.src} is already an orbax directory")
+        if args.allow_missing_head:   # an orbax tree holds every param of its head
+            raise ConversionError("--allow-missing-head with --to orbax: an orbax checkpoint holds every "
+                                  "parameter of its head; convert to flax first (where the head's missing "
+                                  "weights may be left out), or pick a --head the checkpoint holds")
+        info = convert_to_orbax(args.src, args.dst, head=args.head, config=args.config, dtype=args.dtype,
+                                overwrite=args.overwrite, cache_dir=args.cache_dir, revision=args.revision,
+                                allow_unexpected=args.allow_unexpected)
+        done = f"{info.get('head', '')} params as orbax"
+    else:
+        summary = convert_from_orbax(args.src, args.dst, to=args.to, format=args.format, dtype=args.dtype,
+                                     max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+                                     quiet=args.quiet, head=args.head, config=args.config,
+                                     allow_missing_head=args.allow_missing_head)
+        done = summary.one_line()
     if not args.quiet:
         print(f"converted {args.src} -> {args.dst}: {done}")
     return EXIT_OK

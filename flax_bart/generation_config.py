@@ -177,3 +177,13 @@ class GenerationConfig:
 
 
 _FIELDS = frozenset(GenerationConfig.field_names())
+_dataclass_init = GenerationConfig.__init__
+
+
+def _init(self, *args, extra=None, **kwargs):
+    """The dataclass's __init__; a keyword that is no setting goes to `extra` (4.x kept it as an attribute)."""
+    unknown = {k: kwargs.pop(k) for k in list(kwargs) if k not in _FIELDS}
+    _dataclass_init(self, *args, extra={**dict(extra or {}), **unknown}, **kwargs)
+
+
+GenerationConfig.__init__ = _init

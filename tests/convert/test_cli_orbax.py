@@ -80,3 +80,25 @@ def test_orbax_honours_head_and_the_allow_flags(tmp_path, capsys):
     assert main(["convert", str(extra), str(tmp_path / "o2"), "--to", "orbax", "--allow-unexpected", "--quiet"]) == 0
     assert main(["convert", str(src), str(tmp_path / "o3"), "--to", "orbax", "--allow-missing-head"]) == 2
     assert "--allow-missing-head with --to orbax" in capsys.readouterr().err
+
+
+def test_a_failed_orbax_write_is_one_paragraph_without_orbax_s_traceback(tmp_path):
+    """A full disk (here a file-size limit: EFBIG) while orbax writes: exit 2, nothing left, and no
+    traceback logged by orbax's writer thread."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    torch_model("lm", seed=4, vocab_size=20000, d_model=64).save_pretrained(src)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-m", "convert", str(src), str(tmp_path / "out"), "--to", "orbax"],
+                          capture_output=True, text=True, preexec_fn=limit, cwd=root, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 3, done.stderr
+    assert not (tmp_path / "out").exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]

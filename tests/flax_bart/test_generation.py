@@ -346,3 +346,12 @@ def test_from_pretrained_generation_keywords_override_the_files(tmp_path, model)
     loaded = FlaxBartForConditionalGeneration.from_pretrained(tmp_path / "m", max_length=9)
     assert loaded.generation_config.max_length == 9 and loaded.generation_config.num_beams == 2
     assert FlaxBartForConditionalGeneration.from_pretrained(tmp_path / "m").generation_config.max_length == 12
+
+
+def test_generation_config_takes_unknown_keywords_as_4x_did():
+    g = GenerationConfig(max_length=5, my_flag=True)
+    assert g.max_length == 5 and g.my_flag is True and g.to_dict() == {"max_length": 5, "my_flag": True}
+    g.other = 1
+    assert g.extra == {"my_flag": True, "other": 1}
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        g.missing
