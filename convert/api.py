@@ -88,17 +88,21 @@ def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max
     `model.safetensors`; sharded with an index past `max_shard_size`). Each file appears
     atomically; earlier weight files of the same format in `directory` are replaced. `sharded_format`:
     the format to write instead when the params need several shards (4.x's `save_pretrained` wrote
-    msgpack shards even with `safe_serialization=True`, and 4.x cannot read sharded safetensors)."""
+    msgpack shards even with `safe_serialization=True`, and 4.x cannot read sharded safetensors); the
+    earlier weight files of both formats are then replaced."""
     if format not in FORMATS["flax"]:
         raise ConversionError(f"format {format!r}: Flax params are saved as one of {FORMATS['flax']}")
     flat = {k: np.asarray(v) for k, v in _flax_input(params).items()}
     directory = os.fspath(directory)
+    # the files an earlier save of either format left: all are replaced (a msgpack one would be read first)
+    original = format
+    patterns = [_weight_file_pattern(f) for f in {format, sharded_format or format}]
     if sharded_format is not None and sharded_format != format:
         specs = [(k, a.shape, a.dtype) for k, a in flat.items()]
         if len(CheckpointWriter(directory, format, "flax", specs, max_shard_size).files) > 1:  # plans only
             format = sharded_format
-    pattern = _weight_file_pattern(format)
-    stale = tuple(n for n in (os.listdir(directory) if os.path.isdir(directory) else ()) if pattern.match(n))
+    stale = tuple(n for n in (os.listdir(directory) if os.path.isdir(directory) else ())
+                  if any(p.match(n) for p in patterns))
     with StagedOutput(directory, merge=True) as staged:
         writer = CheckpointWriter(staged.path, format, "flax", [(k, a.shape, a.dtype) for k, a in flat.items()],
                                   max_shard_size)
@@ -109,7 +113,10 @@ def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max
             writer.abort()
             raise
         files = writer.close()
-        staged.commit(stale=stale, last=(WEIGHT_FILES[format][1], WEIGHT_FILES[format][0]))
+        entries = [WEIGHT_FILES[format][1], WEIGHT_FILES[format][0]]
+        if sharded_format is not None:   # the other format's old entry files go first, before the new ones appear
+            entries += [n for f in (sharded_format, original) for n in WEIGHT_FILES[f][::-1] if n not in entries]
+        staged.commit(stale=stale, last=tuple(entries))
     return [os.path.join(directory, f) for f in files]
 
 

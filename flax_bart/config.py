@@ -221,9 +221,20 @@ class BartConfig:
         if not self.__dict__.get("_ready"):   # the dataclass __init__ setting its fields
             object.__setattr__(self, name, value)
             return
-        changed = self.replace(**{_ALIASES.get(name, name): value})   # validated like config.json
+        target = _ALIASES.get(name, name)
+        if isinstance(getattr(type(self), target, None), property) and target not in ("num_labels", "label2id"):
+            raise AttributeError(f"BartConfig.{name} is read from other fields and cannot be set "
+                                 f"(e.g. num_hidden_layers is encoder_layers)")
+        changed = self.replace(**{target: value})   # validated like config.json
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, getattr(changed, f.name))
+        # models holding this config drop the programs and shapes they built from the old values
+        object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """(identity, number of assignments so far): what a model's compiled programs were built from."""
+        return id(self), self.__dict__.get("_version", 0)
 
     def __getattr__(self, name: str):   # only names that are no field or property
         if name.startswith("__"):
@@ -392,7 +403,7 @@ class BartConfig:
         kw.setdefault("extra", extra)
         return dataclasses.replace(self, **kw)
 
-    def __hash__(self):
+    def __hash__(self):   # of the values: an assignment changes it (as it changes equality)
         return hash(self.to_json_string())
 
     # ---- (de)serialisation ------------------------------------------------------------------
@@ -497,10 +508,11 @@ def _init(self, *args, **kwargs):
             if name in d and d[name] != value:
                 raise ConfigError(f"BartConfig: {alias}={value!r} and {name}={d[name]!r} disagree ({alias} is {name})")
             d[name] = value
-    d.pop("labels_given", None)
+    labels_given = d.pop("labels_given", True)   # built in code: its labels are the ones given, or 3
     built = BartConfig.from_dict({**dict(d.pop("extra", None) or {}), **d})
     for f in dataclasses.fields(BartConfig):
         object.__setattr__(self, f.name, getattr(built, f.name))
+    object.__setattr__(self, "labels_given", bool(labels_given) or built.labels_given)
     object.__setattr__(self, "_ready", True)
 
 

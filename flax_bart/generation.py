@@ -36,6 +36,9 @@ __all__ = ["GenerationConfig", "GenerationMixin", "FlaxGreedySearchOutput", "Fla
 
 Array = Any
 GENERATE_ARGUMENTS = frozenset(GenerationConfig.field_names()) | frozenset(UNSUPPORTED)
+# Compiled generate programs kept per model for calls with a caller's logits_processor objects (held by
+# identity: a new processor object each call would otherwise keep one more program each time)
+MAX_CUSTOM_PROGRAMS = 4
 
 
 @struct.dataclass
@@ -163,11 +166,12 @@ class GenerationMixin:
         one derived from the model's config. A derived one that nobody changed follows later changes of
         the config; once changed in place (`model.generation_config.max_length = 7`) it is kept, as 4.x did."""
         own = self.__dict__.get("_generation_config")
-        derived = self.__dict__.get("_derived_generation_config")
-        if own is None or (derived is not None and own.to_dict() == derived):
+        derived = self.__dict__.get("_derived_generation_config")   # (config version, settings) when derived
+        version = self.config.version
+        if own is None or (derived is not None and derived[0] != version and own.to_dict() == derived[1]):
             own = GenerationConfig.from_model_config(self.config)
             self.__dict__["_generation_config"] = own
-            self.__dict__["_derived_generation_config"] = own.to_dict()
+            self.__dict__["_derived_generation_config"] = (version, own.to_dict())
         return own
 
     @generation_config.setter
@@ -426,10 +430,15 @@ class GenerationMixin:
         return plan, scalars
 
     def _generate_program(self, plan: SearchPlan):
+        self._follow_config()
         programs = self.__dict__.setdefault("_generate_programs", {})
         if plan not in programs:
             def count_trace():
                 self._generate_traces = getattr(self, "_generate_traces", 0) + 1
+            if plan.processors.custom:   # a caller's processors are held by identity: keep only the latest few
+                custom = [p for p in programs if p.processors.custom]
+                for old in custom[:max(0, len(custom) - MAX_CUSTOM_PROGRAMS + 1)]:
+                    del programs[old]
             programs[plan] = make_program(self.module, plan, count_trace, self.compiler_options)
         return programs[plan]
 

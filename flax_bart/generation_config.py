@@ -80,6 +80,9 @@ class GenerationConfig:
     def __post_init__(self):
         object.__setattr__(self, "extra", dict(self.extra))
 
+    def __hash__(self):   # of the values, like BartConfig's: an assignment changes it
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
     def __setattr__(self, name: str, value) -> None:
         if name in _FIELDS or name == "extra" or "extra" not in self.__dict__:   # fields, and __init__
             object.__setattr__(self, name, value)

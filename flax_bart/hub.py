@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from typing import Iterable
 
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -48,7 +49,7 @@ def check_subfolder(subfolder) -> str:
 
 def weight_files(names: Iterable[str], prefer: str | None = None) -> list[str]:
     """The weight files to fetch among a repository folder's file `names`: one format's single file, or
-    its index and every file of that format beside it (its shards). Flax first, then safetensors, then
+    its index and its shards (`model-00001-of-00002.safetensors`, ...). Flax first, then safetensors, then
     `.bin` (the loader's order); with `prefer="pt"`, safetensors and `.bin` before msgpack."""
     names = set(names)
     order = list(WEIGHT_FORMATS)
@@ -57,9 +58,10 @@ def weight_files(names: Iterable[str], prefer: str | None = None) -> list[str]:
     for fmt, single, index in order:
         if single in names:
             return [single]
-        if index in names:
-            ext = "." + fmt
-            return [index] + sorted(n for n in names if n.endswith(ext))
+        if index in names:   # the shards, named as transformers names them (not e.g. optimizer.bin)
+            stem, ext = single.rsplit(".", 1)
+            shard = re.compile(rf"^{re.escape(stem)}-\d+-of-\d+\.{ext}$")
+            return [index] + sorted(n for n in names if shard.match(n))
     return []
 
 

@@ -109,8 +109,19 @@ class FlaxBartPreTrainedModel:
         flat.update({k: v for k, v in given.items() if k in flat})
         return traverse_util.unflatten_dict(flat)
 
+    def _follow_config(self) -> None:
+        """Drop the programs and shapes built from the config's earlier values after an assignment to it
+        (`model.config.output_hidden_states = True` takes effect on the next call, as in 4.x)."""
+        version = self.config.version
+        if self.__dict__.get("_config_version", version) != version:
+            self._compiled.clear()
+            self.__dict__.pop("_generate_programs", None)
+            self._shapes = None
+        self.__dict__["_config_version"] = version
+
     def params_shape_tree(self) -> dict:
         """{path tuple: ShapeDtypeStruct} of this model's parameters, computed without allocating."""
+        self._follow_config()
         if self._shapes is None:
             abstract = jax.eval_shape(
                 lambda: self.module.init({"params": jax.random.PRNGKey(0)}, **self._init_args((1, 1)))["params"]
@@ -244,6 +255,7 @@ class FlaxBartPreTrainedModel:
         cache holds, as XLA drops the rest (a cache is built without compiling a whole decoder step)."""
         key = (method, tuple(sorted(static.items())), cache is not None, bool(mutable), rngs is not None,
                bool(cache_only), tuple(sorted(k for k, v in arrays.items() if v is not None)))
+        self._follow_config()
         fn = self._compiled.get(key)
         mesh = self._mesh
         if mesh is not None:
@@ -338,10 +350,18 @@ class FlaxBartPreTrainedModel:
         if len(model_args) > 2:
             raise TypeError(f"from_pretrained takes at most 2 positional arguments after dtype (input_shape, "
                             f"seed), got {len(model_args)}")
+        if isinstance(dtype, (BartConfig, dict)):
+            raise TypeError(f"from_pretrained's second positional argument is dtype (as in 4.x), got a "
+                            f"{type(dtype).__name__}: pass the config as config=")
         if model_args:
             input_shape = model_args[0]
         if len(model_args) > 1:
             seed = model_args[1]
+        if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_shape)):
+            raise TypeError(f"from_pretrained: input_shape must be (batch, length) of positive ints, got {input_shape!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"from_pretrained: seed must be an int, got {seed!r}")
         revision = _loader_only_options(config_overrides, revision)
         if tune_allocator:
             from flax_bart.host_memory import tune_for_cpu

@@ -165,7 +165,7 @@ def options_from_args(args: argparse.Namespace, run_name: str):
 
 
 def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=2.0, baseline_floor=None,
-             quiet=False) -> int:
+             quiet=False, state: dict | None = None) -> int:
     """Run the harness, write the four reports, check the baseline, print; returns the exit code.
 
     The exit code, the reports' first lines and the last line printed state one outcome
@@ -200,6 +200,8 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
             report.error = str(e)
     try:
         paths = write_reports(report, out_dir)
+        if state is not None:
+            state["written"] = True   # a failure from here on leaves these reports as they are
     except OSError as e:
         from parity.checkpoint import ParityInputError
 
@@ -247,21 +249,40 @@ def tune_allocator_for(flax_devices, checkpoint=None, test_sized: bool | None = 
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    out = args.out or os.path.join("reports", "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
+    out = _explicit_out(argv)   # known before parsing: a usage error must not leave an earlier run's reports
+    state = {"written": False}
     try:
-        return _gate(args, out)
+        args = build_parser().parse_args(argv)
+        out = args.out or os.path.join("reports",
+                                       "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
+        return _gate(args, out, state)
     except BaseException as e:   # stopped before the reports were written: none of an earlier run may stay
-        from parity.report_error import replace_with_error
+        if out is not None and not state["written"]:
+            from parity.report_error import replace_with_error
 
-        code = (EXIT_BAD_INPUT if isinstance(e, _bad_input_errors()) else 130 if isinstance(e, KeyboardInterrupt)
-                else EXIT_INTERNAL)
-        if not isinstance(e, SystemExit):
-            replace_with_error(out, Path(os.path.abspath(out)).name, code, " ".join(str(e).split()) or type(e).__name__)
+            if isinstance(e, SystemExit):   # argparse: usage errors (2); --help (0) changes nothing
+                if e.code not in (0, None):
+                    replace_with_error(out, Path(os.path.abspath(out)).name, EXIT_BAD_INPUT,
+                                       "bad command-line arguments (the usage message says which)")
+            else:
+                code = (EXIT_BAD_INPUT if isinstance(e, _bad_input_errors())
+                        else 130 if isinstance(e, KeyboardInterrupt) else EXIT_INTERNAL)
+                replace_with_error(out, Path(os.path.abspath(out)).name, code,
+                                   " ".join(str(e).split()) or type(e).__name__)
         raise
 
 
-def _gate(args, out: str) -> int:
+def _explicit_out(argv: list[str]) -> str | None:
+    """The --out argument as given (None when absent or unreadable)."""
+    for i, arg in enumerate(argv):
+        if arg == "--out" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--out="):
+            return arg[len("--out="):]
+    return None
+
+
+def _gate(args, out: str, state: dict) -> int:
     if not args.baseline_factor >= 1:
         from parity.checkpoint import ParityInputError
 
@@ -274,7 +295,8 @@ def _gate(args, out: str) -> int:
     tune_allocator_for(opts.flax_devices, args.checkpoint)
     setup_compile_cache(args.compile_cache, args.no_compile_cache)
     return run_gate(args.checkpoint, args.flax, opts, out, baseline=args.baseline,
-                    baseline_factor=args.baseline_factor, baseline_floor=args.baseline_floor, quiet=args.quiet)
+                    baseline_factor=args.baseline_factor, baseline_floor=args.baseline_floor, quiet=args.quiet,
+                    state=state)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,9 @@ def render_junit(report: RunReport) -> str:
     failure and error counts agree with it: a baseline regression is a failing ``baseline`` suite, bad
     input an ``<error>`` in an ``input`` suite."""
     root = ET.Element("testsuites", name=f"parity {report.run_name}: {report.status}")
-    suites = [_suite(col, _seconds(report, col.dtype)) for col in report.columns]
+    per_dtype = {c.dtype: sum(o.dtype == c.dtype for o in report.columns) for c in report.columns}
+    # a dtype's seconds, shared by its columns (several devices): the suites' times add up to the run's
+    suites = [_suite(col, _seconds(report, col.dtype) / per_dtype[col.dtype]) for col in report.columns]
     if report.baseline is not None:
         suites.append(_baseline_suite(report))
     if report.error:

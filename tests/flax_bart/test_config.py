@@ -123,3 +123,15 @@ def test_assignments_are_checked_and_a_refused_one_changes_nothing():
             setattr(c, name, value)
         assert c.to_dict() == snapshot
     assert c.to_dict() != before and hash(c) == hash(BartConfig.from_dict(c.to_dict()))
+
+
+def test_derived_fields_refuse_assignment_and_keyword_configs_keep_their_labels():
+    c = BartConfig(d_model=32, encoder_attention_heads=4, decoder_attention_heads=4)
+    with pytest.raises(AttributeError, match="num_hidden_layers is encoder_layers"):
+        c.num_hidden_layers = 5
+    with pytest.raises(AttributeError, match="cannot be set"):
+        c.eos_token_ids = (2,)
+    assert "num_hidden_layers" not in c.extra
+    k = BartConfig(d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, is_decoder=False)
+    assert k.labels_given and k.num_labels == c.num_labels == 3
+    assert k.with_labels_from_weights(5) is k      # named (default) labels win over a classifier's rows

@@ -355,3 +355,34 @@ def test_generation_config_takes_unknown_keywords_as_4x_did():
     assert g.extra == {"my_flag": True, "other": 1}
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         g.missing
+
+
+def test_a_config_assignment_takes_effect_on_the_next_call(model):
+    """Programs compiled before `model.config.x = ...` are dropped (4.x traced anew on every call)."""
+    import copy
+
+    m = _random_model(FlaxBartForConditionalGeneration, 3)
+    ids, mask = batch(seed=7, b=2, t=6)
+    before = np.asarray(m(ids, attention_mask=mask).logits)
+    assert m(ids, attention_mask=mask).decoder_hidden_states is None
+    m.config.output_hidden_states = True
+    assert len(m(ids, attention_mask=mask).decoder_hidden_states) == m.config.decoder_layers + 1
+    m.config.activation_function = "relu"
+    fresh = FlaxBartForConditionalGeneration(copy.deepcopy(m.config), _do_init=False)
+    fresh.params = m.params
+    after = np.asarray(m(ids, attention_mask=mask).logits)
+    np.testing.assert_array_equal(after, np.asarray(fresh(ids, attention_mask=mask).logits))
+    assert not np.array_equal(after, before)
+    g = m.generation_config                                  # a held reference keeps its changes
+    assert m.generation_config is g
+    g.max_length = 5
+    assert m.generate(ids, attention_mask=mask, forced_eos_token_id=None, eos_token_id=None).sequences.shape == (2, 5)
+
+
+def test_programs_with_a_callers_processors_are_kept_for_the_latest_few_only(model):
+    from flax_bart.generation import MAX_CUSTOM_PROGRAMS
+
+    ids, _ = batch(seed=4, b=1, t=5)
+    for _ in range(MAX_CUSTOM_PROGRAMS + 3):
+        model.generate(ids, logits_processor=[lambda i, s, c: s], max_new_tokens=2)
+    assert sum(bool(p.processors.custom) for p in model._generate_programs) == MAX_CUSTOM_PROGRAMS

@@ -31,7 +31,9 @@ def test_weight_files_choose_one_format():
     assert weight_files(FULL_REPO, prefer="pt") == ["model.safetensors"]
     assert weight_files(["pytorch_model.bin", "tf_model.h5"]) == ["pytorch_model.bin"]
     sharded = ["model.safetensors.index.json", "model-00001-of-00002.safetensors",
-               "model-00002-of-00002.safetensors", "pytorch_model.bin"]
+               "model-00002-of-00002.safetensors", "pytorch_model.bin", "adapter.safetensors"]
+    assert weight_files(["pytorch_model.bin.index.json", "pytorch_model-00001-of-00001.bin", "optimizer.bin",
+                         "training_args.bin"]) == ["pytorch_model.bin.index.json", "pytorch_model-00001-of-00001.bin"]
     assert weight_files(sharded) == ["model.safetensors.index.json", "model-00001-of-00002.safetensors",
                                      "model-00002-of-00002.safetensors"]
     assert weight_files(["tf_model.h5"]) == []
@@ -158,3 +160,14 @@ def test_tokenizer_subfolder(tmp_path):
     write_bart_tokenizer(tmp_path / "tok" / "inner")
     tok = BartTokenizer.from_pretrained(tmp_path / "tok", subfolder="inner")
     assert tok("hello")["input_ids"][0] == tok.bos_token_id
+
+
+def test_positional_arguments_are_checked(ckpt):
+    root, _ = ckpt
+    path = root / "sub" / "inner"
+    with pytest.raises(TypeError, match="second positional argument is dtype"):
+        FlaxBartForQuestionAnswering.from_pretrained(path, BartConfig())
+    with pytest.raises(TypeError, match="input_shape must be"):
+        FlaxBartForQuestionAnswering.from_pretrained(path, jnp.float32, "abc")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        FlaxBartForQuestionAnswering.from_pretrained(path, jnp.float32, (1, 1), "7")

@@ -172,3 +172,29 @@ def test_every_class_loads_a_transformers_checkpoint(tmp_path, head):
         m = None if head == "cls" else mask.astype(bool)
         a, b = np.asarray(getattr(out, name)), getattr(ref, name).numpy()
         assert float(np.abs((a - b) if m is None else (a[m] - b[m])).max()) <= ATOL, name
+
+
+def test_a_second_save_into_the_same_folder_is_the_one_that_loads(tmp_path, v5_dir):
+    """Saves of other formats or shardings into one folder: the last one loads (an earlier msgpack,
+    which from_pretrained reads first, never shadows a later safetensors save)."""
+    first = FlaxBartForConditionalGeneration.from_pretrained(v5_dir)
+    second = FlaxBartForConditionalGeneration.from_pretrained(v5_dir)
+    second.params = jax_tree_scale(second.params, 2.0)
+    ids, mask = batch(seed=5)
+    out = tmp_path / "m"
+    for earlier, later in ([{"safe_serialization": True, "max_shard_size": "8KB"}, {"safe_serialization": True}],
+                           [{}, {"safe_serialization": True}],
+                           [{"safe_serialization": True}, {"max_shard_size": "8KB"}]):
+        first.save_pretrained(out, **earlier)
+        second.save_pretrained(out, **later)
+        back = FlaxBartForConditionalGeneration.from_pretrained(out)
+        np.testing.assert_array_equal(np.asarray(back(ids, attention_mask=mask).logits),
+                                      np.asarray(second(ids, attention_mask=mask).logits))
+        if later.get("safe_serialization") and "max_shard_size" not in later:   # no msgpack left to shadow it
+            assert not [f for f in os.listdir(out) if "msgpack" in f], os.listdir(out)
+
+
+def jax_tree_scale(tree, factor):
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: x * factor, tree)

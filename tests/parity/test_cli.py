@@ -157,7 +157,7 @@ def test_a_baseline_of_another_head_is_bad_input_with_reports(checkpoint, passin
     assert "in the baseline, not checked by this run" in (tmp_path / "lm" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("how", ["bad_baseline", "internal"])
+@pytest.mark.parametrize("how", ["bad_baseline", "internal", "usage"])
 def test_a_run_that_stops_early_leaves_no_earlier_reports(checkpoint, passing_run, tmp_path, capsys, monkeypatch, how):
     import shutil
 
@@ -169,6 +169,9 @@ def test_a_run_that_stops_early_leaves_no_earlier_reports(checkpoint, passing_ru
     if how == "bad_baseline":
         (tmp_path / "b.json").write_text('{"schema_version": 2,')
         argv += ["--baseline", str(tmp_path / "b.json")]
+        expected, kind = 2, "BadInput"
+    elif how == "usage":
+        argv += ["--steps", "abc"]
         expected, kind = 2, "BadInput"
     else:
         from parity import harness
