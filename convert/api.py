@@ -20,7 +20,7 @@ from convert.dtypes import is_float, parse_dtype
 from convert.errors import ConversionError
 from convert.plan import classifier_rows, infer_head, make_plan, with_layout_of
 from convert.resolve import resolve_source
-from convert.sources import WEIGHT_FILES, open_source
+from convert.sources import WEIGHT_FILES, open_source, shard_file_of
 from convert.staging import StagedOutput
 from convert.summary import Summary
 from convert.tree import _flax_input, unflatten
@@ -66,7 +66,8 @@ def load_flax_params(directory_or_file, config: BartConfig | str | None, head: s
     config = _config_for(path, config).with_labels_from_weights(classifier_rows(source.infos, source.framework), path)
     config = with_layout_of(config, source.infos, source.framework, source.read, head, path)
     plan = make_plan(source.infos, source.framework, config, head, "flax", allow_missing=allow_missing,
-                     allow_unexpected=allow_unexpected, describe=f"checkpoint {path}")
+                     allow_unexpected=allow_unexpected, describe=f"checkpoint {path}",
+                     file_of=shard_file_of(source))
     summary = engine.start_summary(plan, source)
     flat: dict = {}
     engine.run(plan, source, [s.target for s in plan.steps], flat.__setitem__, summary,
@@ -198,6 +199,7 @@ def convert_checkpoint(src, dst, *, to: str, format: str | None = None, head: st
         tied="drop" if format == "safetensors" else "all",
         allow_missing=rules.head_only_prefixes(cfg, head) if allow_missing_head else (),
         allow_unexpected=allow_unexpected, describe=f"checkpoint {src_path}",
+        file_of=shard_file_of(source),
     )
     side_names = _side_files(src_dir)
     _check_not_overlapping(src_path, source.files + [os.path.join(src_dir, n) for n in side_names]

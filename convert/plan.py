@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -149,7 +150,9 @@ def make_plan(
     allow_missing: Iterable[str] = (),
     allow_unexpected: bool = False,
     describe: str = "checkpoint",
+    file_of: Callable[[Any], str] | None = None,
 ) -> Plan:
+    """`file_of`: a key's file, named in the messages about that key (a sharded checkpoint's shard)."""
     rules.check_head(head)
     allow_missing = [allow_missing] if isinstance(allow_missing, str) else list(allow_missing)
     _check_layer_counts(infos, source_framework, config, head, describe)
@@ -177,14 +180,15 @@ def make_plan(
         expect = p.shape_in(source_framework)
         for _, key in present:
             info = infos[key]
+            name = display_name(key) + (f" (in {os.path.basename(file_of(key))})" if file_of is not None else "")
             if info.shape != expect:
                 problems.append(
-                    f"{display_name(key)}: shape {list(info.shape)}, but config.json implies {list(expect)} ({_dims_hint(p, config)})"
+                    f"{name}: shape {list(info.shape)}, but config.json implies {list(expect)} ({_dims_hint(p, config)})"
                 )
             if not is_float(info.dtype):
-                problems.append(f"{display_name(key)}: dtype {info.dtype.name}; BART parameters are floating point")
+                problems.append(f"{name}: dtype {info.dtype.name}; BART parameters are floating point")
             if key != src and info.dtype != infos[src].dtype:
-                problems.append(f"{display_name(key)}: tied copy of {display_name(src)} has dtype {info.dtype.name}, not {infos[src].dtype.name}")
+                problems.append(f"{name}: tied copy of {display_name(src)} has dtype {info.dtype.name}, not {infos[src].dtype.name}")
         dups = tuple(k for _, k in present[1:])
         transpose = p.transposed and source_framework != target_framework
         for i, target in enumerate(targets):

@@ -291,3 +291,8 @@ def open_source(path: str, prefer: str | None = None) -> Source:
     if not os.path.exists(path):
         raise ConversionError(f"{path}: no such file or directory")
     return open_file(path)
+
+
+def shard_file_of(source: Source):
+    """For messages: a sharded source's key -> shard file (None for one file, or a source in memory)."""
+    return source.file_of if len(getattr(source, "files", ())) > 1 and hasattr(source, "file_of") else None

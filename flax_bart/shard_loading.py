@@ -157,12 +157,13 @@ def load_into_shards(weights: str, config: BartConfig, head: str, shape_tree: Ma
     tuple: Sharding}). Floating tensors are cast to `dtype` when given (else kept as stored).
     Params whose checkpoint shape differs from `shape_tree` are left out and listed."""
     from convert.plan import make_plan
-    from convert.sources import open_source
+    from convert.sources import open_source, shard_file_of
 
     path = os.fspath(weights)
     source = open_source(path, prefer="flax")
     plan = make_plan(source.infos, source.framework, config, head, "flax", allow_missing=allow_missing,
-                     allow_unexpected=allow_unexpected, describe=f"checkpoint {path}")
+                     allow_unexpected=allow_unexpected, describe=f"checkpoint {path}",
+                     file_of=shard_file_of(source))
     report = LoadReport(list(plan.missing), list(plan.unused), list(plan.unexpected), [])
     out, headers = {}, {}
     for step in plan.steps:

@@ -188,3 +188,18 @@ def test_an_lm_state_dict_without_the_model_prefix_keeps_its_lm_weights(tmp_path
     assert summary.head == "lm" and not summary.unused
     out = read_flax_msgpack(tmp_path / "flax")
     assert any(k[-1] == "final_logits_bias" for k in out)
+
+
+def test_errors_about_a_tensor_of_a_sharded_checkpoint_name_its_shard(tmp_path):
+    import numpy as np
+
+    config = tiny_config()
+    state = flax_to_pt(random_flax_params(config, "lm", DTYPES["float32"], seed=3), config, "lm", tied="drop")
+    key = "model.decoder.layers.0.fc1.weight"
+    state[key] = np.zeros((state[key].shape[0] + 1, state[key].shape[1]), np.float32)
+    src = tmp_path / "src"
+    write_pt_checkpoint(src, state, "safetensors", shards=3)
+    write_config(src, config)
+    index = read_json(src / "model.safetensors.index.json")["weight_map"]
+    with pytest.raises(Exception, match=rf"{key} \(in {index[key]}\): shape"):
+        convert_checkpoint(src, tmp_path / "out", to="flax", quiet=True)
