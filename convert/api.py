@@ -83,6 +83,25 @@ def _weight_file_pattern(fmt: str) -> re.Pattern:
     return re.compile(rf"^({re.escape(single)}|{re.escape(index)}|{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.{ext})$")
 
 
+def _replaceable(directory: str, name: str, written: str) -> bool:
+    """Whether an earlier weight file is this save's to replace: one of the format written, or a Flax
+    file of the other format; a PyTorch safetensors file beside them is the user's, and stays."""
+    if _weight_file_pattern(written).match(name) or not name.startswith(WEIGHT_FILES["safetensors"][0].split(".")[0]):
+        return True
+    if name.endswith(".index.json"):   # as its shards are
+        shard = _weight_file_pattern("safetensors")
+        shards = sorted(n for n in os.listdir(directory) if shard.match(n) and not n.endswith(".json")
+                        and n != WEIGHT_FILES["safetensors"][0])
+        return not shards or _replaceable(directory, shards[0], written)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(directory, name), "np") as f:
+            return (f.metadata() or {}).get("format") == "flax"
+    except Exception:   # unreadable: not known to be ours
+        return False
+
+
 def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max_shard_size=None,
                      sharded_format: str | None = None) -> list[str]:
     """Write Flax params as 4.x `save_pretrained` would (`flax_model.msgpack`, or Flax-format
@@ -90,20 +109,21 @@ def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max
     atomically; earlier weight files of the same format in `directory` are replaced. `sharded_format`:
     the format to write instead when the params need several shards (4.x's `save_pretrained` wrote
     msgpack shards even with `safe_serialization=True`, and 4.x cannot read sharded safetensors); the
-    earlier weight files of both formats are then replaced."""
+    earlier Flax weight files of both formats are then replaced (a PyTorch safetensors file stays)."""
     if format not in FORMATS["flax"]:
         raise ConversionError(f"format {format!r}: Flax params are saved as one of {FORMATS['flax']}")
     flat = {k: np.asarray(v) for k, v in _flax_input(params).items()}
     directory = os.fspath(directory)
     # the files an earlier save of either format left: all are replaced (a msgpack one would be read first)
     original = format
-    patterns = [_weight_file_pattern(f) for f in {format, sharded_format or format}]
+    # with `sharded_format` (save_pretrained) an earlier save of any Flax format is replaced
+    patterns = [_weight_file_pattern(f) for f in (FORMATS["flax"] if sharded_format else (format,))]
     if sharded_format is not None and sharded_format != format:
         specs = [(k, a.shape, a.dtype) for k, a in flat.items()]
         if len(CheckpointWriter(directory, format, "flax", specs, max_shard_size).files) > 1:  # plans only
             format = sharded_format
     stale = tuple(n for n in (os.listdir(directory) if os.path.isdir(directory) else ())
-                  if any(p.match(n) for p in patterns))
+                  if any(p.match(n) for p in patterns) and _replaceable(directory, n, format))
     with StagedOutput(directory, merge=True) as staged:
         writer = CheckpointWriter(staged.path, format, "flax", [(k, a.shape, a.dtype) for k, a in flat.items()],
                                   max_shard_size)

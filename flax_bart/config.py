@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import logging
+import itertools
 import math
 import os
 import stat
@@ -215,12 +216,23 @@ class BartConfig:
         object.__setattr__(self, "id2label", id2label)
         object.__setattr__(self, "extra", dict(self.extra))
         self._validate()
+        if self.extra.get("model_type") == "bart":   # what to_dict always writes: a JSON round trip is equal
+            del self.extra["model_type"]
+        object.__setattr__(self, "_serial", next(_SERIALS))
         object.__setattr__(self, "_ready", True)
+
+    def __copy__(self) -> "BartConfig":   # a config of its own (its version too), not a view of this one
+        return dataclasses.replace(self)
+
+    def __deepcopy__(self, memo) -> "BartConfig":
+        return dataclasses.replace(self, extra=copy.deepcopy(self.extra, memo))
 
     def __setattr__(self, name: str, value) -> None:
         if not self.__dict__.get("_ready"):   # the dataclass __init__ setting its fields
             object.__setattr__(self, name, value)
             return
+        if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            value = value.item()   # a NumPy scalar, as 4.x took it
         target = _ALIASES.get(name, name)
         if isinstance(getattr(type(self), target, None), property) and target not in ("num_labels", "label2id"):
             raise AttributeError(f"BartConfig.{name} is read from other fields and cannot be set "
@@ -233,8 +245,9 @@ class BartConfig:
 
     @property
     def version(self) -> tuple[int, int]:
-        """(identity, number of assignments so far): what a model's compiled programs were built from."""
-        return id(self), self.__dict__.get("_version", 0)
+        """(this config's serial number, assignments so far): what a model's compiled programs were built
+        from (a serial, not id(): a new config may reuse a collected one's id)."""
+        return self.__dict__.get("_serial", 0), self.__dict__.get("_version", 0)
 
     def __getattr__(self, name: str):   # only names that are no field or property
         if name.startswith("__"):
@@ -277,7 +290,10 @@ class BartConfig:
                 )
         for name in _PROB_FIELDS:
             v = getattr(self, name)
-            if v is None:
+            if v is None and name == "classifier_dropout":
+                continue
+            if v is None:   # a config.json null: no dropout (the model code needs a number)
+                object.__setattr__(self, name, 0.0)
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"config field {name!r} must be a probability in [0, 1], got {v!r}")
@@ -403,8 +419,8 @@ class BartConfig:
         kw.setdefault("extra", extra)
         return dataclasses.replace(self, **kw)
 
-    def __hash__(self):   # of the values: an assignment changes it (as it changes equality)
-        return hash(self.to_json_string())
+    def __hash__(self):   # of the values, consistent with ==: an assignment changes it
+        return hash(frozen_value(dataclasses.asdict(self)))
 
     # ---- (de)serialisation ------------------------------------------------------------------
     @classmethod
@@ -486,6 +502,21 @@ class BartConfig:
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(BartConfig))
+_SERIALS = itertools.count(1)
+
+
+def frozen_value(value):
+    """A hashable form of a JSON-like value whose hash agrees with ==  (1 == 1.0 hash alike; dicts and
+    lists by content)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted(((repr(k), frozen_value(v)) for k, v in value.items()), key=lambda kv: kv[0]))
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen_value(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 # 4.x BartConfig's attribute_map, and what 4.x's PretrainedConfig answered for attributes BART never set
 _ALIASES = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
 _PRETRAINED_DEFAULTS = {"model_type": "bart", "is_decoder": False, "add_cross_attention": False,

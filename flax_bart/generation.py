@@ -168,9 +168,13 @@ class GenerationMixin:
         own = self.__dict__.get("_generation_config")
         derived = self.__dict__.get("_derived_generation_config")   # (config version, settings) when derived
         version = self.config.version
-        if own is None or (derived is not None and derived[0] != version and own.to_dict() == derived[1]):
+        if own is None:
             own = GenerationConfig.from_model_config(self.config)
             self.__dict__["_generation_config"] = own
+            self.__dict__["_derived_generation_config"] = (version, own.to_dict())
+        elif derived is not None and derived[0] != version and own.to_dict() == derived[1]:
+            fresh = GenerationConfig.from_model_config(self.config)   # untouched: follow the config, in place
+            own.update_from(fresh)
             self.__dict__["_derived_generation_config"] = (version, own.to_dict())
         return own
 

@@ -80,8 +80,19 @@ class GenerationConfig:
     def __post_init__(self):
         object.__setattr__(self, "extra", dict(self.extra))
 
-    def __hash__(self):   # of the values, like BartConfig's: an assignment changes it
-        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+    def __hash__(self):   # of the values, consistent with == (as BartConfig's): an assignment changes it
+        from flax_bart.config import frozen_value
+
+        return hash(frozen_value(self.to_dict()))
+
+    def __copy__(self) -> "GenerationConfig":   # its own `extra`, not the original's
+        return type(self).from_dict(self.to_dict())
+
+    def update_from(self, other: "GenerationConfig") -> None:
+        """Take every value of `other` in place (a held reference sees them)."""
+        for name in self.field_names():
+            object.__setattr__(self, name, copy.deepcopy(getattr(other, name)))
+        object.__setattr__(self, "extra", copy.deepcopy(dict(other.extra)))
 
     def __setattr__(self, name: str, value) -> None:
         if name in _FIELDS or name == "extra" or "extra" not in self.__dict__:   # fields, and __init__

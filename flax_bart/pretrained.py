@@ -70,7 +70,7 @@ class FlaxBartPreTrainedModel:
             config = BartConfig.from_dict(config)
         if not isinstance(config, BartConfig):
             raise TypeError(f"config must be a flax_bart.BartConfig, got {type(config).__name__}")
-        self.config = config
+        self._config = config
         self.dtype = jnp.dtype(dtype)
         self.param_dtype = jnp.dtype(param_dtype)
         self.precision = precision
@@ -109,14 +109,47 @@ class FlaxBartPreTrainedModel:
         flat.update({k: v for k, v in given.items() if k in flat})
         return traverse_util.unflatten_dict(flat)
 
+    @property
+    def config(self) -> BartConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config) -> None:
+        """A whole new config: the module is rebuilt on it (gradient checkpointing kept), and the model's
+        own params must fit it (else a ValueError naming them, and nothing changes)."""
+        if isinstance(config, dict):
+            config = BartConfig.from_dict(config)
+        if not isinstance(config, BartConfig):
+            raise TypeError(f"config must be a flax_bart.BartConfig, got {type(config).__name__}")
+        old = self._config
+        self._config = config
+        try:
+            self._build_module(gradient_checkpointing=self.module.gradient_checkpointing,
+                               remat_policy=self.module.remat_policy)
+            self._follow_config()
+        except BaseException:
+            self._config = old
+            self._build_module(gradient_checkpointing=self.module.gradient_checkpointing,
+                               remat_policy=self.module.remat_policy)
+            self._follow_config()
+            raise
+
     def _follow_config(self) -> None:
         """Drop the programs and shapes built from the config's earlier values after an assignment to it
-        (`model.config.output_hidden_states = True` takes effect on the next call, as in 4.x)."""
+        (`model.config.output_hidden_states = True` takes effect on the next call, as in 4.x); the
+        model's own params must still fit (a changed `num_labels` is named, not a flax shape error)."""
         version = self.config.version
         if self.__dict__.get("_config_version", version) != version:
             self._compiled.clear()
             self.__dict__.pop("_generate_programs", None)
             self._shapes = None
+            self.__dict__["_config_version"] = version
+            if self._params is not None:
+                try:
+                    self.check_params(self._params)
+                except ValueError as e:
+                    self.__dict__["_config_version"] = None   # checked again on the next call, until it fits
+                    raise InputError(f"after the config changed: {e}") from None
         self.__dict__["_config_version"] = version
 
     def params_shape_tree(self) -> dict:

@@ -69,7 +69,7 @@ setup_compile_cache = compile_cache.setup
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="flax-bart parity",
+        prog="flax-bart parity", allow_abbrev=False,
         description="Check Flax BART weights against the PyTorch reference on the same inputs, per tensor, dtype "
                     "and device. Exit 0: within tolerance; 1: parity failure or baseline regression; 2: bad input.")
     p.add_argument("checkpoint", help="checkpoint directory (or weights file) with the PyTorch weights and "
@@ -273,13 +273,17 @@ def _main(argv: list[str]) -> int:
 
 
 def _explicit_out(argv: list[str]) -> str | None:
-    """The --out argument as given (None when absent or unreadable)."""
+    """The --out argument as argparse will read it (the last one given; the parser takes no abbreviation),
+    or None when absent, empty or unreadable."""
+    found = None
     for i, arg in enumerate(argv):
+        if arg == "--":
+            break
         if arg == "--out" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--out="):
-            return arg[len("--out="):]
-    return None
+            found = argv[i + 1]
+        elif arg.startswith("--out="):
+            found = arg[len("--out="):]
+    return found if found and found.strip() else None
 
 
 def _gate(args, out: str, state: dict) -> int:

@@ -31,6 +31,8 @@ def replace_with_error(out_dir: os.PathLike | str, run_name: str, exit_code: int
     from flax_bart.io_utils import atomic_write_text
 
     words, kind = KINDS.get(exit_code, KINDS[3])
+    if not str(out_dir).strip():   # Path("") is the working directory: never that by accident
+        return []
     out = Path(out_dir)
     if not out.is_dir():
         return []

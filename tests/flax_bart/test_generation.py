@@ -386,3 +386,51 @@ def test_programs_with_a_callers_processors_are_kept_for_the_latest_few_only(mod
     for _ in range(MAX_CUSTOM_PROGRAMS + 3):
         model.generate(ids, logits_processor=[lambda i, s, c: s], max_new_tokens=2)
     assert sum(bool(p.processors.custom) for p in model._generate_programs) == MAX_CUSTOM_PROGRAMS
+
+
+def test_a_whole_new_config_rebuilds_the_module_or_is_refused(model):
+    m = _random_model(FlaxBartForConditionalGeneration, 3)
+    ids, mask = batch(seed=7, b=2, t=6)
+    relu = m.config.replace(activation_function="relu")
+    m.config = relu
+    fresh = FlaxBartForConditionalGeneration(relu, _do_init=False)
+    fresh.params = m.params
+    np.testing.assert_array_equal(np.asarray(m(ids, attention_mask=mask).logits),
+                                  np.asarray(fresh(ids, attention_mask=mask).logits))
+    with pytest.raises(InputError, match="after the config changed: params do not fit"):
+        m.config = m.config.replace(d_model=32, encoder_attention_heads=4, decoder_attention_heads=2)
+    assert m.config is relu and m.module.config is relu       # refused: nothing changed
+    g = m.generation_config
+    m.config.output_hidden_states = True                      # unrelated: a held reference stays the one
+    assert m.generation_config is g
+    g.max_new_tokens = 2
+    assert m.generate(ids, attention_mask=mask).sequences.shape == (2, 3)
+
+
+def test_a_num_labels_change_that_no_longer_fits_the_head_is_named():
+    from flax_bart import FlaxBartForSequenceClassification
+
+    m = FlaxBartForSequenceClassification(BartConfig(**TINY, num_labels=2), _do_init=False)
+    m.params = random_params(m, 1)
+    ids = np.full((2, 6), 5, np.int32)
+    ids[:, -1] = m.config.eos_token_id
+    m.config.num_labels = 3
+    with pytest.raises(InputError, match="classification_head/out_proj.*expected"):
+        m(ids)
+
+
+def test_generation_config_copies_hashes_and_numpy_scalars():
+    import copy
+
+    g = GenerationConfig(temperature=1, note="a")
+    h = copy.copy(g)
+    h.note = "b"
+    assert g.note == "a"
+    assert GenerationConfig(temperature=1) == GenerationConfig(temperature=1.0)
+    assert hash(GenerationConfig(temperature=1)) == hash(GenerationConfig(temperature=1.0))
+    c = BartConfig(**TINY)
+    c.num_labels = np.int64(4)
+    c.dropout = None                      # a config.json null: no dropout
+    assert c.num_labels == 4 and c.dropout == 0.0
+    assert hash(BartConfig(**{**TINY, "dropout": 0})) == hash(BartConfig(**{**TINY, "dropout": 0.0}))
+    assert copy.deepcopy(c).version != c.version

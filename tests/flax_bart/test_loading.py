@@ -198,3 +198,17 @@ def jax_tree_scale(tree, factor):
     import jax
 
     return jax.tree_util.tree_map(lambda x: x * factor, tree)
+
+
+def test_save_pretrained_keeps_a_pytorch_safetensors_file_beside_it(tmp_path, v5_dir):
+    import shutil
+
+    out = tmp_path / "both"
+    shutil.copytree(v5_dir, out)                                   # the user's PyTorch model.safetensors
+    pt_bytes = (out / "model.safetensors").read_bytes()
+    model = FlaxBartForConditionalGeneration.from_pretrained(v5_dir)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="8KB")   # msgpack shards
+    assert (out / "model.safetensors").read_bytes() == pt_bytes
+    model.save_pretrained(out)                                     # plain msgpack
+    assert (out / "model.safetensors").read_bytes() == pt_bytes
+    assert "flax_model.msgpack" in os.listdir(out) and "flax_model.msgpack.index.json" not in os.listdir(out)

@@ -397,3 +397,25 @@ def test_demo_checkpoint_is_rebuilt_when_its_recipe_changes(tmp_path):
     built = []
     assert ensure_checkpoint(True, tmp_path, log=built.append) == first and built
     assert json.loads((first / "demo_recipe.json").read_text())["config"] == QUICK_SHAPE
+
+
+def test_usage_errors_never_touch_the_working_directory_or_another_out(checkpoint, passing_run, tmp_path, capsys,
+                                                                      monkeypatch):
+    import shutil
+
+    _, earlier = passing_run
+    work = tmp_path / "work"
+    shutil.copytree(earlier, work)             # reports (or a pytest junit.xml) in the working directory
+    monkeypatch.chdir(work)
+    before = {n: (work / n).read_bytes() for n in os.listdir(work)}
+    for argv in ([checkpoint, "--out", "", "--steps", "abc"], [checkpoint, "--out=", "--steps", "abc"],
+                 [checkpoint, "--ou", str(work), "--steps", "1"]):          # no abbreviations
+        assert main(argv) == 2
+    assert {n: (work / n).read_bytes() for n in os.listdir(work)} == before
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(earlier, first)
+    shutil.copytree(earlier, second)
+    assert main([checkpoint, "--out", str(first), "--out", str(second), "--steps", "abc"]) == 2
+    assert sorted(os.listdir(first)) == REPORT_FILES                      # argparse takes the last --out
+    assert sorted(os.listdir(second)) == ["junit.xml", "report.md"]
+    capsys.readouterr()
