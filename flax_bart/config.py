@@ -419,8 +419,8 @@ class BartConfig:
         kw.setdefault("extra", extra)
         return dataclasses.replace(self, **kw)
 
-    def __hash__(self):   # of the values, consistent with ==: an assignment changes it
-        return hash(frozen_value(dataclasses.asdict(self)))
+    def __hash__(self):   # of the compared values, consistent with ==: an assignment changes it
+        return hash(frozen_value({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}))
 
     # ---- (de)serialisation ------------------------------------------------------------------
     @classmethod

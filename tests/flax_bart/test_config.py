@@ -135,3 +135,5 @@ def test_derived_fields_refuse_assignment_and_keyword_configs_keep_their_labels(
     k = BartConfig(d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, is_decoder=False)
     assert k.labels_given and k.num_labels == c.num_labels == 3
     assert k.with_labels_from_weights(5) is k      # named (default) labels win over a classifier's rows
+    assert hash(BartConfig.from_dict({"d_model": 32, "encoder_attention_heads": 4, "decoder_attention_heads": 4})) \
+        == hash(BartConfig(d_model=32, encoder_attention_heads=4, decoder_attention_heads=4))   # labels_given aside
