@@ -86,11 +86,11 @@ def _weight_file_pattern(fmt: str) -> re.Pattern:
 def _replaceable(directory: str, name: str, written: str) -> bool:
     """Whether an earlier weight file is this save's to replace: one of the format written, or a Flax
     file of the other format; a PyTorch safetensors file beside them is the user's, and stays."""
-    if _weight_file_pattern(written).match(name) or not name.startswith(WEIGHT_FILES["safetensors"][0].split(".")[0]):
+    safetensors = _weight_file_pattern("safetensors")
+    if _weight_file_pattern(written).match(name) or not safetensors.match(name):
         return True
     if name.endswith(".index.json"):   # as its shards are
-        shard = _weight_file_pattern("safetensors")
-        shards = sorted(n for n in os.listdir(directory) if shard.match(n) and not n.endswith(".json")
+        shards = sorted(n for n in os.listdir(directory) if safetensors.match(n) and not n.endswith(".json")
                         and n != WEIGHT_FILES["safetensors"][0])
         return not shards or _replaceable(directory, shards[0], written)
     try:
@@ -114,9 +114,9 @@ def save_flax_params(params: Mapping, directory, *, format: str = "msgpack", max
         raise ConversionError(f"format {format!r}: Flax params are saved as one of {FORMATS['flax']}")
     flat = {k: np.asarray(v) for k, v in _flax_input(params).items()}
     directory = os.fspath(directory)
-    # the files an earlier save of either format left: all are replaced (a msgpack one would be read first)
     original = format
-    # with `sharded_format` (save_pretrained) an earlier save of any Flax format is replaced
+    # with `sharded_format` (save_pretrained) an earlier save of any Flax format is replaced (an old
+    # msgpack would be read before a new safetensors file)
     patterns = [_weight_file_pattern(f) for f in (FORMATS["flax"] if sharded_format else (format,))]
     if sharded_format is not None and sharded_format != format:
         specs = [(k, a.shape, a.dtype) for k, a in flat.items()]

@@ -17,10 +17,6 @@ from typing import Iterable
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json")
-# (format, single file, index file), in the loader's default order (convert.sources.WEIGHT_FILES)
-WEIGHT_FORMATS = (("msgpack", "flax_model.msgpack", "flax_model.msgpack.index.json"),
-                  ("safetensors", "model.safetensors", "model.safetensors.index.json"),
-                  ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"))
 MODEL = "model"          # files=MODEL: config files + one format's weights
 TOKENIZER = "tokenizer"  # files=TOKENIZER: the tokenizer's files
 
@@ -47,12 +43,19 @@ def check_subfolder(subfolder) -> str:
     return "/".join(parts)
 
 
+def _weight_formats() -> list[tuple[str, str, str]]:
+    """(format, single file, index file) in the loader's default order: convert.sources.WEIGHT_FILES."""
+    from convert.sources import WEIGHT_FILES
+
+    return [(fmt, single, index) for fmt, (single, index) in WEIGHT_FILES.items()]
+
+
 def weight_files(names: Iterable[str], prefer: str | None = None) -> list[str]:
     """The weight files to fetch among a repository folder's file `names`: one format's single file, or
     its index and its shards (`model-00001-of-00002.safetensors`, ...). Flax first, then safetensors, then
     `.bin` (the loader's order); with `prefer="pt"`, safetensors and `.bin` before msgpack."""
     names = set(names)
-    order = list(WEIGHT_FORMATS)
+    order = _weight_formats()
     if prefer == "pt":
         order = order[1:] + order[:1]
     for fmt, single, index in order:
@@ -72,7 +75,7 @@ def _wanted(files, repo_names: list[str] | None, sub: str, prefer: str | None) -
     if files == MODEL:
         wanted = list(CONFIG_FILES)
         if repo_names is None:   # no listing: every BART weight format rather than the whole repository
-            wanted += [n for _, single, index in WEIGHT_FORMATS for n in (single, index)]
+            wanted += [n for _, single, index in _weight_formats() for n in (single, index)]
             wanted += ["*.msgpack", "*.safetensors", "*.bin"]
         else:
             prefix = sub + "/" if sub else ""
