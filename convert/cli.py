@@ -116,11 +116,37 @@ def _orbax(args, prog: str) -> int:
         absl_logger.setLevel(logging.CRITICAL + 1)
     try:
         with _stderr_held_back(args.debug):
-            return _orbax_run(args, convert_from_orbax, convert_to_orbax)
+            try:
+                return _orbax_run(args, convert_from_orbax, convert_to_orbax)
+            except BaseException:
+                if not args.debug:
+                    _quiet_orbax_leftovers()
+                raise
     except OrbaxError as e:
         raise ConversionError(str(e)) from None
     finally:
         absl_logger.setLevel(level)
+
+
+class _UnretrievedFutures:
+    """Drops asyncio's "... exception was never retrieved" records: after a failed orbax call, the futures
+    of orbax's closed event loop hold the same error this command reports, and asyncio logs them when they
+    are collected, which may be at interpreter exit (after the one-paragraph message)."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().partition("\n")[0].endswith("exception was never retrieved")
+
+
+def _quiet_orbax_leftovers() -> None:
+    """Called while fd 2 is still held back: the asyncio filter is installed once (process-wide; it drops
+    only unretrieved-future records) and the collectable futures are collected now, inside the window."""
+    import gc
+    import logging
+
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedFutures) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_UnretrievedFutures())
+    gc.collect()
 
 
 @contextlib.contextmanager

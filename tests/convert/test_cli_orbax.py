@@ -100,9 +100,62 @@ def test_a_failed_orbax_write_is_one_paragraph_without_orbax_s_traceback(tmp_pat
     done = subprocess.run([sys.executable, "-m", "convert", str(src), str(tmp_path / "out"), "--to", "orbax"],
                           capture_output=True, text=True, preexec_fn=limit, cwd=root, timeout=300)
     assert done.returncode == 2, done.stderr
-    # the message comes first; asyncio may still log orbax's failed futures when they are collected at
-    # exit, after the orbax call returned (seen in 1 CI run of about 10), so only the first lines are checked
-    assert done.stderr.startswith("flax-bart convert: cannot write the output:") or \
-        done.stderr.startswith("flax-bart convert: error:"), done.stderr[:500]
-    assert "DST was left as it was" in "\n".join(done.stderr.splitlines()[:2]), done.stderr[:500]
+    # the one-paragraph message and nothing else: no traceback from orbax's thread, tensorstore or asyncio
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0].startswith(("flax-bart convert: cannot write the output:", "flax-bart convert: error:"))
+    assert lines[1].startswith("DST was left as it was"), lines
     assert not (tmp_path / "out").exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+_LEFTOVER = """
+import asyncio, gc, resource, sys
+from flax_bart.cli import main
+resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+code = main(["convert", sys.argv[1], sys.argv[2], "--to", "orbax"] + sys.argv[3:])
+# a future of a closed loop whose exception nobody retrieved, collected after the command returned
+# (as orbax's may be, at exit): asyncio logs it unless the failed command quietened it
+loop = asyncio.new_event_loop()
+fut = loop.create_future()
+fut.set_exception(OSError("disk full"))
+loop.close()
+del fut
+gc.collect()
+sys.exit(code)
+"""
+
+
+def test_futures_left_by_a_failed_orbax_write_are_not_logged_after_the_message(tmp_path):
+    """The late asyncio log seen in 1 CI run of about 10, made certain: a future with an unretrieved
+    exception collected after the failed command; with --debug it is logged (so the check can fail)."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    torch_model("lm", seed=4, vocab_size=20000, d_model=64).save_pretrained(src)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def run(name, *extra):
+        return subprocess.run([sys.executable, "-c", _LEFTOVER, str(src), str(tmp_path / name), *extra],
+                              capture_output=True, text=True, cwd=root, timeout=300)
+
+    quiet = run("out")
+    assert quiet.returncode == 2 and len(quiet.stderr.splitlines()) == 2, quiet.stderr[-3000:]
+    loud = run("out2", "--debug")
+    assert loud.returncode == 2 and "exception was never retrieved" in loud.stderr, loud.stderr[-3000:]
+
+
+def test_the_unretrieved_future_filter_drops_only_those_records():
+    import logging
+
+    from convert.cli import _UnretrievedFutures
+
+    def record(msg):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
+
+    f = _UnretrievedFutures()
+    assert not f.filter(record("_GatheringFuture exception was never retrieved\nfuture: <...>"))
+    assert not f.filter(record("Task exception was never retrieved"))
+    assert f.filter(record("Executing <Task> took 0.2 seconds"))
+    assert f.filter(record("Unclosed event loop; exception was never retrieved elsewhere"))
