@@ -73,10 +73,23 @@ def _quick_gelu(x):   # QuickGELUActivation
     return x * _sigmoid(_times(x, 1.702))
 
 
+def _laplace(x, mu=0.707107, sigma=0.282095):   # LaplaceActivation (MEGA's)
+    # PyTorch rounds a Python scalar it adds or subtracts to the tensor's dtype first (unlike one it
+    # multiplies or divides by); each op is then rounded
+    shifted = x - jnp.asarray(mu, x.dtype)
+    return _times(1.0 + _erf(_once(lambda v: v / (sigma * math.sqrt(2.0)))(shifted)), 0.5)
+
+
+def _sqrt_softplus(x):   # SqrtSoftplusActivation: softplus, then sqrt (two kernels)
+    return _once(jnp.sqrt)(_once(jax.nn.softplus)(x))
+
+
 ACTIVATIONS = {
     "gelu": _once(lambda x: jax.nn.gelu(x, approximate=False)),
     "gelu_python": _gelu_python,
+    "gelu_10": _once(lambda x: jnp.clip(jax.nn.gelu(x, approximate=False), -10.0, 10.0)),   # ClippedGELU
     "gelu_new": _gelu_new,
+    "gelu_python_tanh": _gelu_new,   # GELUTanh(use_gelu_tanh_python=True): gelu_new's chain
     "gelu_pytorch_tanh": _once(_gelu_tanh_formula),
     "gelu_fast": _gelu_fast,
     "gelu_accurate": _gelu_new,
@@ -87,6 +100,9 @@ ACTIVATIONS = {
     "leaky_relu": _once(lambda x: jax.nn.leaky_relu(x, negative_slope=0.01)),
     "silu": _once(jax.nn.silu),
     "swish": _once(jax.nn.silu),
+    "hardswish": _once(jax.nn.hard_swish),
+    "laplace": _laplace,
+    "sqrtsoftplus": _sqrt_softplus,
     "mish": _once(lambda x: x * jnp.tanh(jax.nn.softplus(x))),
     "tanh": _once(jnp.tanh),
     "sigmoid": _once(jax.nn.sigmoid),

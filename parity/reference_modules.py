@@ -35,6 +35,10 @@ ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
     "gelu_new": _gelu_tanh_python,
+    "gelu_python_tanh": lambda x: x * 0.5 * (
+        1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0)))
+    ),
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10),
     "gelu_accurate": lambda x: 0.5 * x * (
         1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3)))
     ),
@@ -48,6 +52,9 @@ ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
     "mish": F.mish,
+    "hardswish": F.hardswish,
+    "laplace": lambda x: 0.5 * (1.0 + torch.erf((x - 0.707107).div(0.282095 * math.sqrt(2.0)))),
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
     "linear": lambda x: x,
