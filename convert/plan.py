@@ -72,8 +72,8 @@ def has_separate_embeddings(keys: Iterable, framework: str, read, config: BartCo
     """Whether a checkpoint holds transformers v5's untied seq2seq layout with input embeddings that
     differ from `shared` (`read(key)` gives a tensor): Flax trees by their `encoder/embed_tokens`,
     PyTorch state dicts by comparing the copies bit for bit. Always False for a tied config (copies
-    that differ there stay refused) and for the causal LM."""
-    if config.tie_word_embeddings or head == "causal":
+    that differ there stay refused). A causal LM reads the decoder's copy of such a checkpoint."""
+    if config.tie_word_embeddings:
         return False
     names = {canonical(k, framework): k for k in keys}
     if framework == "flax":
@@ -95,8 +95,12 @@ def with_layout_of(config: BartConfig, keys: Iterable, framework: str, read, hea
     """`config` with `separate_input_embeddings` set when the checkpoint holds that layout (logged)."""
     if config.separate_input_embeddings or not has_separate_embeddings(list(keys), framework, read, config, head):
         return config
-    logger.warning("%s holds separate encoder/decoder input embeddings (transformers v5, untied): loading them as "
-                   "three parameters", where)
+    if head == "causal":
+        logger.warning("%s holds separate encoder/decoder input embeddings (transformers v5, untied): the causal "
+                       "LM reads the decoder's embed_tokens, as PyTorch's BartForCausalLM does", where)
+    else:
+        logger.warning("%s holds separate encoder/decoder input embeddings (transformers v5, untied): loading them "
+                       "as three parameters", where)
     return config.replace(separate_input_embeddings=True)
 
 
@@ -128,6 +132,9 @@ def _lookup(config: BartConfig, framework: str, head: str | None = None) -> dict
                else rules.embedding_flax_aliases(config, head))
     for rank, alias in enumerate(aliases):
         table[alias] = (embed, rank)
+    if rules.causal_from_separate(config, head):   # known tensors the causal LM does not read
+        for p in rules.seq2seq_only_embeddings(config, framework):
+            table[p.pt if framework == "pt" else p.flax] = (p, 0)
     return table
 
 

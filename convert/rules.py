@@ -108,6 +108,19 @@ def separate_embeddings(config: BartConfig, head: str | None = None) -> bool:
     return bool(config.separate_input_embeddings) and head != "causal"
 
 
+def causal_from_separate(config: BartConfig, head: str | None = None) -> bool:
+    """A causal LM read from that layout: its word embedding is the decoder's `embed_tokens`, the one
+    PyTorch's BartForCausalLM loads; `shared` and the encoder's copy belong to the seq2seq model."""
+    return bool(config.separate_input_embeddings) and head == "causal"
+
+
+def seq2seq_only_embeddings(config: BartConfig, framework: str) -> list[Param]:
+    """`shared` and the encoder's `embed_tokens` of the separate layout, as tensors no causal LM wants."""
+    vocab = (config.vocab_size, config.d_model)
+    return [Param(f"{'.'.join(path[:-1])}.weight", path, "embedding", False, vocab, "encoder")
+            for path in (("shared", "embedding"), ("encoder", "embed_tokens", "embedding"))]
+
+
 def all_params(config: BartConfig, head: str | None = None) -> list[Param]:
     """Every logical tensor any head can have (the word embedding first, under its seq2seq name)."""
     vocab = (config.vocab_size, config.d_model)
@@ -138,6 +151,8 @@ def embedding_pt_aliases(config: BartConfig, head: str | None = None) -> tuple[s
     """Canonical PyTorch keys that all hold the word embedding, in order of preference as source."""
     if separate_embeddings(config, head):
         return ("shared.weight",)
+    if causal_from_separate(config, head):
+        return ("decoder.embed_tokens.weight",)
     keys = ("shared.weight", "decoder.embed_tokens.weight", "encoder.embed_tokens.weight")
     return keys + (("lm_head.weight",) if config.tie_word_embeddings else ())
 
@@ -146,6 +161,8 @@ EMBEDDING_FLAX_ALIASES = (("shared", "embedding"), ("decoder", "embed_tokens", "
 
 
 def embedding_flax_aliases(config: BartConfig, head: str | None = None) -> tuple[tuple[str, ...], ...]:
+    if causal_from_separate(config, head):
+        return EMBEDDING_FLAX_ALIASES[1:]
     return EMBEDDING_FLAX_ALIASES[:1] if separate_embeddings(config, head) else EMBEDDING_FLAX_ALIASES
 
 

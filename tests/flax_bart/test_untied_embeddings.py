@@ -104,6 +104,26 @@ def _flatten(tree, prefix=()):
             yield prefix + (k,), np.asarray(v)
 
 
+def test_a_causal_lm_reads_the_decoder_embedding_of_an_untied_seq2seq_checkpoint(tmp_path):
+    """As PyTorch's BartForCausalLM does (model.decoder.embed_tokens.weight): `shared` and the encoder's
+    copy, which differ from it, are another model's tensors, not tied copies to refuse."""
+    v5_untied("lm", tmp_path)
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert not np.array_equal(saved["model.shared.weight"], saved["model.decoder.embed_tokens.weight"])
+    model = MODEL_CLASSES["causal"].from_pretrained(tmp_path)
+    np.testing.assert_array_equal(model.params["model"]["decoder"]["embed_tokens"]["embedding"],
+                                  saved["model.decoder.embed_tokens.weight"])
+    np.testing.assert_array_equal(model.params["lm_head"]["kernel"], saved["lm_head.weight"].T)
+    tm = transformers.BartForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids, mask = batch(seed=1, b=3, t=9, vocab=64)
+    to = _torch_forward(tm, "causal", ids, mask)
+    fo = model(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    _check_all("causal", to, fo, mask)
+    out = tmp_path.parent / f"{tmp_path.name}-causal"
+    summary = convert_checkpoint(str(tmp_path), str(out), to="flax", head="causal")
+    assert summary.unused and not summary.unexpected
+
+
 def test_equal_copies_keep_the_single_embedding_layout(tmp_path):
     torch_model("lm", seed=3, **UNTIED).save_pretrained(tmp_path)  # the helper keeps the copies equal
     model = MODEL_CLASSES["lm"].from_pretrained(tmp_path)
@@ -142,7 +162,7 @@ def test_gate_flax_params_in_memory_equal_the_files_conversion_on_an_untied_chec
     v5_untied("lm", tmp_path)
     ckpt = open_checkpoint(tmp_path)
     assert ckpt.config.separate_input_embeddings
-    for head in ("lm", "qa", "cls", "base"):   # (an untied lm checkpoint cannot serve "causal": an input error)
+    for head in ("lm", "qa", "cls", "base", "causal"):
         got = flatten(ckpt.flax_weights(head, ckpt.reference_weights(head, seed=0)))
         want, summary = load_flax_params(tmp_path, ckpt.config, head,
                                          allow_missing=rules.head_only_prefixes(ckpt.config, head))
