@@ -39,10 +39,14 @@ class StagedOutput:
     """
 
     def __init__(self, target: str, *, overwrite: bool = False, merge: bool = False):
+        if not str(os.fspath(target)).strip():   # abspath("") is the working directory
+            raise ConversionError("the output path is empty (an unset variable?); name the output directory")
         self.target = os.path.abspath(os.fspath(target))
         self.merge = merge
         if os.path.lexists(self.target) and not merge and not overwrite:
             raise ConversionError(f"output {target} already exists; pass --overwrite to replace it")
+        if os.path.lexists(self.target) and not merge:
+            check_replaceable(self.target, target)
         if merge and os.path.exists(self.target) and not os.path.isdir(self.target):
             raise ConversionError(f"output {target} exists and is not a directory")
         parent = os.path.dirname(self.target)
@@ -119,6 +123,29 @@ class StagedOutput:
                 _discard(p)
         _fsync_dir(self.target)
         _discard(self.path)
+
+
+# an earlier output of flax-bart (every one holds config.json; a conversion also its summary)
+OUTPUT_MARKERS = ("config.json", "conversion_summary.json", "flax_bart_orbax.json")
+
+
+def check_replaceable(target: str, shown: str) -> None:
+    """What --overwrite may replace as a whole: a file, an empty directory or an earlier checkpoint
+    output; never the working directory, the home directory, or a directory holding either (`/`), and
+    not a directory of other files (a mistyped DST must not delete them)."""
+    real = os.path.realpath(target)
+    for what, place in (("the working directory", os.getcwd()), ("the home directory", os.path.expanduser("~"))):
+        place = os.path.realpath(place)
+        if os.path.commonpath([real, place]) == real:
+            raise ConversionError(f"output {shown} is {what} or holds it ({place}); an existing DST is replaced as "
+                                  f"a whole, so choose a directory of its own")
+    if os.path.isdir(real):
+        names = os.listdir(real)
+        if names and not any(os.path.isfile(os.path.join(real, m)) for m in OUTPUT_MARKERS):
+            shown_names = sorted(names)[:5] + (["..."] if len(names) > 5 else [])
+            raise ConversionError(f"output {shown} exists and holds no checkpoint (no config.json; it holds "
+                                  f"{shown_names}): --overwrite replaces only an earlier output; remove the "
+                                  f"directory yourself or choose another DST")
 
 
 def _discard(path: str) -> None:

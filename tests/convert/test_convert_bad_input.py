@@ -274,6 +274,23 @@ def test_write_failure_halfway_leaves_no_partial_output(pt_dir, tmp_path, monkey
         assert not dst.exists()
 
 
+def test_an_empty_dst_or_the_working_directory_is_never_replaced(pt_dir, tmp_path, capsys, monkeypatch):
+    """`convert SRC "$OUT" --overwrite` with OUT unset once replaced the working directory's files."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("x")
+    (work / "config.json").write_text("{}")   # even where it looks like an earlier output
+    monkeypatch.chdir(work)
+    for dst in ("", " ", ".", str(work.parent)):
+        assert main([str(pt_dir), dst, "--to", "flax", "--quiet", "--overwrite"]) == 2, dst
+        err = capsys.readouterr().err
+        assert ("the output path is empty" in err if not dst.strip() else
+                "is the working directory or holds it" in err or "is the source directory" in err), err
+        assert "Traceback" not in err
+    assert sorted(os.listdir(work)) == ["config.json", "precious.txt"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
 def test_existing_output_needs_overwrite_and_source_cannot_be_output(pt_dir, tmp_path, capsys):
     dst = tmp_path / "out"
     dst.mkdir()
@@ -281,6 +298,11 @@ def test_existing_output_needs_overwrite_and_source_cannot_be_output(pt_dir, tmp
     assert main([str(pt_dir), str(dst), "--to", "flax", "--quiet"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert (dst / "keep.txt").exists()
+    # a directory of other files is not an earlier output: --overwrite does not delete it
+    assert main([str(pt_dir), str(dst), "--to", "flax", "--quiet", "--overwrite"]) == 2
+    assert "holds no checkpoint (no config.json; it holds ['keep.txt'])" in capsys.readouterr().err
+    assert (dst / "keep.txt").read_text() == "x"
+    (dst / "config.json").write_text("{}")   # an earlier output (every one holds config.json) is replaced
     assert main([str(pt_dir), str(dst), "--to", "flax", "--quiet", "--overwrite"]) == 0
     assert not (dst / "keep.txt").exists() and (dst / "flax_model.msgpack").exists()
     before = tree_hash(pt_dir)
