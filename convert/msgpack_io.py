@@ -25,6 +25,9 @@ MAX_CHUNK_SIZE = 2**30  # flax.serialization.MAX_CHUNK_SIZE
 _EXT_NDARRAY, _EXT_NPSCALAR = 1, 3
 _CHUNKED = "__msgpack_chunked_array__"
 _MAX_DEPTH = 64
+# msgpack values outside array payloads (keys, maps, shapes, ...): a BART checkpoint holds a few thousand;
+# the budget bounds what a small hostile file (say a list of 10^7 empty maps) costs as Python objects
+MAX_VALUES = 250_000
 
 
 class _Leaf:
@@ -53,6 +56,7 @@ class _Scanner:
     def __init__(self, path: str, f):
         self.path, self.f = path, f
         self.size = os.fstat(f.fileno()).st_size
+        self.values = 0
 
     def fail(self, what: str):
         raise ConversionError(f"{self.path}: not a valid flax msgpack checkpoint: {what} (at byte {self.f.tell()})")
@@ -68,6 +72,10 @@ class _Scanner:
     def value(self, depth: int = 0):
         if depth > _MAX_DEPTH:
             self.fail(f"nesting deeper than {_MAX_DEPTH}")
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self.fail(f"more than {MAX_VALUES} msgpack values besides the array payloads (a BART checkpoint "
+                      f"holds a few thousand)")
         b = self.take(1)[0]
         if b <= 0x7F:
             return b

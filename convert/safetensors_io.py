@@ -20,7 +20,20 @@ from flax_bart.config import parse_json
 from convert.dtypes import SAFETENSORS_DTYPES, safetensors_name
 from convert.errors import ConversionError
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+# The safetensors library allows 100 MB, but a header parsed into Python objects takes up to ~45 times
+# its size; a BART checkpoint's header is well under 1 MiB (about 150 bytes a tensor).
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_DIMS = 64   # NumPy's limit
+
+
+def _check_density(raw: bytes, path: str) -> None:
+    """Each tensor's entry is one object and two lists in at least ~50 bytes: a header packed with far
+    more JSON containers (`[[],[],...]`, `{}` junk) is refused before it is parsed into Python objects."""
+    containers, commas = raw.count(b"{") + raw.count(b"["), raw.count(b",")
+    if containers > len(raw) // 12 + 64 or commas > len(raw) // 4 + 64:
+        raise ConversionError(f"{path}: safetensors header of {len(raw)} bytes holds {containers} JSON objects "
+                              f"and lists and {commas} values, far more than tensor entries need (corrupted or not "
+                              f"a safetensors file)")
 
 
 class SafetensorsFile:
@@ -45,6 +58,7 @@ class SafetensorsFile:
                     f"{path}: safetensors header of {n} bytes points past the end of the file ({size} bytes): truncated or corrupted"
                 )
             raw = f.read(n)
+        _check_density(raw, path)
         header = parse_json(raw, path, "safetensors header", ConversionError, unique_keys=True)
         if not isinstance(header, dict):
             raise ConversionError(f"{path}: safetensors header must be a JSON object, got {type(header).__name__}")
@@ -89,6 +103,8 @@ class SafetensorsFile:
         dtype_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
             raise ConversionError(f"{where}: unknown dtype {dtype_name!r}; expected one of {sorted(SAFETENSORS_DTYPES)}")
+        if isinstance(shape, list) and len(shape) > MAX_DIMS:
+            raise ConversionError(f"{where}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
             raise ConversionError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
         if (not isinstance(offsets, list) or len(offsets) != 2

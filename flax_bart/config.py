@@ -116,7 +116,8 @@ def _depth(value) -> int:
             deepest = max(deepest, d)
             if d > MAX_JSON_DEPTH:
                 break
-            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node)
+                         if isinstance(v, (dict, list)))   # (not a tuple per number of a long list)
     return deepest
 
 

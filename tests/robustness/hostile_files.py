@@ -234,6 +234,32 @@ def _t(dtype="F32", shape=(2,), offsets=(0, 8)):
     return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
 
 
+@case("st_header_dense_containers", "safetensors", ST + r": safetensors header of \d+ bytes holds \d+ JSON objects "
+      r"and lists and \d+ values, far more than tensor entries need", bounded=True)
+def _(root, marker):   # 4 MB of `{},`: ~150 MB of Python dicts if parsed
+    junk = b"[" + b",".join([b"{}"] * 1_300_000) + b"]"
+    return st_dir(root, b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "junk": ' + junk + b"}}",
+                  b"\0" * 8)
+
+
+@case("st_header_dense_numbers", "safetensors", ST + r": safetensors header of \d+ bytes holds .* far more than",
+      bounded=True)
+def _(root, marker):   # a shape of 2 million ones
+    return st_dir(root, b'{"a": {"dtype": "F32", "shape": [' + b",".join([b"1"] * 2_000_000) + b'], '
+                  b'"data_offsets": [0, 4]}}', b"\0" * 4)
+
+
+@case("st_too_many_dims", "safetensors", ST + r": tensor 'a': shape has 65 dimensions; at most 64")
+def _(root, marker):
+    return st_dir(root, {"a": _t(shape=(1,) * 65, offsets=(0, 4))}, b"\0" * 4)
+
+
+@case("st_header_over_the_cap", "safetensors", ST + r": safetensors header length 20971520 exceeds the 16777216-byte",
+      bounded=True)
+def _(root, marker):
+    return st_dir(root, b"{}", length=20 * 2**20)
+
+
 @case("st_overlapping_offsets", "safetensors", ST + r": tensors 'a' \[0, 8\) and 'b' \[4, 12\) overlap")
 def _(root, marker):
     return st_dir(root, {"a": _t(), "b": _t(offsets=(4, 12))}, b"\0" * 12)
@@ -450,6 +476,13 @@ def _(root, marker):
 @case("mp_huge_bin_length", "msgpack", MP + r"needs 4294967295 more bytes but the file ends", bounded=True, to="pytorch")
 def _(root, marker):
     return mp_dir(root, b"\x81\xa1a\xc6\xff\xff\xff\xff")
+
+
+@case("mp_many_empty_maps", "msgpack", MP + r"more than 250000 msgpack values besides the array payloads",
+      bounded=True, to="pytorch")
+def _(root, marker):   # 2 MB of one-byte empty maps: ~150 MB of Python dicts before the value budget
+    n = 2_000_000
+    return mp_dir(root, b"\x81\xa1a\xdd" + n.to_bytes(4, "big") + b"\x80" * n)
 
 
 @case("mp_top_level_array", "msgpack", r"flax_model\.msgpack: a flax msgpack checkpoint must hold a map at top level",
