@@ -192,6 +192,8 @@ def read_index(index_path: str) -> dict[str, str]:
 
 
 def _shard_path(index_path: str, directory: str, shard: str) -> str:
+    if not shard.strip():
+        raise ConversionError(f"{index_path}: a shard file name in the index is empty")
     try:
         real = contained(directory, shard, "shard path")
     except ConversionError as e:
@@ -199,6 +201,8 @@ def _shard_path(index_path: str, directory: str, shard: str) -> str:
     if not os.path.isfile(real):
         raise ConversionError(f"{index_path}: shard {shard!r} named in the index is missing or not a file "
                               f"({os.path.join(directory, shard)})")
+    if real == os.path.realpath(index_path):
+        raise ConversionError(f"{index_path}: the index names itself as shard {shard!r}; its shards are weight files")
     return real
 
 
@@ -275,6 +279,10 @@ def open_source(path: str, prefer: str | None = None) -> Source:
         if not found:
             present = sorted(os.listdir(path))[:20]
             wanted = [n for pair in WEIGHT_FILES.values() for n in pair]
+            odd = [n for n in wanted if os.path.exists(os.path.join(path, n))]   # present, not regular files
+            if odd:
+                raise ConversionError(f"{path}: {odd[0]} is not a regular file (a directory?); a weights file is "
+                                      f"expected there")
             raise ConversionError(f"{path}: no checkpoint weights found; looked for {wanted}, the directory holds {present}")
         opened: dict[str, Source] = {}
 

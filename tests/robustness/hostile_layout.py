@@ -110,6 +110,25 @@ def _(root, marker):
     return d
 
 
+@case("idx_empty_shard_name", "index", r"model\.safetensors\.index\.json: a shard file name in the index is empty")
+def _(root, marker):
+    return _point_first_key_at(root, "")
+
+
+@case("idx_names_itself", "index", r"model\.safetensors\.index\.json: the index names itself as shard "
+      r"'model\.safetensors\.index\.json'")
+def _(root, marker):
+    return _point_first_key_at(root, "model.safetensors.index.json")
+
+
+@case("weights_file_is_a_directory", "layout", r"model\.safetensors is not a regular file \(a directory\?\)")
+def _(root, marker):
+    d = root / "src"
+    write_config(d)
+    (d / "model.safetensors").mkdir()
+    return d
+
+
 @case("idx_not_an_object", "index", r"index\.json: index must be an object with a 'weight_map'")
 def _(root, marker):
     d, index_path, _ = _sharded(root)
