@@ -24,6 +24,19 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+MAX_SEED = 2**64 - 1   # numpy takes any integer >= 0, torch.Generator.manual_seed one below 2**64
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64), got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64), got {text!r}")
+    return value
+
+
 def _bad_input_errors() -> tuple:
     from convert.errors import ConversionError
     from flax_bart.config import ConfigError
@@ -95,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=None, help="tokens per generated row (default 12)")
     p.add_argument("--text", action="append", default=[], metavar="TEXT",
                    help="use this text as input (repeat for more rows); needs the checkpoint's tokenizer")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs and drawn head weights")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the generated inputs and drawn head weights "
+                                                          "(an integer in [0, 2**64))")
     p.add_argument("--flax-device", type=_csv, default=("cpu",), help="cpu, gpu or tpu (comma-separated for several)")
     p.add_argument("--torch-device", type=_csv, default=("cpu",), help="cpu or cuda[:N] (comma-separated for several)")
     p.add_argument("--mesh", metavar="AXES", default=None,
@@ -140,11 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a tensor's growth counts only once it uses this share of its tolerance (default: "
                         "0.1 when the baseline's machine fingerprint equals this machine's, 0.8 otherwise)")
     p.add_argument("--out", metavar="DIR", help="report directory (default reports/parity-<checkpoint name>)")
-    p.add_argument("--compile-cache", metavar="DIR", help="keep compiled XLA programs in DIR for later runs "
-                                                          "(JAX's persistent compilation cache; default "
-                                                          "$FLAX_BART_CACHE/jax-compile/<CPU ISA and jax key>, "
-                                                          "FLAX_BART_CACHE defaulting to ~/.cache/flax-bart)")
-    p.add_argument("--no-compile-cache", action="store_true", help="compile from scratch and keep nothing")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--compile-cache", metavar="DIR", help="keep compiled XLA programs in DIR for later runs "
+                                                              "(JAX's persistent compilation cache; default "
+                                                              "$FLAX_BART_CACHE/jax-compile/<CPU ISA and jax key>, "
+                                                              "FLAX_BART_CACHE defaulting to ~/.cache/flax-bart); "
+                                                              "a DIR that is not a directory and cannot be made "
+                                                              "one is bad input")
+    cache.add_argument("--no-compile-cache", action="store_true", help="compile from scratch and keep nothing")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -173,16 +190,17 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
     from parity.harness import print_progress, run_parity
     from parity.outcome import EXIT_CODES
     from parity.regression import check_baseline, check_overlap, format_diff
-    from parity.report import load_report, write_reports
+    from parity.report import load_report, not_a_report_file, write_reports
     from parity.schema import ReportError
     from parity.summary import render_table
 
     base_report = None
     if baseline is not None:  # a bad baseline is bad input: say so before spending minutes on the run
-        if not Path(baseline).is_file():
+        problem = not_a_report_file(baseline)
+        if problem is not None:
             from parity.checkpoint import ParityInputError
 
-            raise ParityInputError(f"--baseline {baseline}: no such file")
+            raise ParityInputError(f"--baseline {baseline}: {problem}")
         base_report = load_report(baseline)
     outcome = run_parity(checkpoint, flax, opts, log=None if quiet else print_progress)
     report = outcome.report
@@ -248,28 +266,67 @@ def tune_allocator_for(flax_devices, checkpoint=None, test_sized: bool | None = 
     tune_host_allocator(one_arena=one_arena)
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], notes: list[str] | None = None) -> int:
+    """The gate; `notes` collects what is printed after the error paragraph (an --out left as it is)."""
     out = _explicit_out(argv)   # known before parsing: a usage error must not leave an earlier run's reports
-    state = {"written": False}
+    state = {"written": False, "keep_out": False}
     try:
         args = build_parser().parse_args(argv)
         out = args.out or os.path.join("reports",
                                        "parity-" + (Path(os.path.abspath(args.checkpoint)).name or "checkpoint"))
         return _gate(args, out, state)
     except BaseException as e:   # stopped before the reports were written: none of an earlier run may stay
-        if out is not None and not state["written"]:
-            from parity.report_error import replace_with_error
-
-            if isinstance(e, SystemExit):   # argparse: usage errors (2); --help (0) changes nothing
-                if e.code not in (0, None):
-                    replace_with_error(out, Path(os.path.abspath(out)).name, EXIT_BAD_INPUT,
-                                       "bad command-line arguments (the usage message says which)")
-            else:
-                code = (EXIT_BAD_INPUT if isinstance(e, _bad_input_errors())
-                        else 130 if isinstance(e, KeyboardInterrupt) else EXIT_INTERNAL)
-                replace_with_error(out, Path(os.path.abspath(out)).name, code,
-                                   " ".join(str(e).split()) or type(e).__name__)
+        if out is not None and not state["written"] and not state["keep_out"]:
+            _error_reports(e, out, notes)
         raise
+
+
+def _error_reports(e: BaseException, out: str, notes: list[str] | None) -> None:
+    """The early-stop reports (parity.report_error) in `out`, where it is empty or an earlier run's; a
+    note says why an existing folder of other files was left as it is."""
+    from parity.report_error import earlier_output_problem, replace_with_error
+
+    if isinstance(e, SystemExit):   # argparse: usage errors (2); --help (0) changes nothing
+        if e.code in (0, None):
+            return
+        code, message = EXIT_BAD_INPUT, "bad command-line arguments (the usage message says which)"
+    else:
+        code = (EXIT_BAD_INPUT if isinstance(e, _bad_input_errors())
+                else 130 if isinstance(e, KeyboardInterrupt) else EXIT_INTERNAL)
+        message = " ".join(str(e).split()) or type(e).__name__
+    if str(out).strip() and os.path.isdir(out):
+        problem = earlier_output_problem(out)
+        if problem is not None:
+            if notes is not None:
+                notes.append(f"--out {out}: {problem}; no error report was written there and nothing in it "
+                             "was removed")
+            return
+    replace_with_error(out, Path(os.path.abspath(out)).name, code, message)
+
+
+def _check_out_apart(out: str, explicit: bool, checkpoint: str, flax: str | None) -> None:
+    """The reports never go into a checkpoint: an --out (or the default report directory) equal to or
+    inside the checkpoint's directory (or --flax's) is bad input, before anything is written."""
+    from parity.checkpoint import ParityInputError
+
+    target = os.path.realpath(out)
+    for option, given in (("CHECKPOINT", checkpoint), ("--flax", flax)):
+        if not given or not os.path.exists(given):
+            continue   # a missing checkpoint is reported by the gate itself
+        where = os.path.realpath(given)
+        if not os.path.isdir(where):
+            where = os.path.dirname(where)   # a weights file: its folder holds config.json
+        if target == where:
+            relation = "is"
+        elif target.startswith(where.rstrip(os.sep) + os.sep):
+            relation = "is inside"
+        else:   # (an --out holding the checkpoint in a subfolder leaves it alone: the reports are top-level files)
+            continue
+        what = "--out" if explicit else "the default report directory"
+        raise ParityInputError(
+            f"{what} {out} {relation} the {option} directory {where}: the reports (report.json, report.md, "
+            f"report.html, junit.xml; an early stop replaces or removes them) need a folder apart from the "
+            f"checkpoint; name {'another' if explicit else 'one'} with --out")
 
 
 def _explicit_out(argv: list[str]) -> str | None:
@@ -287,6 +344,11 @@ def _explicit_out(argv: list[str]) -> str | None:
 
 
 def _gate(args, out: str, state: dict) -> int:
+    try:
+        _check_out_apart(out, args.out is not None, args.checkpoint, args.flax)
+    except Exception:
+        state["keep_out"] = True   # the checkpoint's folder: no error report there either
+        raise
     if not args.baseline_factor >= 1:
         from parity.checkpoint import ParityInputError
 
@@ -297,15 +359,44 @@ def _gate(args, out: str, state: dict) -> int:
         raise ParityInputError(f"--baseline-floor {args.baseline_floor:g}: expected a fraction in [0, 1)")
     opts = options_from_args(args, Path(os.path.abspath(out)).name)
     tune_allocator_for(opts.flax_devices, args.checkpoint)
-    setup_compile_cache(args.compile_cache, args.no_compile_cache)
+    _setup_compile_cache(args.compile_cache, args.no_compile_cache)
     return run_gate(args.checkpoint, args.flax, opts, out, baseline=args.baseline,
                     baseline_factor=args.baseline_factor, baseline_floor=args.baseline_floor, quiet=args.quiet,
                     state=state)
 
 
+def _setup_compile_cache(directory: str | None, disabled: bool) -> None:
+    """`--compile-cache DIR` that is not a directory and cannot be made one is bad input, named: the run
+    would compile everything again, each time, while the user believes it cached (a mistyped CI path). The
+    default cache folder failing does not stop the gate: a warning, and the run compiles without one."""
+    from parity.checkpoint import ParityInputError
+
+    if directory is not None and not disabled:
+        if not str(directory).strip():
+            raise ParityInputError("--compile-cache: empty path; expected a directory (or --no-compile-cache)")
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise ParityInputError(f"--compile-cache {directory}: not a directory; expected a directory to keep "
+                                   f"compiled XLA programs in (or --no-compile-cache)")
+    try:
+        setup_compile_cache(directory, disabled)
+    except OSError as e:
+        if directory is not None:
+            raise ParityInputError(f"--compile-cache {directory}: cannot be used as the compile cache "
+                                   f"({e.strerror or e}); expected a directory that can be created and "
+                                   f"written (or --no-compile-cache)") from None
+        print(f"flax-bart parity: warning: the default compile cache {default_compile_cache()} cannot be used "
+              f"({e.strerror or e}); compiling without one (--compile-cache DIR or --no-compile-cache)",
+              file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`flax-bart parity ...`; returns the exit code."""
-    return guarded(_main, sys.argv[1:] if argv is None else argv, "flax-bart parity")
+    notes: list[str] = []
+    try:
+        return guarded(lambda args: _main(args, notes), sys.argv[1:] if argv is None else argv, "flax-bart parity")
+    finally:
+        for note in notes:   # after the error paragraph (argparse's usage message comes first)
+            print(f"flax-bart parity: note: {note}", file=sys.stderr)
 
 
 def demo_main(argv: Sequence[str] | None = None) -> int:

@@ -218,6 +218,9 @@ def input_cases(checkpoint: Checkpoint, heads, opts: Options) -> dict[str, dict[
     from parity.inputs import cases_for_head
     from parity.mesh import check_batch, default_batch_size, parse_mesh
 
+    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int) or not 0 <= opts.seed < 2**64:
+        raise ParityInputError(f"--seed {opts.seed!r}: expected an integer in [0, 2**64) (numpy's and "
+                               "torch's generators are seeded with it)")
     mesh = parse_mesh(opts.mesh) if opts.mesh is not None else None
     batch_size = default_batch_size(mesh) if opts.batch_size is None else opts.batch_size
     if opts.texts:

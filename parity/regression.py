@@ -48,9 +48,11 @@ POOLED_MIN = 16  # tensors a column needs before its mean is judged
 
 
 def fraction(verdict) -> float | None:
-    """Share of the tolerance a passing verdict uses; None where it is not a ratio (ids, zero tolerance)."""
+    """Share of the tolerance a passing verdict uses; None where it is not a ratio (ids, zero tolerance) or
+    not a share at all (a negative or non-finite value: parity.schema refuses such reports, but a report
+    built in memory is not validated)."""
     value, tol = verdict.value, verdict.tolerance
-    if tol is None or value is None or not (math.isfinite(tol) and tol > 0 and math.isfinite(value)):
+    if tol is None or value is None or not (math.isfinite(tol) and tol > 0 and math.isfinite(value) and value >= 0):
         return None
     return value / tol
 
@@ -224,10 +226,12 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
                 continue
             _judge_move(result, col.key, old, r, factor, floor)
             f_old, f_new = fraction(old.verdict), fraction(r.verdict)
-            if f_old and f_new and min(old.metrics.count, r.metrics.count) >= TINY_COUNT:
+            if (f_old is not None and f_new is not None and f_old > 0 and f_new > 0
+                    and min(old.metrics.count, r.metrics.count) >= TINY_COUNT):
                 logs.append(math.log(f_new / f_old))
         if len(logs) >= POOLED_MIN:
-            result.columns.append(ColumnShift(col.key, len(logs), math.exp(sum(logs) / len(logs))))
+            mean = sum(logs) / len(logs)   # shares of tiny and huge tolerances: exp can overflow
+            result.columns.append(ColumnShift(col.key, len(logs), math.exp(mean) if mean < 700 else math.inf))
     result.missing = [key for key in base_index if key not in cur_keys]
     return result
 

@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,9 +362,31 @@ def checkpoint_hash(paths: Iterable[os.PathLike | str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def not_a_report_file(path: os.PathLike | str) -> str | None:
+    """What `path` is when it cannot be a report.json, in words ("no such file", "a directory", ...); None
+    for a regular file (or a link to one). Checked before reading: a FIFO would block."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except NotADirectoryError:
+        return "no such file (a part of the path is not a directory)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    what = next((words for test, words in kinds if test(mode)), "not a regular file")
+    return f"{what}, not a report.json file"
+
+
 def load_report(path: os.PathLike | str) -> RunReport:
     """Read and validate a ``report.json``; every problem is a :class:`ReportError` naming the file."""
     path = Path(path)
+    problem = not_a_report_file(path)
+    if problem is not None:
+        raise ReportError(f"{path}: {problem}")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

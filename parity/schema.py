@@ -48,6 +48,21 @@ _FLOAT_METRICS = (
     "gold_err_ref_mean", "gold_err_cand_max", "gold_err_cand_mean", "gold_ratio",
     "match_fraction",
 )
+# Metrics that parity.metrics computes as magnitudes (errors, RMS, a clamped KL, a ratio of maxima): never
+# below 0 ("NaN" where nothing could be measured, "Infinity" where a ratio has a zero denominator).
+NONNEGATIVE_METRICS = (
+    "ref_rms", "max_abs_err", "max_rel_err", "mean_abs_err", "mean_kl", "gold_rms", "gold_err_ref_max",
+    "gold_err_ref_mean", "gold_err_cand_max", "gold_err_cand_mean", "gold_ratio",
+)
+# Metrics that are shares of positions or elements: in [0, 1] (or "NaN").
+FRACTION_METRICS = ("argmax_agreement", "top5_overlap", "match_fraction")
+# The metrics a verdict is decided on (parity.tolerance, parity.weights, parity.judge, parity.adamw; every
+# flax-bart so far wrote these only). A verdict's value is >= 0, "NaN" or "Infinity"; its tolerance is a
+# finite number >= 0 (every bound the gate computes is).
+VERDICT_METRICS = (
+    "count", "nonfinite", "mismatches", "max_rel_err", "mean_rel_err", "max_abs_err", "gold_err_cand_max",
+    "err_at_grad_scale",
+)
 
 
 def _obj(properties: dict[str, Any], *, optional: tuple[str, ...] = (), extra: Any = False) -> dict[str, Any]:
@@ -74,7 +89,7 @@ METRICS_SCHEMA = _obj({
 
 VERDICT_SCHEMA = _obj({
     "passed": {"type": "boolean"},
-    "metric": _NAME,
+    "metric": {"enum": list(VERDICT_METRICS)},
     "value": _NUMBER,
     "tolerance": _NUMBER,
     "rule": {"type": "string"},
@@ -93,7 +108,7 @@ FIRST_FAILURE_SCHEMA = _obj({
     "name": _NAME,
     "group": _NAME,
     "layer": _COUNT_OR_NULL,
-    "metric": _NAME,
+    "metric": {"enum": list(VERDICT_METRICS)},
     "value": _NUMBER,
     "tolerance": _NUMBER,
 })
@@ -285,15 +300,33 @@ def _expected(schema: dict[str, Any]) -> str:
 
 
 def _check_verdict(verdict: dict[str, Any], where: str) -> None:
-    """A tolerance is a number >= 0, and a passing verdict's value is within it (parity.tolerance
-    decides every verdict so): a baseline that says otherwise would switch its tensors' regression check
-    off, e.g. a NaN tolerance with `passed: true`."""
+    """A tolerance is a finite number >= 0, a value is >= 0 ("NaN" and "Infinity" allowed), and a passing
+    verdict's value is within its tolerance (parity.tolerance decides every verdict so): a baseline that
+    says otherwise would switch its tensors' regression check off (a NaN or infinite tolerance with
+    `passed: true`) or make its shares meaningless (a negative value)."""
     value, tolerance = decode_number(verdict["value"]), decode_number(verdict["tolerance"])
-    if math.isnan(tolerance) or tolerance < 0:
-        raise ReportSchemaError(f"{where}.tolerance", f"expected a number >= 0, got {verdict['tolerance']!r}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ReportSchemaError(f"{where}.tolerance", f"expected a finite number >= 0, got "
+                                                      f"{verdict['tolerance']!r}")
+    if value < 0:   # False for NaN
+        raise ReportSchemaError(f"{where}.value", f"expected a number >= 0 (or \"NaN\" or \"Infinity\"), got "
+                                                  f"{verdict['value']!r}")
     if verdict["passed"] and not value <= tolerance:
         raise ReportSchemaError(f"{where}.passed", f"true, but its value {verdict['value']!r} is not within its "
                                                    f"tolerance {verdict['tolerance']!r}")
+
+
+def _check_metric_values(metrics: dict[str, Any], where: str) -> None:
+    """Magnitudes are >= 0 and shares in [0, 1] ("NaN" allowed in both; "Infinity" for magnitudes)."""
+    for name in NONNEGATIVE_METRICS:
+        raw = metrics.get(name)
+        if raw is not None and decode_number(raw) < 0:
+            raise ReportSchemaError(f"{where}.{name}", f"expected a number >= 0 (or \"NaN\" or \"Infinity\"), "
+                                                       f"got {raw!r}")
+    for name in FRACTION_METRICS:
+        raw = metrics.get(name)
+        if raw is not None and not math.isnan(decode_number(raw)) and not 0 <= decode_number(raw) <= 1:
+            raise ReportSchemaError(f"{where}.{name}", f"expected a share in [0, 1] (or \"NaN\"), got {raw!r}")
 
 
 def _check_consistency(data: dict[str, Any]) -> None:
@@ -317,6 +350,7 @@ def _check_consistency(data: dict[str, Any]) -> None:
             if res["metrics"]["name"] != res["name"]:
                 raise ReportSchemaError(f"{where}.results[{ri}].metrics.name",
                                         f"expected {res['name']!r}, got {res['metrics']['name']!r}")
+            _check_metric_values(res["metrics"], f"{where}.results[{ri}].metrics")
             if not res["verdict"]["passed"]:
                 failing.append(res)
         counts = {"total": len(col["results"]), "failed": len(failing)}

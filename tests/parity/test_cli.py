@@ -240,6 +240,11 @@ def _no_traceback(code, err):
     (["--compile-mode", "O3"], "--compile-mode: invalid choice: 'O3'"),
     (["--flax-jobs", "0"], "--flax-jobs 0: expected a number >= 1"),
     (["--precision", "tf32"], "--precision: invalid choice: 'tf32'"),
+    (["--baseline", "/"], "--baseline /: a directory, not a report.json file"),
+    (["--baseline", "/dev/null"], "--baseline /dev/null: a character device, not a report.json file"),
+    (["--seed", "-1"], "argument --seed: expected an integer in [0, 2**64), got '-1'"),
+    (["--seed", str(2**64)], "argument --seed: expected an integer in [0, 2**64), got '18446744073709551616'"),
+    (["--compile-cache", "/tmp", "--no-compile-cache"], "not allowed with argument"),
 ])
 def test_bad_arguments_exit_2(checkpoint, tmp_path, capsys, extra, words):
     code, _, err = run([checkpoint, *FAST, "--out", str(tmp_path), *extra], capsys)
@@ -419,3 +424,122 @@ def test_usage_errors_never_touch_the_working_directory_or_another_out(checkpoin
     assert sorted(os.listdir(first)) == REPORT_FILES                      # argparse takes the last --out
     assert sorted(os.listdir(second)) == ["junit.xml", "report.md"]
     capsys.readouterr()
+
+
+def _checkpoint_copy(checkpoint, directory):
+    import shutil
+
+    shutil.copytree(checkpoint, directory)
+    return directory
+
+
+def _snapshot(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["usage_out_is_checkpoint", "usage", "bad_input"])
+def test_an_early_stop_leaves_an_out_of_other_files_alone(checkpoint, tmp_path, capsys, how):
+    """A usage error or bad input with --out naming a folder of other files (say the checkpoint's own)
+    once rewrote its report.md, added junit.xml and would have removed a report.json/report.html there."""
+    target = str(checkpoint)
+    out = tmp_path / "mine"
+    if how == "usage_out_is_checkpoint":
+        out = _checkpoint_copy(checkpoint, tmp_path / "ckpt")
+        target = str(out)
+    out.mkdir(exist_ok=True)
+    (out / "report.md").write_text("my notes")
+    (out / "report.json").write_text('{"mine": true}')
+    (out / "report.html").write_text("<p>mine</p>")
+    (out / "junit.xml").write_text('<?xml version="1.0"?><testsuites name="pytest tests"/>')
+    before = _snapshot(out)
+    extra = ["--baseline", str(tmp_path / "missing.json")] if how == "bad_input" else ["--rtol", "-1"]
+    code, _, err = run([target, *FAST, "--out", str(out), *extra], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert _snapshot(out) == before
+    assert (f"flax-bart parity: note: --out {out}: it holds other files and no earlier parity reports "
+            "(no report.json or junit.xml written by the gate); no error report was written there") in err
+    assert err.rstrip().splitlines()[-1].startswith("flax-bart parity: note:")   # after the error paragraph
+    if how == "bad_input":
+        assert err.startswith(f"flax-bart parity: error: --baseline {tmp_path / 'missing.json'}: no such file\n")
+
+
+def test_an_early_stop_replaces_an_empty_or_earlier_error_out(checkpoint, tmp_path, capsys):
+    out = tmp_path / "gate"
+    out.mkdir()
+    for _ in range(2):   # empty, then holding the first error report only (no report.json)
+        assert main([checkpoint, *FAST, "--out", str(out), "--rtol", "-1"]) == 2
+        assert sorted(os.listdir(out)) == ["junit.xml", "report.md"]
+        assert ET.parse(out / "junit.xml").getroot().get("name") == "parity gate: ERROR"
+        assert "note:" not in capsys.readouterr().err
+    from parity.report_error import earlier_output_problem
+
+    (out / "junit.xml").unlink()
+    (out / "report.md").write_text("mine")
+    assert "no earlier parity reports" in earlier_output_problem(out)
+    (out / "report.json").write_text('{"schema_version": 1, "kind": "flax-bart-parity-report", "columns": []}')
+    assert earlier_output_problem(out) is None                    # any outcome of any version
+    (out / "report.json").unlink()
+    os.mkfifo(out / "junit.xml")                                  # never opened for reading
+    assert earlier_output_problem(out) is not None
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "weights_file", "flax"])
+def test_an_out_overlapping_the_checkpoint_is_bad_input(checkpoint, passing_run, tmp_path, capsys, where):
+    """The reports never go into the checkpoint (nor an early stop's error reports, even where an
+    earlier parity run's report.json lies there)."""
+    import shutil
+
+    ckpt = _checkpoint_copy(checkpoint, tmp_path / "models" / "ckpt")
+    shutil.copy(passing_run[1] / "report.json", ckpt / "report.json")
+    target, extra = str(ckpt), []
+    out, relation = {"same": (ckpt, "is"), "inside": (ckpt / "r", "is inside"),
+                     "weights_file": (ckpt, "is"), "flax": (tmp_path / "models" / "r", "is inside")}[where]
+    if where == "weights_file":
+        target = str(ckpt / "model.safetensors")
+    if where == "flax":
+        target, extra = checkpoint, ["--flax", str(tmp_path / "models")]
+    before = _snapshot(tmp_path)
+    code, _, err = run([target, *extra, *FAST, "--out", str(out)], capsys)
+    _no_traceback(code, err)
+    option = "--flax" if where == "flax" else "CHECKPOINT"
+    assert f"--out {out} {relation} the {option} directory" in err and "name another with --out" in err
+    assert _snapshot(tmp_path) == before and not (tmp_path / "models" / "r").exists()
+
+
+def test_the_default_out_inside_the_checkpoint_is_bad_input(checkpoint, tmp_path, capsys, monkeypatch):
+    ckpt = _checkpoint_copy(checkpoint, tmp_path / "ckpt")
+    monkeypatch.chdir(ckpt)
+    code, _, err = run([".", *FAST], capsys)
+    _no_traceback(code, err)
+    assert "the default report directory reports/parity-ckpt is inside the CHECKPOINT directory" in err
+    assert "name one with --out" in err and not (ckpt / "reports").exists()
+
+
+def test_a_compile_cache_that_is_no_directory_is_bad_input(checkpoint, tmp_path, capsys):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run([checkpoint, *FAST, "--out", str(tmp_path / "r"), "--compile-cache", str(tmp_path / "afile")],
+                       capsys)
+    _no_traceback(code, err)
+    assert f"--compile-cache {tmp_path / 'afile'}: not a directory" in err
+    code, _, err = run([checkpoint, *FAST, "--out", str(tmp_path / "r"), "--compile-cache",
+                        str(tmp_path / "afile" / "sub")], capsys)
+    _no_traceback(code, err)
+    assert f"--compile-cache {tmp_path / 'afile' / 'sub'}: cannot be used as the compile cache" in err
+    assert (tmp_path / "afile").read_text() == "x" and jax.config.jax_compilation_cache_dir == before
+
+
+def test_a_baseline_with_a_negative_value_is_bad_input_before_the_run(checkpoint, passing_run, tmp_path, capsys):
+    """Schema-valid but impossible: once exit 3 (`internal error (ValueError: math domain error)`)."""
+    data = json.loads((passing_run[1] / "report.json").read_text())
+    for col in data["columns"]:
+        for res in col["results"]:
+            res["verdict"]["value"] = -5.0
+    (tmp_path / "bl.json").write_text(json.dumps(data))
+    code, _, err = run([checkpoint, *FAST, "--out", str(tmp_path / "r"), "--baseline", str(tmp_path / "bl.json")],
+                       capsys)
+    _no_traceback(code, err)
+    assert err.startswith("flax-bart parity: error: report.columns[0].results[0].verdict.value: expected a number "
+                          f">= 0 (or \"NaN\" or \"Infinity\"), got -5.0 (in {tmp_path / 'bl.json'})")

@@ -239,8 +239,8 @@ def test_a_hostile_baseline_is_bad_input_naming_the_file(tmp_path, capsys, edit,
 
 
 @pytest.mark.parametrize("tolerance, passed, words", [
-    ("NaN", True, "expected a number >= 0"),
-    (-1.0, True, "expected a number >= 0"),
+    ("NaN", True, "expected a finite number >= 0"),
+    (-1.0, True, "expected a finite number >= 0"),
     (1e-9, True, "is not within its tolerance"),      # a share above 1 that claims to pass
 ])
 def test_a_self_contradictory_verdict_is_refused(tmp_path, capsys, tolerance, passed, words):
@@ -295,3 +295,45 @@ def test_the_more_line_counts_what_is_not_listed():
     lines = baseline_lines(cur, limit=10)
     assert sum(line.startswith("worse:") for line in lines) == 10
     assert "... and 3 more (report.json lists all)" in lines
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("value", -5.0, 'verdict.value: expected a number >= 0 (or "NaN" or "Infinity"), got -5.0'),
+    ("value", "-Infinity", "verdict.value: expected a number >= 0"),
+    ("tolerance", "Infinity", "verdict.tolerance: expected a finite number >= 0, got 'Infinity'"),
+    ("metric", "bogus_metric", "verdict.metric: expected one of ['count', "),
+])
+def test_an_impossible_verdict_is_bad_input_naming_the_file_and_field(tmp_path, capsys, field, value, words):
+    """A schema-valid baseline whose verdicts no gate writes once exited 3 from the gate (math.log of a
+    negative share) and 2 with a bare "math domain error" from `report diff`."""
+    a = write_json(report(BASE), tmp_path / "a.json")
+    data = json.loads(a.read_text())
+    for res in data["columns"][0]["results"]:
+        res["verdict"][field] = value
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    assert main_diff([str(tmp_path / "bad.json"), str(a)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "report.columns[0].results[0]." + words in err, err
+    assert "math domain" not in err and err.count("\n") == 1
+
+
+def test_shares_of_impossible_in_memory_verdicts_are_skipped_not_a_math_error():
+    """Reports built in memory are not validated: a negative or zero value is no share, never math.log's."""
+    import dataclasses
+
+    shares = {f"h[{i}]": 0.5 for i in range(POOLED_MIN)}
+    base, cur = report(shares), report(shares)
+    for col in base.columns:
+        col.results[:] = [dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, value=-r.verdict.value))
+                          for r in col.results]
+    result = compare_to_baseline(base, cur)
+    assert result.compared == POOLED_MIN and result.passed and result.columns == []
+    for col in cur.columns:
+        col.results[:] = [dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, value=0.0))
+                          for r in col.results]
+    assert compare_to_baseline(report(shares), cur).columns == []
+    from parity.regression import fraction
+    from parity.tolerance import Verdict
+
+    assert fraction(Verdict(True, "max_rel_err", -1e-6, 1e-5, "")) is None
+    assert fraction(Verdict(True, "max_rel_err", 5e-6, 1e-5, "")) == pytest.approx(0.5)

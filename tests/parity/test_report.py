@@ -108,6 +108,26 @@ def _broken(mutate):
     (lambda d: d["columns"][1]["results"][0]["verdict"].__setitem__("passed", False), "report.columns[1].counts"),
     (lambda d: d.__setitem__("passed", True), "report.passed"),
     (lambda d: d["policy"].__setitem__("k", -1.0), "report.policy"),
+    # values no gate writes: a negative share once reached math.log (exit 3), an infinite tolerance or an
+    # unknown metric once switched a tensor's regression check off
+    (lambda d: d["columns"][0]["results"][0]["verdict"].__setitem__("value", -5.0),
+     "report.columns[0].results[0].verdict.value"),
+    (lambda d: d["columns"][1]["results"][3]["verdict"].__setitem__("value", "-Infinity"),
+     "report.columns[1].results[3].verdict.value"),
+    (lambda d: d["columns"][0]["results"][1]["verdict"].__setitem__("tolerance", "Infinity"),
+     "report.columns[0].results[1].verdict.tolerance"),
+    (lambda d: d["columns"][0]["results"][0]["verdict"].__setitem__("metric", "cosine"),
+     "report.columns[0].results[0].verdict.metric"),
+    (lambda d: d["columns"][0]["first_failure"].__setitem__("metric", "bogus"),
+     "report.columns[0].first_failure.metric"),
+    (lambda d: d["columns"][0]["results"][2]["metrics"].__setitem__("max_abs_err", -1e-3),
+     "report.columns[0].results[2].metrics.max_abs_err"),
+    (lambda d: d["columns"][1]["results"][0]["metrics"].__setitem__("gold_err_cand_max", "-Infinity"),
+     "report.columns[1].results[0].metrics.gold_err_cand_max"),
+    (lambda d: d["columns"][0]["results"][7]["metrics"].__setitem__("argmax_agreement", 1.5),
+     "report.columns[0].results[7].metrics.argmax_agreement"),
+    (lambda d: d["columns"][1]["results"][3]["metrics"].__setitem__("match_fraction", -0.5),
+     "report.columns[1].results[3].metrics.match_fraction"),
 ])
 def test_schema_rejects_broken_reports_naming_the_field(mutate, field):
     validate_report(build_report().to_dict())
@@ -115,6 +135,39 @@ def test_schema_rejects_broken_reports_naming_the_field(mutate, field):
         RunReport.from_dict(_broken(mutate))  # validate_report + the semantic checks of from_dict
     assert info.value.field == field
     assert str(info.value).startswith(field + ": ")
+
+
+def test_every_metric_a_verdict_is_decided_on_is_one_the_schema_reads():
+    """The schema refuses an unknown `verdict.metric`: every name the gate's judges write must be listed."""
+    from pathlib import Path
+
+    from parity.schema import VERDICT_METRICS
+
+    source = "\n".join(p.read_text() for p in sorted((Path(__file__).parents[2] / "parity").glob("*.py")))
+    written = set(re.findall(r'\bVerdict\([^"]*?"([a-z_0-9]+)"', source))
+    assert {"count", "nonfinite", "mismatches", "max_rel_err", "gold_err_cand_max"} <= written
+    assert written <= set(VERDICT_METRICS), written - set(VERDICT_METRICS)
+    rep = build_report()
+    rep.add(compare("nan", np.ones(4), np.array([1.0, np.nan, 1.0, 1.0])), group="heads")   # "nonfinite"
+    validate_report(rep.to_dict())
+
+
+def test_not_a_report_file_says_what_the_path_is(tmp_path, capsys):
+    from parity.regression import main_diff
+    from parity.report import not_a_report_file
+
+    good = write_json(build_report(), tmp_path / "good.json")
+    assert not_a_report_file(good) is None
+    assert not_a_report_file(tmp_path / "missing.json") == "no such file"
+    assert not_a_report_file(tmp_path) == "a directory, not a report.json file"
+    if os.path.exists("/dev/null"):
+        assert not_a_report_file("/dev/null") == "a character device, not a report.json file"
+    if hasattr(os, "mkfifo"):   # a FIFO is named, never opened (reading one would wait for a writer)
+        os.mkfifo(tmp_path / "fifo")
+        with pytest.raises(ReportError, match="fifo: a FIFO, not a report.json file"):
+            load_report(tmp_path / "fifo")
+    assert main_diff([str(tmp_path), str(good)]) == 2
+    assert f"{tmp_path}: a directory, not a report.json file" in capsys.readouterr().err
 
 
 def test_schema_is_plain_json_data():
