@@ -522,6 +522,17 @@ def frozen_value(value):
 _ALIASES = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
 _PRETRAINED_DEFAULTS = {"model_type": "bart", "is_decoder": False, "add_cross_attention": False,
                         "architectures": None, "torchscript": False, "tie_encoder_decoder": False}
+# 4.x's PretrainedConfig also answered the global generation defaults (`config.max_length` is 20). They are
+# read here only: not written to config.json, and so not taken into the generation config derived from
+# the model config (whose unset fields keep generate's own defaults). A config.json or an assignment that
+# sets one keeps it in `extra`, as before.
+_PRETRAINED_DEFAULTS.update(
+    max_length=20, min_length=0, do_sample=False, early_stopping=False, num_beams=1, temperature=1.0, top_k=50,
+    top_p=1.0, typical_p=1.0, repetition_penalty=1.0, length_penalty=1.0, no_repeat_ngram_size=0,
+    encoder_no_repeat_ngram_size=0, bad_words_ids=None, num_return_sequences=1, output_scores=False,
+    return_dict_in_generate=False, remove_invalid_values=False, exponential_decay_length_penalty=None,
+    suppress_tokens=None, begin_suppress_tokens=None, num_beam_groups=1, diversity_penalty=0.0,
+)
 _dataclass_init = BartConfig.__init__
 
 

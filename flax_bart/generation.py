@@ -187,27 +187,23 @@ class GenerationMixin:
         self._generation_config = value
         self._derived_generation_config = None
 
-    def can_generate(self) -> bool:
+    @classmethod
+    def can_generate(cls) -> bool:
         return True
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """As the base class; also reads the checkpoint's `generation_config.json` when it has one."""
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        directory = model.checkpoint_directory   # where the weights and config came from (subfolder included)
-        file = os.path.join(directory, GENERATION_CONFIG_NAME)
-        if os.path.isfile(file):
-            # as 4.x: generation settings among the keyword arguments override the file's
-            settings = {k: v for k, v in kwargs.items() if k in GenerationConfig.field_names()}
-            model.generation_config = GenerationConfig.from_json_file(file).replace(**settings)
-        return loaded
+    def _loaded_from(self, directory: str, settings: dict) -> None:
+        """From `from_pretrained`: read the checkpoint's `generation_config.json` when it has one."""
+        super()._loaded_from(directory, settings)
+        file = os.path.join(directory, GENERATION_CONFIG_NAME) if directory else None
+        if file and os.path.isfile(file):
+            # as 4.x: generation settings among from_pretrained's keyword arguments override the file's
+            settings = {k: v for k, v in settings.items() if k in GenerationConfig.field_names()}
+            self.generation_config = GenerationConfig.from_json_file(file).replace(**settings)
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> str:
-        """As the base class, plus `generation_config.json`."""
-        path = super().save_pretrained(save_directory, *args, **kwargs)
-        self.generation_config.save_pretrained(path)
-        return path
+    def _save_extra_files(self, directory: str) -> None:
+        """From `save_pretrained`: also `generation_config.json`."""
+        super()._save_extra_files(directory)
+        self.generation_config.save_pretrained(directory)
 
     # ---- generate ------------------------------------------------------------------------------
     def _resolve_generation_config(self, generation_config, kwargs) -> tuple[GenerationConfig, bool]:

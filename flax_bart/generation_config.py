@@ -165,6 +165,15 @@ class GenerationConfig:
         out.update(copy.deepcopy(self.extra))
         return dict(sorted(out.items()))
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """As 4.x's: the settings whose value differs from a default `GenerationConfig()`'s, where the
+        default of a setting is transformers' global default (`DEFAULTS`; "off" for the unsupported ones;
+        None for the rest). Unlike `to_dict`, a setting set to its default (`max_length=20`) is left out."""
+        def default(k):
+            return DEFAULTS.get(k, UNSUPPORTED.get(k))
+        return {k: v for k, v in self.to_dict().items()
+                if not (k in _FIELDS or k in UNSUPPORTED) or v != default(k)}
+
     def replace(self, **changes) -> "GenerationConfig":
         """A copy with `changes` (unknown names go to `extra`)."""
         return self.from_dict(self.to_dict(), **changes)

@@ -1,7 +1,9 @@
 """Top-level linen modules: the seq2seq backbone and the four heads, 4.x parameter layout.
 
-Each module has `__call__` (full forward), `encode` and `decode` (used by the wrapper classes via
-`module.apply(..., method=...)`). Inputs arrive complete: the wrapper fills default masks/positions.
+Each module has `__call__` (full forward, 4.x's positional order and `return_dict`), `encode` and
+`decode` (used by the wrapper classes via `module.apply(..., method=...)`), and the seq2seq ones 4.x's
+`_get_encoder_module()` / `_get_decoder_module()`. Inputs arrive complete: the wrapper fills default
+masks/positions.
 """
 
 from __future__ import annotations
@@ -32,34 +34,36 @@ class BartModule(BartModuleBase):
         if self.config.separate_input_embeddings and self.is_initializing():
             self.shared(jnp.zeros((1, 1), jnp.int32))
 
+    def _get_encoder_module(self):
+        return self.encoder
+
+    def _get_decoder_module(self):
+        return self.decoder
+
     def encode(self, input_ids, attention_mask, position_ids, output_attentions=False,
                output_hidden_states=False, deterministic=True):
-        h, states, attns = self.encoder(
-            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states, deterministic
-        )
-        return O.FlaxBaseModelOutput(last_hidden_state=h, hidden_states=states, attentions=attns)
+        return self.encoder(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
+                            deterministic=deterministic)
 
     def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask, decoder_attention_mask,
-               decoder_position_ids, init_cache=False, cache_length=0, output_attentions=False,
+               decoder_position_ids, init_cache=False, cache_length=None, output_attentions=False,
                output_hidden_states=False, deterministic=True):
-        h, states, attns, cross = self.decoder(
+        return self.decoder(
             decoder_input_ids, decoder_attention_mask, decoder_position_ids, encoder_hidden_states,
-            encoder_attention_mask, init_cache, cache_length, output_attentions, output_hidden_states,
-            deterministic,
-        )
-        return O.FlaxBaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=h, hidden_states=states, attentions=attns, cross_attentions=cross
+            encoder_attention_mask, init_cache, output_attentions, output_hidden_states,
+            deterministic=deterministic, cache_length=cache_length,
         )
 
     def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
-                 decoder_position_ids, output_attentions=False, output_hidden_states=False, deterministic=True):
+                 decoder_position_ids, output_attentions=False, output_hidden_states=False, return_dict=True,
+                 deterministic=True):
         self._keep_shared()
         enc = self.encode(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
                           deterministic)
         dec = self.decode(decoder_input_ids, enc.last_hidden_state, attention_mask, decoder_attention_mask,
                           decoder_position_ids, output_attentions=output_attentions,
                           output_hidden_states=output_hidden_states, deterministic=deterministic)
-        return O.FlaxSeq2SeqModelOutput(
+        return _result(return_dict, O.FlaxSeq2SeqModelOutput(
             last_hidden_state=dec.last_hidden_state,
             decoder_hidden_states=dec.hidden_states,
             decoder_attentions=dec.attentions,
@@ -67,7 +71,13 @@ class BartModule(BartModuleBase):
             encoder_last_hidden_state=enc.last_hidden_state,
             encoder_hidden_states=enc.hidden_states,
             encoder_attentions=enc.attentions,
-        )
+        ))
+
+
+def _result(return_dict: bool, out):
+    """`out`, or with `return_dict=False` its fields that are not None as a tuple (4.x's layout, and the
+    model classes' with return_dict=False)."""
+    return out if return_dict else out.to_tuple()
 
 
 def _seq2seq_fields(out: O.FlaxSeq2SeqModelOutput) -> dict:
@@ -77,16 +87,33 @@ def _seq2seq_fields(out: O.FlaxSeq2SeqModelOutput) -> dict:
 
 
 class _HeadBase(BartModuleBase):
-    """A head model: the backbone under `model/`; `encode` and (plain) `decode` pass through."""
+    """A seq2seq head model: the backbone under `model/`; `encode` and (plain) `decode` pass through."""
 
     def _backbone(self):
         return BartModule(self.config, name="model", **self._child_kw())
 
-    def encode(self, *args, **kwargs):
-        return self.model.encode(*args, **kwargs)
+    def _get_encoder_module(self):
+        return self.model.encoder
 
-    def decode(self, *args, **kwargs):
-        return self.model.decode(*args, **kwargs)
+    def _get_decoder_module(self):
+        return self.model.decoder
+
+    def _backbone_call(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
+                       decoder_position_ids, output_attentions, output_hidden_states, deterministic):
+        return self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
+                          decoder_position_ids, output_attentions, output_hidden_states, deterministic=deterministic)
+
+    def encode(self, input_ids, attention_mask, position_ids, output_attentions=False,
+               output_hidden_states=False, deterministic=True):
+        return self.model.encode(input_ids, attention_mask, position_ids, output_attentions,
+                                 output_hidden_states, deterministic)
+
+    def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask, decoder_attention_mask,
+               decoder_position_ids, init_cache=False, cache_length=None, output_attentions=False,
+               output_hidden_states=False, deterministic=True):
+        return self.model.decode(decoder_input_ids, encoder_hidden_states, encoder_attention_mask,
+                                 decoder_attention_mask, decoder_position_ids, init_cache, cache_length,
+                                 output_attentions, output_hidden_states, deterministic)
 
 
 class BartForConditionalGenerationModule(DeclaredParams, _HeadBase):
@@ -108,16 +135,25 @@ class BartForConditionalGenerationModule(DeclaredParams, _HeadBase):
         bias_1x1xV = jax.lax.stop_gradient(self.final_logits_bias).astype(self.dtype)[None]
         return logits + bias_1x1xV
 
-    def decode(self, *args, **kwargs):
-        dec = self.model.decode(*args, **kwargs)
+    def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask, decoder_attention_mask,
+               decoder_position_ids, init_cache=False, cache_length=None, output_attentions=False,
+               output_hidden_states=False, deterministic=True):
+        dec = super().decode(decoder_input_ids, encoder_hidden_states, encoder_attention_mask,
+                             decoder_attention_mask, decoder_position_ids, init_cache, cache_length,
+                             output_attentions, output_hidden_states, deterministic)
         return O.FlaxCausalLMOutputWithCrossAttentions(
             logits=self.logits(dec.last_hidden_state), hidden_states=dec.hidden_states,
             attentions=dec.attentions, cross_attentions=dec.cross_attentions,
         )
 
-    def __call__(self, *args, **kwargs):
-        out = self.model(*args, **kwargs)
-        return O.FlaxSeq2SeqLMOutput(logits=self.logits(out.last_hidden_state), **_seq2seq_fields(out))
+    def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
+                 decoder_position_ids, output_attentions=False, output_hidden_states=False, return_dict=True,
+                 deterministic=True):
+        out = self._backbone_call(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
+                                  position_ids, decoder_position_ids, output_attentions, output_hidden_states,
+                                  deterministic)
+        return _result(return_dict, O.FlaxSeq2SeqLMOutput(logits=self.logits(out.last_hidden_state),
+                                                          **_seq2seq_fields(out)))
 
 
 class BartClassificationHead(BartModuleBase):
@@ -155,13 +191,17 @@ class BartForSequenceClassificationModule(_HeadBase):
             self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision
         )
 
-    def __call__(self, input_ids, *args, deterministic=True, **kwargs):
-        out = self.model(input_ids, *args, deterministic=deterministic, **kwargs)
+    def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
+                 decoder_position_ids, output_attentions=False, output_hidden_states=False, return_dict=True,
+                 deterministic=True):
+        out = self._backbone_call(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
+                                  position_ids, decoder_position_ids, output_attentions, output_hidden_states,
+                                  deterministic)
         rep, valid = last_eos_states(out.last_hidden_state, input_ids, self.config.eos_token_ids)
         logits = self.classification_head(rep, deterministic=deterministic)
         # Under jit a bad batch cannot raise: it gives NaN logits instead of a plausible number.
         logits = jnp.where(valid, logits, jnp.nan)
-        return O.FlaxSeq2SeqSequenceClassifierOutput(logits=logits, **_seq2seq_fields(out))
+        return _result(return_dict, O.FlaxSeq2SeqSequenceClassifierOutput(logits=logits, **_seq2seq_fields(out)))
 
 
 class BartForQuestionAnsweringModule(_HeadBase):
@@ -169,12 +209,16 @@ class BartForQuestionAnsweringModule(_HeadBase):
         self.model = self._backbone()
         self.qa_outputs = _dense(self.config, 2, self.dtype, self.param_dtype, self.precision, "qa_outputs")
 
-    def __call__(self, *args, **kwargs):
-        out = self.model(*args, **kwargs)
+    def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
+                 decoder_position_ids, output_attentions=False, output_hidden_states=False, return_dict=True,
+                 deterministic=True):
+        out = self._backbone_call(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
+                                  position_ids, decoder_position_ids, output_attentions, output_hidden_states,
+                                  deterministic)
         logits = self.qa_outputs(out.last_hidden_state)
-        return O.FlaxSeq2SeqQuestionAnsweringModelOutput(
+        return _result(return_dict, O.FlaxSeq2SeqQuestionAnsweringModelOutput(
             start_logits=logits[..., 0], end_logits=logits[..., 1], **_seq2seq_fields(out)
-        )
+        ))
 
 
 class BartDecoderWrapper(BartModuleBase):
@@ -183,7 +227,7 @@ class BartDecoderWrapper(BartModuleBase):
     def setup(self):
         self.decoder = BartDecoder(self.config, **self._child_kw())
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args, **kwargs):   # as 4.x's: BartDecoder's arguments
         return self.decoder(*args, **kwargs)
 
 
@@ -196,19 +240,23 @@ class BartForCausalLMModule(BartModuleBase):
                                   use_bias=False)
 
     def __call__(self, input_ids, attention_mask, position_ids, encoder_hidden_states=None,
-                 encoder_attention_mask=None, init_cache=False, cache_length=0, output_attentions=False,
-                 output_hidden_states=False, deterministic=True):
-        h, states, attns, cross = self.model(
+                 encoder_attention_mask=None, init_cache=False, output_attentions=False,
+                 output_hidden_states=False, return_dict=True, deterministic=True, cache_length=None):
+        """4.x's positional order; `cache_length` (keyword): the cache's slots with `init_cache` (None: the
+        input's length, as 4.x's init_cache sized it)."""
+        dec = self.model(
             input_ids, attention_mask, position_ids, encoder_hidden_states, encoder_attention_mask, init_cache,
-            cache_length, output_attentions, output_hidden_states, deterministic,
+            output_attentions, output_hidden_states, deterministic=deterministic, cache_length=cache_length,
         )
+        h = dec.last_hidden_state
         if self.config.tie_word_embeddings:
             logits = self.model.decoder.tokens.attend(h, precision=self.precision)
         else:
             logits = self.lm_head(h)
-        return O.FlaxCausalLMOutputWithCrossAttentions(
-            logits=logits, hidden_states=states, attentions=attns, cross_attentions=cross
-        )
+        return _result(return_dict, O.FlaxCausalLMOutputWithCrossAttentions(
+            logits=logits, hidden_states=dec.hidden_states, attentions=dec.attentions,
+            cross_attentions=dec.cross_attentions,
+        ))
 
 
 MODULES = {

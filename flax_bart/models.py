@@ -46,6 +46,23 @@ def _ones(b: int, t: int):
 
 
 
+def _generation_mask(name: str, mask, batch: int, length: int, max_length: int):
+    """4.x's prepare_inputs_for_generation masks: (the mask widened to the cache's `max_length` slots, 1
+    past the prompt; the prompt's positions, `cumsum(mask) - 1` (clipped at 0 for left padding: flax_bart
+    refuses negative positions, and a masked slot's position changes nothing else) or `arange`)."""
+    if mask is None:
+        return np.ones((batch, max_length), np.int32), _positions(batch, length)
+    check_mask(name, mask, (batch, length))
+    if isinstance(mask, jax.core.Tracer):
+        mask = mask.astype(jnp.int32)
+        wide = jax.lax.dynamic_update_slice(jnp.ones((batch, max_length), jnp.int32), mask, (0, 0))
+        return wide, jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    mask = np.asarray(mask).astype(np.int32)
+    wide = np.ones((batch, max_length), np.int32)
+    wide[:, :length] = mask
+    return wide, np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int32)
+
+
 def cache_info(past_key_values):
     """(cache_index, max_length) of a cache tree from `init_cache`."""
     flat = traverse_util.flatten_dict(past_key_values)
@@ -228,6 +245,7 @@ class _Seq2SeqAPI(FlaxBartPreTrainedModel):
                       decoder_attention_mask=None, decoder_position_ids=_positions(batch_size, 1))
         return self._make_cache("decode", arrays, max_length, params)
 
+
 class FlaxBartModel(_Seq2SeqAPI):
     module_class = heads.BartModule
     head = "base"
@@ -237,6 +255,26 @@ class FlaxBartModel(_Seq2SeqAPI):
 class FlaxBartForConditionalGeneration(GenerationMixin, _Seq2SeqAPI):
     module_class = heads.BartForConditionalGenerationModule
     head = "lm"
+
+    def prepare_inputs_for_generation(self, decoder_input_ids, max_length, attention_mask=None,
+                                      decoder_attention_mask=None, encoder_outputs=None, **kwargs):
+        """As 4.x: the `decode` keyword arguments of a cached decoding loop of `max_length` steps, a cache
+        from `init_cache(batch, max_length, encoder_outputs)` included. (`generate` itself does not use it.)"""
+        b, t = decoder_input_ids.shape
+        wide, positions = _generation_mask("decoder_attention_mask", decoder_attention_mask, b, t, max_length)
+        return {
+            "past_key_values": self.init_cache(b, max_length, encoder_outputs),
+            "encoder_outputs": encoder_outputs,
+            "encoder_attention_mask": attention_mask,
+            "decoder_attention_mask": wide,
+            "decoder_position_ids": positions,
+        }
+
+    def update_inputs_for_generation(self, model_outputs, model_kwargs):
+        """As 4.x: `model_kwargs` (updated in place) for the next token: the new cache, the next position."""
+        model_kwargs["past_key_values"] = model_outputs.past_key_values
+        model_kwargs["decoder_position_ids"] = model_kwargs["decoder_position_ids"][:, -1:] + 1
+        return model_kwargs
 
 
 class FlaxBartForSequenceClassification(_Seq2SeqAPI):
@@ -302,6 +340,20 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
         arrays = dict(input_ids=ids, attention_mask=None, position_ids=_positions(batch_size, 1),
                       encoder_hidden_states=None, encoder_attention_mask=None)
         return self._make_cache("__call__", arrays, max_length, params)
+
+    def prepare_inputs_for_generation(self, input_ids, max_length, attention_mask=None):
+        """As 4.x: the `__call__` keyword arguments of a cached decoding loop of `max_length` steps, a cache
+        from `init_cache(batch, max_length)` included. (`generate` itself does not use it.)"""
+        b, t = input_ids.shape
+        wide, positions = _generation_mask("attention_mask", attention_mask, b, t, max_length)
+        return {"past_key_values": self.init_cache(b, max_length), "attention_mask": wide,
+                "position_ids": positions}
+
+    def update_inputs_for_generation(self, model_outputs, model_kwargs):
+        """As 4.x: `model_kwargs` (updated in place) for the next token: the new cache, the next position."""
+        model_kwargs["past_key_values"] = model_outputs.past_key_values
+        model_kwargs["position_ids"] = model_kwargs["position_ids"][:, -1:] + 1
+        return model_kwargs
 
 
 MODEL_CLASSES = {

@@ -22,6 +22,7 @@ import flax.linen as nn
 
 from flax_bart.activations import LOW_PRECISION, accumulator, get_activation
 from flax_bart import chunked_dot
+from flax_bart import outputs as O
 from flax_bart.attention_kernels import choose_kernel, fused_attention
 from flax_bart.config import BartConfig
 from flax_bart.declared_params import DeclaredParams, LayerNorm
@@ -576,10 +577,14 @@ class BartEncoder(BartModuleBase):
         self.dropout = nn.Dropout(rate=c.dropout)
 
     def __call__(self, input_ids, attention_mask, position_ids, output_attentions=False,
-                 output_hidden_states=False, deterministic=True):
+                 output_hidden_states=False, return_dict=True, deterministic=True):
+        """4.x's FlaxBartEncoder call: a FlaxBaseModelOutput, or with `return_dict=False` its fields that
+        are not None as a tuple."""
         h = _embed(self, self.tokens, self.embed_positions, input_ids, position_ids)
         h = self.dropout(h, deterministic=deterministic)
-        return self.layers(h, attention_mask, output_attentions, output_hidden_states, deterministic)
+        h, states, attns = self.layers(h, attention_mask, output_attentions, output_hidden_states, deterministic)
+        out = O.FlaxBaseModelOutput(last_hidden_state=h, hidden_states=states, attentions=attns)
+        return out if return_dict else out.to_tuple()
 
 
 class BartDecoder(BartModuleBase):
@@ -599,11 +604,19 @@ class BartDecoder(BartModuleBase):
         self.dropout = nn.Dropout(rate=c.dropout)
 
     def __call__(self, input_ids, attention_mask, position_ids, encoder_hidden_states=None,
-                 encoder_attention_mask=None, init_cache=False, cache_length=0, output_attentions=False,
-                 output_hidden_states=False, deterministic=True):
+                 encoder_attention_mask=None, init_cache=False, output_attentions=False,
+                 output_hidden_states=False, return_dict=True, deterministic=True, cache_length=None):
+        """4.x's FlaxBartDecoder call (a FlaxBaseModelOutputWithPastAndCrossAttentions, or with
+        `return_dict=False` its fields that are not None as a tuple). `cache_length`: the self-attention
+        cache's slots with `init_cache`; None: the input's length (4.x's init_cache passed `max_length` ids)."""
+        if cache_length is None:
+            cache_length = input_ids.shape[1]
         h = _embed(self, self.tokens, self.embed_positions, input_ids, position_ids)
         h = self.dropout(h, deterministic=deterministic)
-        return self.layers(
+        h, states, attns, cross = self.layers(
             h, attention_mask, encoder_hidden_states, encoder_attention_mask, init_cache, cache_length,
             output_attentions, output_hidden_states, deterministic,
         )
+        out = O.FlaxBaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=h, hidden_states=states, attentions=attns, cross_attentions=cross)
+        return out if return_dict else out.to_tuple()

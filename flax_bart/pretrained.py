@@ -350,7 +350,19 @@ class FlaxBartPreTrainedModel:
             c.return_dict if return_dict is None else bool(return_dict),
         )
 
+    @classmethod
+    def can_generate(cls) -> bool:
+        """Whether the class has `generate` (as 4.x: True for ForConditionalGeneration and ForCausalLM)."""
+        return False
+
     # ---- loading and saving -------------------------------------------------------------------
+    def _loaded_from(self, directory: str, settings: dict) -> None:
+        """Called by `from_pretrained` on the new model, with the keyword arguments that updated the config
+        (the generating classes read `generation_config.json` here)."""
+
+    def _save_extra_files(self, directory: str) -> None:
+        """Called by `save_pretrained` after config.json (the generating classes write generation_config.json)."""
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=jnp.float32, *model_args, config=None,
                         _do_init: bool = True, from_pt: bool = False, ignore_mismatched_sizes: bool = False,
@@ -400,7 +412,7 @@ class FlaxBartPreTrainedModel:
             from flax_bart.host_memory import tune_for_cpu
 
             tune_for_cpu()
-        return load_pretrained(
+        loaded = load_pretrained(
             cls, pretrained_model_name_or_path, config=config, dtype=dtype, _do_init=_do_init, from_pt=from_pt,
             ignore_mismatched_sizes=ignore_mismatched_sizes, cache_dir=cache_dir, revision=revision,
             local_files_only=local_files_only, force_download=force_download,
@@ -412,17 +424,31 @@ class FlaxBartPreTrainedModel:
                               attention_impl=check_attention_impl(attention_impl),
                               compiler_options=check_compiler_options(compiler_options)),
         )
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._loaded_from(model.checkpoint_directory, config_overrides)
+        return loaded
 
     def save_pretrained(self, save_directory, params=None, push_to_hub: bool = False,
-                        max_shard_size: int | str | None = "10GB", safe_serialization: bool = False,
-                        **kwargs) -> str:
-        """Write `config.json` and `flax_model.msgpack` (or Flax safetensors) that 4.x Flax BART reads."""
+                        max_shard_size: int | str | None = "10GB", token: str | bool | None = None,
+                        safe_serialization: bool = False, **kwargs) -> str:
+        """Write `config.json` (and `generation_config.json` for the generating classes) and
+        `flax_model.msgpack` (or Flax safetensors) that 4.x Flax BART reads; 4.x's positional order.
+
+        `push_to_hub=True` then uploads the directory's files with huggingface_hub, as 4.x: to `repo_id`
+        (default: the directory's name, in the namespace of `token`), created if needed (`private`), with
+        `commit_message`, `commit_description`, `create_pr` and `revision` from the keyword arguments."""
         from convert import save_flax_params
 
-        if push_to_hub:
-            raise InputError("push_to_hub=True: this machine has no hub access; save locally and upload")
+        use_auth_token = kwargs.pop("use_auth_token", None)
+        if use_auth_token is not None:
+            if token is not None:
+                raise ValueError("token and use_auth_token are both given; pass only token")
+            token = use_auth_token
+        hub = {k: kwargs.pop(k) for k in _PUSH_OPTIONS if k in kwargs}
         if kwargs:
             raise TypeError(f"save_pretrained() got unexpected keyword arguments {sorted(kwargs)}")
+        if hub and not push_to_hub:
+            raise TypeError(f"save_pretrained(): {sorted(hub)} apply only with push_to_hub=True")
         if os.path.isfile(save_directory):
             raise InputError(f"save_directory {save_directory!r} is a file, expected a directory")
         params = self._resolve_params(params)
@@ -431,13 +457,36 @@ class FlaxBartPreTrainedModel:
         # as 4.x wrote it: the PyTorch class name ("BartForConditionalGeneration"), which transformers'
         # Auto classes and PyTorch users read
         self.config.replace(architectures=[type(self).__name__.removeprefix("Flax")]).save_pretrained(save_directory)
+        self._save_extra_files(save_directory)
         # as 4.x: past max_shard_size the shards are msgpack, safe_serialization or not (4.x reads no
         # sharded safetensors; flax_bart and `flax-bart convert --format safetensors` do)
         save_flax_params(jax.device_get(params), save_directory,
                          format="safetensors" if safe_serialization else "msgpack", max_shard_size=max_shard_size,
                          sharded_format="msgpack")
         logger.info("saved %s to %s", type(self).__name__, save_directory)
+        if push_to_hub:
+            push_directory(save_directory, token=token, **hub)
         return save_directory
+
+
+# save_pretrained(push_to_hub=True)'s keyword arguments, as 4.x's
+_PUSH_OPTIONS = ("repo_id", "private", "commit_message", "commit_description", "create_pr", "revision")
+
+
+def push_directory(directory, repo_id: str | None = None, token=None, private: bool | None = None,
+                   commit_message: str | None = None, commit_description: str | None = None,
+                   create_pr: bool = False, revision: str | None = None):
+    """Upload the files of a saved checkpoint `directory` to the hub repository `repo_id` (default: the
+    directory's name), creating it if needed. Returns huggingface_hub's commit info."""
+    import huggingface_hub
+
+    if repo_id is None:
+        repo_id = os.path.basename(os.path.normpath(os.fspath(directory)))
+    repo_id = huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
+    return huggingface_hub.upload_folder(
+        repo_id=repo_id, folder_path=os.fspath(directory), commit_message=commit_message or "Upload model",
+        commit_description=commit_description, token=token, create_pr=create_pr, revision=revision,
+    )
 
 
 def warn(msg: str) -> None:
