@@ -145,6 +145,29 @@ def test_causal_greedy_left_padded(causal):
     assert model._generate_traces == traces
 
 
+def test_a_max_length_of_20_set_anywhere_is_a_total_length(causal):
+    """transformers v5 reads max_length=20 (its old default) set in a generation config as set: a total
+    length, like the keyword (4.57's PyTorch took a config's 20 as unset); only no max_length at all means
+    20 new tokens."""
+    from flax_bart import GenerationConfig
+
+    tmodel, model, params = causal
+    ids, _ = batch(seed=2, b=2, t=7, vocab=VOCAB)
+    ids[:, -1] = 5
+    mask = np.ones_like(ids)
+    out = model.generate(ids, GenerationConfig(max_length=20, eos_token_id=None), attention_mask=mask, params=params)
+    with torch.no_grad():
+        ref = tmodel.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                              generation_config=transformers.GenerationConfig(max_length=20, eos_token_id=None),
+                              past_key_values=transformers.DynamicCache())
+    assert ref.shape[1] == 20
+    np.testing.assert_array_equal(np.asarray(out.sequences), ref.numpy())
+    for settings, width in ((dict(max_length=20), 20), ({}, 7 + 20)):
+        out, ref = _both(tmodel, model, params, ids, mask, eos_token_id=None, **settings)
+        assert ref.sequences.shape[1] == width
+        _assert_same_ids(out, ref)
+
+
 # ---- the processors one by one, against transformers' own --------------------------------------
 def _context(first, cur_len, **kw):
     vals = dict(max_length=12, min_length=0, begin_index=1, repetition_penalty=1.0, temperature=1.0, top_p_cut=0.0)
