@@ -468,6 +468,21 @@ class FlaxBartPreTrainedModel:
             push_directory(save_directory, token=token, **hub)
         return save_directory
 
+    def push_to_hub(self, repo_id: str, use_temp_dir: bool | None = None, commit_message: str | None = None,
+                    private: bool | None = None, token=None, max_shard_size: int | str | None = "5GB",
+                    create_pr: bool = False, safe_serialization: bool = True, revision: str | None = None,
+                    commit_description: str | None = None, params=None):
+        """4.x's `model.push_to_hub(repo_id, ...)`: saves into a temporary directory (`save_pretrained`,
+        Flax safetensors by default as 4.x) and uploads it to `repo_id`, created if needed. `use_temp_dir`
+        is accepted for 4.x's order; a temporary directory is always used."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, params=params, max_shard_size=max_shard_size,
+                                 safe_serialization=safe_serialization)
+            return push_directory(tmp, repo_id=repo_id, token=token, private=private, commit_message=commit_message,
+                                  commit_description=commit_description, create_pr=create_pr, revision=revision)
+
 
 # save_pretrained(push_to_hub=True)'s keyword arguments, as 4.x's
 _PUSH_OPTIONS = ("repo_id", "private", "commit_message", "commit_description", "create_pr", "revision")

@@ -92,6 +92,12 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_saved_files(models, tmp_pa
     (_, repo, ckw), (_, _, ukw) = calls
     assert repo == "org/named" and ckw["token"] == "t2"
     assert (ukw["repo_id"], ukw["commit_message"], ukw["create_pr"], ukw["token"]) == ("org/named", "msg", True, "t2")
+    calls.clear()
+    m.push_to_hub("org/pushed", commit_message="m2", token="t3")   # 4.x's model.push_to_hub
+    (_, repo, ckw), (_, files, ukw) = calls
+    assert repo == "org/pushed" and ckw["token"] == "t3" and ukw["commit_message"] == "m2"
+    assert files == ["config.json", "generation_config.json", "model.safetensors"]   # Flax safetensors, as 4.x
+    assert not os.path.exists(ukw["folder_path"])   # a temporary directory, gone after the upload
 
 
 # ---- 3. the linen modules -------------------------------------------------------------------------
