@@ -26,10 +26,18 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_DIMS = 64   # NumPy's limit
 
 
+def _outside_strings(raw: bytes) -> bytes:
+    """The JSON text between its strings (linear, in C): escaped backslashes and quotes go first, so that
+    every quote left delimits a string."""
+    parts = raw.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')
+    return b"".join(parts[0::2])
+
+
 def _check_density(raw: bytes, path: str) -> None:
     """Each tensor's entry is one object and two lists in at least ~50 bytes: a header packed with far
     more JSON containers (`[[],[],...]`, `{}` junk) is refused before it is parsed into Python objects."""
-    containers, commas = raw.count(b"{") + raw.count(b"["), raw.count(b",")
+    bare = _outside_strings(raw)   # what strings hold (names, metadata) is not structure
+    containers, commas = bare.count(b"{") + bare.count(b"["), bare.count(b",")
     if containers > len(raw) // 12 + 64 or commas > len(raw) // 4 + 64:
         raise ConversionError(f"{path}: safetensors header of {len(raw)} bytes holds {containers} JSON objects "
                               f"and lists and {commas} values, far more than tensor entries need (corrupted or not "

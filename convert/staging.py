@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import shutil
 import tempfile
 
@@ -125,27 +126,46 @@ class StagedOutput:
         _discard(self.path)
 
 
-# an earlier output of flax-bart (every one holds config.json; a conversion also its summary)
-OUTPUT_MARKERS = ("config.json", "conversion_summary.json", "flax_bart_orbax.json")
+# What an earlier output of flax-bart holds (convert, --to orbax, finetune): config.json always, and only
+# checkpoint files besides it; a directory holding anything else is not replaced as a whole.
+_OUTPUT_FILES = ("config.json", "generation_config.json", "conversion_summary.json", "flax_bart_orbax.json",
+                 "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                 "added_tokens.json")
+_OUTPUT_DIRS = ("params",)   # an orbax checkpoint's tree
+_WEIGHT_NAME = re.compile(r"^(flax_model|model|pytorch_model)(-\d+-of-\d+)?\.(msgpack|safetensors|bin)(\.index\.json)?$")
+
+
+def _is_output_entry(directory: str, name: str) -> bool:
+    path = os.path.join(directory, name)
+    if os.path.islink(path):
+        return False
+    if name in _OUTPUT_DIRS:
+        return os.path.isdir(path)
+    return os.path.isfile(path) and (name in _OUTPUT_FILES or bool(_WEIGHT_NAME.match(name)))
 
 
 def check_replaceable(target: str, shown: str) -> None:
-    """What --overwrite may replace as a whole: a file, an empty directory or an earlier checkpoint
-    output; never the working directory, the home directory, or a directory holding either (`/`), and
-    not a directory of other files (a mistyped DST must not delete them)."""
+    """What --overwrite may replace as a whole: an empty directory or an earlier output (config.json and
+    checkpoint files only); never a file, the working or home directory or a directory holding either
+    (`/`), nor a directory holding other files (a mistyped DST must not delete them)."""
     real = os.path.realpath(target)
     for what, place in (("the working directory", os.getcwd()), ("the home directory", os.path.expanduser("~"))):
         place = os.path.realpath(place)
         if os.path.commonpath([real, place]) == real:
             raise ConversionError(f"output {shown} is {what} or holds it ({place}); an existing DST is replaced as "
                                   f"a whole, so choose a directory of its own")
-    if os.path.isdir(real):
-        names = os.listdir(real)
-        if names and not any(os.path.isfile(os.path.join(real, m)) for m in OUTPUT_MARKERS):
-            shown_names = sorted(names)[:5] + (["..."] if len(names) > 5 else [])
-            raise ConversionError(f"output {shown} exists and holds no checkpoint (no config.json; it holds "
-                                  f"{shown_names}): --overwrite replaces only an earlier output; remove the "
-                                  f"directory yourself or choose another DST")
+    if not os.path.isdir(real):
+        raise ConversionError(f"output {shown} exists and is not a directory; --overwrite replaces only an earlier "
+                              f"output directory: remove it yourself or choose another DST")
+    names = sorted(os.listdir(real))
+    if not names:
+        return
+    others = [n for n in names if not _is_output_entry(real, n)]
+    if others or not _is_output_entry(real, "config.json"):
+        shown_names = (others or names)[:5] + (["..."] if len(others or names) > 5 else [])
+        raise ConversionError(f"output {shown} exists and is not an earlier checkpoint output (config.json and "
+                              f"checkpoint files only; it holds {shown_names}): --overwrite replaces only such "
+                              f"a directory; remove it yourself or choose another DST")
 
 
 def _discard(path: str) -> None:

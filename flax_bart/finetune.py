@@ -88,8 +88,18 @@ def _check_args(args) -> None:
         raise InputError(f"--dropout is {args.dropout}; expected a rate in [0, 1)")
     if args.model and any(getattr(args, k) is not None for k in SCRATCH_DEFAULTS):
         raise InputError("size flags (--d-model, --layers, ...) only apply with --from-scratch")
+    if not str(args.out).strip():
+        raise InputError("--out is empty (an unset variable?); name the output directory")
     if os.path.isfile(args.out):
         raise InputError(f"--out {args.out} is a file, expected a directory")
+    if args.mesh and os.path.lexists(args.out):   # replaced as a whole at the end: refused before training
+        from convert.errors import ConversionError
+        from convert.staging import check_replaceable
+
+        try:
+            check_replaceable(os.path.abspath(args.out), args.out)
+        except ConversionError as e:
+            raise InputError(f"--out: {str(e).replace('--overwrite replaces', '--mesh replaces --out as a whole: it replaces')}") from None
 
 
 def scratch_config(args):

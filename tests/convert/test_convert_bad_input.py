@@ -300,11 +300,27 @@ def test_existing_output_needs_overwrite_and_source_cannot_be_output(pt_dir, tmp
     assert (dst / "keep.txt").exists()
     # a directory of other files is not an earlier output: --overwrite does not delete it
     assert main([str(pt_dir), str(dst), "--to", "flax", "--quiet", "--overwrite"]) == 2
-    assert "holds no checkpoint (no config.json; it holds ['keep.txt'])" in capsys.readouterr().err
-    assert (dst / "keep.txt").read_text() == "x"
-    (dst / "config.json").write_text("{}")   # an earlier output (every one holds config.json) is replaced
+    assert "is not an earlier checkpoint output (config.json and checkpoint files only; it holds ['keep.txt'])" \
+        in capsys.readouterr().err
+    (dst / "config.json").write_text("{}")   # config.json beside other files: still not an earlier output
+    assert main([str(pt_dir), str(dst), "--to", "flax", "--quiet", "--overwrite"]) == 2
+    assert "it holds ['keep.txt']" in capsys.readouterr().err and (dst / "keep.txt").read_text() == "x"
+    (dst / "keep.txt").unlink()
+    (dst / "flax_model.msgpack").write_bytes(b"old")   # an earlier output: config.json and weights
     assert main([str(pt_dir), str(dst), "--to", "flax", "--quiet", "--overwrite"]) == 0
-    assert not (dst / "keep.txt").exists() and (dst / "flax_model.msgpack").exists()
+    assert (dst / "flax_model.msgpack").read_bytes() != b"old" and (dst / "conversion_summary.json").exists()
+    assert main([str(pt_dir), str(dst), "--to", "pytorch", "--quiet", "--overwrite"]) == 0   # its own output
+    # a file, a symlinked config.json: not earlier outputs either
+    (tmp_path / "notes.txt").write_text("n")
+    for target in (tmp_path / "notes.txt", str(tmp_path / "notes.txt") + "/"):
+        assert main([str(pt_dir), str(target), "--to", "flax", "--quiet", "--overwrite"]) == 2
+        assert "exists and is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "n"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "config.json").symlink_to(tmp_path / "notes.txt")
+    assert main([str(pt_dir), str(linked), "--to", "flax", "--quiet", "--overwrite"]) == 2
+    assert (tmp_path / "notes.txt").read_text() == "n" and (linked / "config.json").is_symlink()
     before = tree_hash(pt_dir)
     assert main([str(pt_dir), str(pt_dir), "--to", "flax", "--quiet", "--overwrite"]) == 2
     assert main([str(pt_dir / "model.safetensors"), str(tmp_path), "--to", "flax", "--quiet", "--overwrite"]) == 2

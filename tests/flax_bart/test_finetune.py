@@ -111,6 +111,21 @@ def test_bad_arguments_exit_2(entry, bad, message, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_out_it_may_not_replace_is_refused_before_training(tmp_path):
+    """--mesh replaces --out as a whole at the end: an empty --out or a folder of other files is refused at
+    once (exit 2), not after the training run."""
+    from flax_bart.validation import InputError
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "other.txt").write_text("x")
+    for out, message in ((runs, "is not an earlier checkpoint output"), ("", "--out is empty")):
+        args = build_parser().parse_args([*TINY, "--steps", "1", "--out", str(out), "--mesh", "dp=1", "--quiet"])
+        with pytest.raises(InputError, match=message):
+            finetune(args)
+    assert sorted(p.name for p in runs.iterdir()) == ["other.txt"]
+
+
 def test_mesh_run_saves_orbax_that_converts(tmp_path):
     """--mesh dp=2 on two simulated CPU devices: an orbax checkpoint that `convert --to pytorch`
     turns into a transformers model with the same logits as the orbax params in flax."""
