@@ -121,7 +121,7 @@ def _(root, marker):
     return _point_first_key_at(root, "model.safetensors.index.json")
 
 
-@case("weights_file_is_a_directory", "layout", r"model\.safetensors is not a regular file \(a directory\?\)")
+@case("weights_file_is_a_directory", "paths", r"model\.safetensors is not a regular file \(a directory\?\)")
 def _(root, marker):
     d = root / "src"
     write_config(d)
