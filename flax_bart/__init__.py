@@ -4,6 +4,7 @@ from flax_bart.config import BartConfig, ConfigError
 from flax_bart.generation_config import GenerationConfig
 from flax_bart.host_memory import tune_host_allocator
 from flax_bart.models import (
+    FlaxBartDecoderPreTrainedModel,
     FlaxBartForCausalLM,
     FlaxBartForConditionalGeneration,
     FlaxBartForQuestionAnswering,
@@ -19,7 +20,8 @@ from flax_bart.validation import InputError
 __version__ = "0.1.0"
 
 __all__ = [
-    "BartConfig", "ConfigError", "GenerationConfig", "InputError", "BartTokenizer", "FlaxBartPreTrainedModel", "FlaxBartModel",
+    "BartConfig", "ConfigError", "GenerationConfig", "InputError", "BartTokenizer", "FlaxBartPreTrainedModel",
+    "FlaxBartDecoderPreTrainedModel", "FlaxBartModel",
     "FlaxBartForConditionalGeneration", "FlaxBartForSequenceClassification", "FlaxBartForQuestionAnswering",
     "FlaxBartForCausalLM", "shift_tokens_right", "answer_question", "best_spans", "tune_host_allocator",
     "FAST_COMPILE",

@@ -287,7 +287,12 @@ class FlaxBartForQuestionAnswering(_Seq2SeqAPI):
     head = "qa"
 
 
-class FlaxBartForCausalLM(GenerationMixin, FlaxBartPreTrainedModel):
+class FlaxBartDecoderPreTrainedModel(FlaxBartPreTrainedModel):
+    """The base class 4.x named for its decoder-only model (`FlaxBartForCausalLM`); here one more name
+    for flax_bart's base, kept for code that refers to it."""
+
+
+class FlaxBartForCausalLM(GenerationMixin, FlaxBartDecoderPreTrainedModel):
     """Decoder-only BART with an LM head (its own `model/decoder/embed_tokens`)."""
 
     module_class = heads.BartForCausalLMModule

@@ -218,3 +218,15 @@ def test_prepare_and_update_inputs_drive_a_cached_causal_loop(models):
     left = m.prepare_inputs_for_generation(ids, 8, attention_mask=np.array([[0, 1, 1], [1, 1, 1]]))
     assert np.asarray(left["position_ids"]).tolist() == [[0, 0, 1], [0, 1, 2]]   # 4.x: cumsum - 1, >= 0 here
     assert np.asarray(left["attention_mask"])[0].tolist() == [0, 1, 1, 1, 1, 1, 1, 1]
+
+
+def test_the_documented_base_classes_are_importable():
+    """The 4.x documentation names FlaxBartPreTrainedModel and FlaxBartDecoderPreTrainedModel (the causal
+    LM's base)."""
+    import flax_bart
+    from flax_bart import FlaxBartDecoderPreTrainedModel, FlaxBartForCausalLM, FlaxBartPreTrainedModel
+
+    assert issubclass(FlaxBartForCausalLM, FlaxBartDecoderPreTrainedModel)
+    assert issubclass(FlaxBartDecoderPreTrainedModel, FlaxBartPreTrainedModel)
+    assert not issubclass(flax_bart.FlaxBartForConditionalGeneration, FlaxBartDecoderPreTrainedModel)
+    assert {"FlaxBartPreTrainedModel", "FlaxBartDecoderPreTrainedModel"} <= set(flax_bart.__all__)
