@@ -7,6 +7,7 @@ import abc
 import dataclasses
 import math
 import os
+import re
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -22,6 +23,12 @@ WEIGHT_FILES = {
     "safetensors": ("model.safetensors", "model.safetensors.index.json"),
     "bin": ("pytorch_model.bin", "pytorch_model.bin.index.json"),
 }
+
+
+def shard_pattern(single: str) -> re.Pattern:
+    """The shard names of weights file `single` (`model-00001-of-00002.safetensors`, any digit count)."""
+    stem, ext = single.rsplit(".", 1)
+    return re.compile(rf"^{re.escape(stem)}-\d+-of-\d+\.{re.escape(ext)}$")
 
 
 @dataclasses.dataclass(frozen=True)

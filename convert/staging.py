@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 import shutil
 import tempfile
 
@@ -126,28 +125,30 @@ class StagedOutput:
         _discard(self.path)
 
 
-# What an earlier output of flax-bart holds (convert, --to orbax, finetune): config.json always, and only
-# checkpoint files besides it; a directory holding anything else is not replaced as a whole.
-_OUTPUT_FILES = ("config.json", "generation_config.json", "conversion_summary.json", "flax_bart_orbax.json",
-                 "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                 "added_tokens.json")
-_OUTPUT_DIRS = ("params",)   # an orbax checkpoint's tree
-_WEIGHT_NAME = re.compile(r"^(flax_model|model|pytorch_model)(-\d+-of-\d+)?\.(msgpack|safetensors|bin)(\.index\.json)?$")
+# An orbax output's own names (flax_bart.orbax_io, not imported here: it imports jax)
+_ORBAX_FILES, _ORBAX_DIRS = ("flax_bart_orbax.json",), ("params",)
 
 
 def _is_output_entry(directory: str, name: str) -> bool:
+    """Whether `name` in `directory` is a file an earlier output of flax-bart holds (convert, --to orbax,
+    finetune): the config and side files convert copies, its summary, weights, indexes and shards, an
+    orbax checkpoint's files; never a symlink."""
+    from convert.api import SIDE_FILES, SUMMARY_NAME
+    from convert.sources import WEIGHT_FILES, shard_pattern
+
     path = os.path.join(directory, name)
     if os.path.islink(path):
         return False
-    if name in _OUTPUT_DIRS:
+    if name in _ORBAX_DIRS:
         return os.path.isdir(path)
-    return os.path.isfile(path) and (name in _OUTPUT_FILES or bool(_WEIGHT_NAME.match(name)))
+    weights = any(name in pair or shard_pattern(pair[0]).match(name) for pair in WEIGHT_FILES.values())
+    return os.path.isfile(path) and (weights or name in SIDE_FILES + (SUMMARY_NAME,) + _ORBAX_FILES)
 
 
-def check_replaceable(target: str, shown: str) -> None:
-    """What --overwrite may replace as a whole: an empty directory or an earlier output (config.json and
-    checkpoint files only); never a file, the working or home directory or a directory holding either
-    (`/`), nor a directory holding other files (a mistyped DST must not delete them)."""
+def check_replaceable(target: str, shown: str, replacer: str = "--overwrite") -> None:
+    """What `replacer` (the option that replaces `shown` as a whole) may replace: an empty directory or an
+    earlier output (config.json and checkpoint files only); never a file, the working or home directory or a
+    directory holding either (`/`), nor a directory holding other files (a mistyped DST must not delete them)."""
     real = os.path.realpath(target)
     for what, place in (("the working directory", os.getcwd()), ("the home directory", os.path.expanduser("~"))):
         place = os.path.realpath(place)
@@ -155,7 +156,7 @@ def check_replaceable(target: str, shown: str) -> None:
             raise ConversionError(f"output {shown} is {what} or holds it ({place}); an existing DST is replaced as "
                                   f"a whole, so choose a directory of its own")
     if not os.path.isdir(real):
-        raise ConversionError(f"output {shown} exists and is not a directory; --overwrite replaces only an earlier "
+        raise ConversionError(f"output {shown} exists and is not a directory; {replacer} replaces only an earlier "
                               f"output directory: remove it yourself or choose another DST")
     names = sorted(os.listdir(real))
     if not names:
@@ -164,7 +165,7 @@ def check_replaceable(target: str, shown: str) -> None:
     if others or not _is_output_entry(real, "config.json"):
         shown_names = (others or names)[:5] + (["..."] if len(others or names) > 5 else [])
         raise ConversionError(f"output {shown} exists and is not an earlier checkpoint output (config.json and "
-                              f"checkpoint files only; it holds {shown_names}): --overwrite replaces only such "
+                              f"checkpoint files only; it holds {shown_names}): {replacer} replaces only such "
                               f"a directory; remove it yourself or choose another DST")
 
 

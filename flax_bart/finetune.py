@@ -97,9 +97,9 @@ def _check_args(args) -> None:
         from convert.staging import check_replaceable
 
         try:
-            check_replaceable(os.path.abspath(args.out), args.out)
+            check_replaceable(os.path.abspath(args.out), args.out, replacer="--mesh (saving into --out as a whole)")
         except ConversionError as e:
-            raise InputError(f"--out: {str(e).replace('--overwrite replaces', '--mesh replaces --out as a whole: it replaces')}") from None
+            raise InputError(f"--out: {e}") from None
 
 
 def scratch_config(args):

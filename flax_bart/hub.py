@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from typing import Iterable
 
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -62,8 +61,9 @@ def weight_files(names: Iterable[str], prefer: str | None = None) -> list[str]:
         if single in names:
             return [single]
         if index in names:   # the shards, named as transformers names them (not e.g. optimizer.bin)
-            stem, ext = single.rsplit(".", 1)
-            shard = re.compile(rf"^{re.escape(stem)}-\d+-of-\d+\.{ext}$")
+            from convert.sources import shard_pattern
+
+            shard = shard_pattern(single)
             return [index] + sorted(n for n in names if shard.match(n))
     return []
 
