@@ -191,6 +191,14 @@ class GenerationMixin:
     def can_generate(cls) -> bool:
         return True
 
+    def update_inputs_for_generation(self, model_outputs, model_kwargs):
+        """As 4.x: `model_kwargs` from `prepare_inputs_for_generation` (updated in place) for the next token:
+        the new cache, the next position (the decoder's; the causal LM's own)."""
+        key = "position_ids" if self.head == "causal" else "decoder_position_ids"
+        model_kwargs["past_key_values"] = model_outputs.past_key_values
+        model_kwargs[key] = model_kwargs[key][:, -1:] + 1
+        return model_kwargs
+
     def _loaded_from(self, directory: str, settings: dict) -> None:
         """From `from_pretrained`: read the checkpoint's `generation_config.json` when it has one."""
         super()._loaded_from(directory, settings)

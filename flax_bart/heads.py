@@ -63,7 +63,7 @@ class BartModule(BartModuleBase):
         dec = self.decode(decoder_input_ids, enc.last_hidden_state, attention_mask, decoder_attention_mask,
                           decoder_position_ids, output_attentions=output_attentions,
                           output_hidden_states=output_hidden_states, deterministic=deterministic)
-        return _result(return_dict, O.FlaxSeq2SeqModelOutput(
+        return O.returned(O.FlaxSeq2SeqModelOutput(
             last_hidden_state=dec.last_hidden_state,
             decoder_hidden_states=dec.hidden_states,
             decoder_attentions=dec.attentions,
@@ -71,13 +71,7 @@ class BartModule(BartModuleBase):
             encoder_last_hidden_state=enc.last_hidden_state,
             encoder_hidden_states=enc.hidden_states,
             encoder_attentions=enc.attentions,
-        ))
-
-
-def _result(return_dict: bool, out):
-    """`out`, or with `return_dict=False` its fields that are not None as a tuple (4.x's layout, and the
-    model classes' with return_dict=False)."""
-    return out if return_dict else out.to_tuple()
+        ), return_dict)
 
 
 def _seq2seq_fields(out: O.FlaxSeq2SeqModelOutput) -> dict:
@@ -87,7 +81,9 @@ def _seq2seq_fields(out: O.FlaxSeq2SeqModelOutput) -> dict:
 
 
 class _HeadBase(BartModuleBase):
-    """A seq2seq head model: the backbone under `model/`; `encode` and (plain) `decode` pass through."""
+    """A seq2seq head model: the backbone under `model/`; `encode` and `decode` pass through (`_decoded`
+    may add to the decoder's output), and `__call__` gives the head's output from the backbone's
+    through `_head(out, input_ids, deterministic)`, which each head defines."""
 
     def _backbone(self):
         return BartModule(self.config, name="model", **self._child_kw())
@@ -98,11 +94,6 @@ class _HeadBase(BartModuleBase):
     def _get_decoder_module(self):
         return self.model.decoder
 
-    def _backbone_call(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
-                       decoder_position_ids, output_attentions, output_hidden_states, deterministic):
-        return self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
-                          decoder_position_ids, output_attentions, output_hidden_states, deterministic=deterministic)
-
     def encode(self, input_ids, attention_mask, position_ids, output_attentions=False,
                output_hidden_states=False, deterministic=True):
         return self.model.encode(input_ids, attention_mask, position_ids, output_attentions,
@@ -111,9 +102,21 @@ class _HeadBase(BartModuleBase):
     def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask, decoder_attention_mask,
                decoder_position_ids, init_cache=False, cache_length=None, output_attentions=False,
                output_hidden_states=False, deterministic=True):
-        return self.model.decode(decoder_input_ids, encoder_hidden_states, encoder_attention_mask,
-                                 decoder_attention_mask, decoder_position_ids, init_cache, cache_length,
-                                 output_attentions, output_hidden_states, deterministic)
+        return self._decoded(self.model.decode(
+            decoder_input_ids, encoder_hidden_states, encoder_attention_mask, decoder_attention_mask,
+            decoder_position_ids, init_cache, cache_length, output_attentions, output_hidden_states, deterministic))
+
+    def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
+                 decoder_position_ids, output_attentions=False, output_hidden_states=False, return_dict=True,
+                 deterministic=True):
+        """4.x's call order: the backbone, then the head's output (`_head`)."""
+        out = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
+                         decoder_position_ids, output_attentions, output_hidden_states, deterministic=deterministic)
+        return O.returned(self._head(out, input_ids, deterministic), return_dict)
+
+    def _decoded(self, dec):
+        """`decode`'s output from the backbone's (the decoder states; the LM head adds its logits)."""
+        return dec
 
 
 class BartForConditionalGenerationModule(DeclaredParams, _HeadBase):
@@ -135,25 +138,14 @@ class BartForConditionalGenerationModule(DeclaredParams, _HeadBase):
         bias_1x1xV = jax.lax.stop_gradient(self.final_logits_bias).astype(self.dtype)[None]
         return logits + bias_1x1xV
 
-    def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask, decoder_attention_mask,
-               decoder_position_ids, init_cache=False, cache_length=None, output_attentions=False,
-               output_hidden_states=False, deterministic=True):
-        dec = super().decode(decoder_input_ids, encoder_hidden_states, encoder_attention_mask,
-                             decoder_attention_mask, decoder_position_ids, init_cache, cache_length,
-                             output_attentions, output_hidden_states, deterministic)
+    def _decoded(self, dec):
         return O.FlaxCausalLMOutputWithCrossAttentions(
             logits=self.logits(dec.last_hidden_state), hidden_states=dec.hidden_states,
             attentions=dec.attentions, cross_attentions=dec.cross_attentions,
         )
 
-    def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
-                 decoder_position_ids, output_attentions=False, output_hidden_states=False, return_dict=True,
-                 deterministic=True):
-        out = self._backbone_call(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                                  position_ids, decoder_position_ids, output_attentions, output_hidden_states,
-                                  deterministic)
-        return _result(return_dict, O.FlaxSeq2SeqLMOutput(logits=self.logits(out.last_hidden_state),
-                                                          **_seq2seq_fields(out)))
+    def _head(self, out, input_ids, deterministic):
+        return O.FlaxSeq2SeqLMOutput(logits=self.logits(out.last_hidden_state), **_seq2seq_fields(out))
 
 
 class BartClassificationHead(BartModuleBase):
@@ -191,17 +183,12 @@ class BartForSequenceClassificationModule(_HeadBase):
             self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision
         )
 
-    def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
-                 decoder_position_ids, output_attentions=False, output_hidden_states=False, return_dict=True,
-                 deterministic=True):
-        out = self._backbone_call(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                                  position_ids, decoder_position_ids, output_attentions, output_hidden_states,
-                                  deterministic)
+    def _head(self, out, input_ids, deterministic):
         rep, valid = last_eos_states(out.last_hidden_state, input_ids, self.config.eos_token_ids)
         logits = self.classification_head(rep, deterministic=deterministic)
         # Under jit a bad batch cannot raise: it gives NaN logits instead of a plausible number.
         logits = jnp.where(valid, logits, jnp.nan)
-        return _result(return_dict, O.FlaxSeq2SeqSequenceClassifierOutput(logits=logits, **_seq2seq_fields(out)))
+        return O.FlaxSeq2SeqSequenceClassifierOutput(logits=logits, **_seq2seq_fields(out))
 
 
 class BartForQuestionAnsweringModule(_HeadBase):
@@ -209,16 +196,11 @@ class BartForQuestionAnsweringModule(_HeadBase):
         self.model = self._backbone()
         self.qa_outputs = _dense(self.config, 2, self.dtype, self.param_dtype, self.precision, "qa_outputs")
 
-    def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
-                 decoder_position_ids, output_attentions=False, output_hidden_states=False, return_dict=True,
-                 deterministic=True):
-        out = self._backbone_call(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                                  position_ids, decoder_position_ids, output_attentions, output_hidden_states,
-                                  deterministic)
+    def _head(self, out, input_ids, deterministic):
         logits = self.qa_outputs(out.last_hidden_state)
-        return _result(return_dict, O.FlaxSeq2SeqQuestionAnsweringModelOutput(
+        return O.FlaxSeq2SeqQuestionAnsweringModelOutput(
             start_logits=logits[..., 0], end_logits=logits[..., 1], **_seq2seq_fields(out)
-        ))
+        )
 
 
 class BartDecoderWrapper(BartModuleBase):
@@ -253,10 +235,10 @@ class BartForCausalLMModule(BartModuleBase):
             logits = self.model.decoder.tokens.attend(h, precision=self.precision)
         else:
             logits = self.lm_head(h)
-        return _result(return_dict, O.FlaxCausalLMOutputWithCrossAttentions(
+        return O.returned(O.FlaxCausalLMOutputWithCrossAttentions(
             logits=logits, hidden_states=dec.hidden_states, attentions=dec.attentions,
             cross_attentions=dec.cross_attentions,
-        ))
+        ), return_dict)
 
 
 MODULES = {

@@ -8,6 +8,7 @@ import numpy as np
 from flax import traverse_util
 
 from flax_bart import heads, losses
+from flax_bart import outputs as O
 from flax_bart.generation import GenerationMixin
 from flax_bart.pretrained import FlaxBartPreTrainedModel
 from flax_bart.validation import (
@@ -120,7 +121,7 @@ def _with_loss(model, out, ret: bool, targets: dict | None):
         else:  # lm, causal: labels are aligned with the logits (PyTorch shifts neither)
             loss = losses.lm_loss(out.logits, targets["labels"])
         out = out.replace(loss=loss)
-    return out if ret else out.to_tuple()
+    return O.returned(out, ret)
 
 
 class _Seq2SeqAPI(FlaxBartPreTrainedModel):
@@ -270,12 +271,6 @@ class FlaxBartForConditionalGeneration(GenerationMixin, _Seq2SeqAPI):
             "decoder_position_ids": positions,
         }
 
-    def update_inputs_for_generation(self, model_outputs, model_kwargs):
-        """As 4.x: `model_kwargs` (updated in place) for the next token: the new cache, the next position."""
-        model_kwargs["past_key_values"] = model_outputs.past_key_values
-        model_kwargs["decoder_position_ids"] = model_kwargs["decoder_position_ids"][:, -1:] + 1
-        return model_kwargs
-
 
 class FlaxBartForSequenceClassification(_Seq2SeqAPI):
     module_class = heads.BartForSequenceClassificationModule
@@ -353,12 +348,6 @@ class FlaxBartForCausalLM(GenerationMixin, FlaxBartDecoderPreTrainedModel):
         wide, positions = _generation_mask("attention_mask", attention_mask, b, t, max_length)
         return {"past_key_values": self.init_cache(b, max_length), "attention_mask": wide,
                 "position_ids": positions}
-
-    def update_inputs_for_generation(self, model_outputs, model_kwargs):
-        """As 4.x: `model_kwargs` (updated in place) for the next token: the new cache, the next position."""
-        model_kwargs["past_key_values"] = model_outputs.past_key_values
-        model_kwargs["position_ids"] = model_kwargs["position_ids"][:, -1:] + 1
-        return model_kwargs
 
 
 MODEL_CLASSES = {

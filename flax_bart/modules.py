@@ -583,8 +583,7 @@ class BartEncoder(BartModuleBase):
         h = _embed(self, self.tokens, self.embed_positions, input_ids, position_ids)
         h = self.dropout(h, deterministic=deterministic)
         h, states, attns = self.layers(h, attention_mask, output_attentions, output_hidden_states, deterministic)
-        out = O.FlaxBaseModelOutput(last_hidden_state=h, hidden_states=states, attentions=attns)
-        return out if return_dict else out.to_tuple()
+        return O.returned(O.FlaxBaseModelOutput(last_hidden_state=h, hidden_states=states, attentions=attns), return_dict)
 
 
 class BartDecoder(BartModuleBase):
@@ -617,6 +616,5 @@ class BartDecoder(BartModuleBase):
             h, attention_mask, encoder_hidden_states, encoder_attention_mask, init_cache, cache_length,
             output_attentions, output_hidden_states, deterministic,
         )
-        out = O.FlaxBaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=h, hidden_states=states, attentions=attns, cross_attentions=cross)
-        return out if return_dict else out.to_tuple()
+        return O.returned(O.FlaxBaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=h, hidden_states=states, attentions=attns, cross_attentions=cross), return_dict)

@@ -49,6 +49,11 @@ class ModelOutput:
         return dataclasses.replace(self, **changes)
 
 
+def returned(out: ModelOutput, return_dict: bool):
+    """`out`, or with `return_dict=False` its fields that are not None as a tuple (4.x's layout)."""
+    return out if return_dict else out.to_tuple()
+
+
 @struct.dataclass
 class FlaxBaseModelOutput(ModelOutput):
     last_hidden_state: Array = None

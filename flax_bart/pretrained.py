@@ -16,6 +16,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
+from flax_bart import outputs as O
 from flax_bart.attention_kernels import check_attention_impl
 from flax_bart.config import BartConfig
 from flax_bart.layer_scan import check_scan_layers
@@ -279,7 +280,7 @@ class FlaxBartPreTrainedModel:
                                mutable=past_key_values is not None)
         if cache is not None:
             out = out.replace(past_key_values=cache)
-        return out if ret else out.to_tuple()
+        return O.returned(out, ret)
 
     def _run(self, method: str, params, arrays: dict, static: dict, rngs=None, cache=None, mutable=False,
              cache_only=False):
