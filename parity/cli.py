@@ -9,6 +9,7 @@ the exit code is 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -81,6 +82,8 @@ setup_compile_cache = compile_cache.setup
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from parity.regression import CROSS_MACHINE_FLOOR, SAME_MACHINE_FLOOR
+
     p = argparse.ArgumentParser(
         prog="flax-bart parity", allow_abbrev=False,
         description="Check Flax BART weights against the PyTorch reference on the same inputs, per tensor, dtype "
@@ -152,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-floor", "--baseline-noise", dest="baseline_floor", type=float, default=None,
                    metavar="FRACTION",
                    help="a tensor's growth counts only once it uses this share of its tolerance (default: "
-                        "0.1 when the baseline's machine fingerprint equals this machine's, 0.8 otherwise)")
+                        f"{SAME_MACHINE_FLOOR:g} when the baseline's machine fingerprint equals this machine's, "
+                        f"{CROSS_MACHINE_FLOOR:g} = only crossing the tolerance otherwise)")
     p.add_argument("--out", metavar="DIR", help="report directory (default reports/parity-<checkpoint name>)")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--compile-cache", metavar="DIR", help="keep compiled XLA programs in DIR for later runs "
@@ -190,7 +194,7 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
     from parity.harness import print_progress, run_parity
     from parity.outcome import EXIT_CODES
     from parity.regression import check_baseline, check_overlap, format_diff
-    from parity.report import load_report, not_a_report_file, write_reports
+    from parity.report import load_report, not_a_report_file, one_line, utf8_text, write_reports
     from parity.schema import ReportError
     from parity.summary import render_table
 
@@ -224,14 +228,14 @@ def run_gate(checkpoint, flax, opts, out_dir, *, baseline=None, baseline_factor=
         from parity.checkpoint import ParityInputError
 
         raise ParityInputError(f"--out {out_dir}: cannot write the reports ({e})") from None
-    if not quiet:
-        print(render_table(outcome))
+    if not quiet:   # paths are printed as the reports hold them (utf8_text): stdout may refuse their bytes
+        print(utf8_text(render_table(outcome)))
         if regression is not None:
-            print(format_diff(regression, baseline_label=str(baseline), current_label="this run"), end="")
+            print(utf8_text(format_diff(regression, baseline_label=str(baseline), current_label="this run")), end="")
     if report.error:
         print(f"flax-bart parity: error: {report.error}", file=sys.stderr)
-    where = f"reports in {out_dir}: " + " ".join(p.name for p in paths.values())
-    print(f"{report.headline} ({outcome.seconds:.0f} s; {where})")
+    where = f"reports in {one_line(str(out_dir))}: " + " ".join(p.name for p in paths.values())
+    print(utf8_text(f"{report.headline} ({outcome.seconds:.0f} s; {where})"))
     return EXIT_CODES[report.status]
 
 
@@ -349,14 +353,15 @@ def _gate(args, out: str, state: dict) -> int:
     except Exception:
         state["keep_out"] = True   # the checkpoint's folder: no error report there either
         raise
-    if not args.baseline_factor >= 1:
+    # the ranges parity.regression.compare_to_baseline takes, checked before the run
+    if not (math.isfinite(args.baseline_factor) and args.baseline_factor >= 1):
         from parity.checkpoint import ParityInputError
 
-        raise ParityInputError(f"--baseline-factor {args.baseline_factor:g}: expected a number >= 1")
-    if args.baseline_floor is not None and not 0 <= args.baseline_floor < 1:
+        raise ParityInputError(f"--baseline-factor {args.baseline_factor:g}: expected a finite number >= 1")
+    if args.baseline_floor is not None and not 0 <= args.baseline_floor <= 1:
         from parity.checkpoint import ParityInputError
 
-        raise ParityInputError(f"--baseline-floor {args.baseline_floor:g}: expected a fraction in [0, 1)")
+        raise ParityInputError(f"--baseline-floor {args.baseline_floor:g}: expected a fraction in [0, 1]")
     opts = options_from_args(args, Path(os.path.abspath(out)).name)
     tune_allocator_for(opts.flax_devices, args.checkpoint)
     _setup_compile_cache(args.compile_cache, args.no_compile_cache)

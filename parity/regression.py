@@ -13,9 +13,12 @@ error + floor), which already scales with what the machine's kernels do). The co
   between CPU types single tensors were measured moving 2.8x and up to 0.91 of their tolerance with
   no change in the code (README, `python -m parity.cross_isa`), so no floor below the tolerance
   separates a regression from the machine there;
-- (a tensor judged by another rule in the baseline, say one recorded by an older flax-bart whose
-  gradient rules differed, is checked for newly failing only: its shares measure different bounds;
-  the diff counts these as "rule changed")
+- (a tensor judged by another rule than in the baseline (a float32 tensor that passes by the float64
+  gold fallback now and by rtol then, or the reverse; a baseline from an older flax-bart whose gradient
+  rules differed), or any tensor when the baseline was recorded under another tolerance policy
+  (``--rtol``, ``--k``), is judged on its current bound: the baseline's share is its value of this run's
+  verdict metric over this run's tolerance ("rescored"). Where the baseline lacks that metric the
+  tensor is checked for newly failing only, and the diff counts it as "rule changed")
 - a whole column got worse: the geometric mean of its tensors' share ratios (columns of at least
   ``POOLED_MIN`` tensors of ``TINY_COUNT`` values or more) exceeds
   ``POOLED_FACTOR``, on any machine (measured between CPU types: 0.72 to 1.39). Machine noise
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from parity import machine
-from parity.report import ReportError, RunReport, format_value, load_report
+from parity.report import ReportError, RunReport, format_value, load_report, utf8_text
 
 DEFAULT_FACTOR = 2.0
 SAME_MACHINE_FLOOR = 0.1
@@ -119,6 +122,9 @@ class RegressionResult:
     new: list[tuple[str, str]] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)
     rule_changed: list[tuple[str, str]] = field(default_factory=list)  # shares not comparable
+    rescored: list[tuple[str, str]] = field(default_factory=list)  # baseline share taken on this run's bound
+    # the two runs' tolerance policies, when they differ (None: the same policy)
+    policy_change: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None
     compared: int = 0
     # whether the baseline was recorded on other weights or another config (None: a report lacks the hash)
     checkpoint_changed: bool | None = None
@@ -168,7 +174,8 @@ class RegressionResult:
             "columns": [c.to_dict() for c in self.columns],
             "column_regressions": [c.to_dict() for c in self.column_regressions], "fixed": [list(t) for t in self.fixed],
             "new": [list(t) for t in self.new], "missing": [list(t) for t in self.missing],
-            "rule_changed": [list(t) for t in self.rule_changed],
+            "rule_changed": [list(t) for t in self.rule_changed], "rescored": [list(t) for t in self.rescored],
+            "policy_changed": self.policy_change is not None, "policy_line": self.policy_line(),
             "checkpoint_changed": self.checkpoint_changed, "config_changed": self.config_changed,
         })
 
@@ -180,6 +187,16 @@ class RegressionResult:
             return None
         return (f"the baseline was recorded on other {' and '.join(what)} (its checkpoint/config hash differs): "
                 "shares are compared all the same")
+
+    def policy_line(self) -> str | None:
+        """What differs between the baseline's tolerance policy and this run's (None when nothing)."""
+        if self.policy_change is None:
+            return None
+        old, new = self.policy_change
+        diffs = [f"{name} {_policy_value(old.get(name))} -> {_policy_value(new.get(name))}"
+                 for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+        return (f"the baseline was judged under another tolerance policy ({'; '.join(diffs)}): each baseline "
+                "value is measured against this run's tolerance")
 
 
 def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunReport | Mapping[str, Any],
@@ -202,6 +219,8 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
                               baseline_machine=base.machine, current_machine=cur.machine,
                               checkpoint_changed=_differs(base.checkpoint_hash, cur.checkpoint_hash),
                               config_changed=_differs(base.config_hash, cur.config_hash))
+    if base.policy != cur.policy:
+        result.policy_change = (base.policy.to_dict(), cur.policy.to_dict())
     base_index = {(c.key, r.name): r for c in base.columns for r in c.results}
     cur_keys = set()
     for col in cur.columns:
@@ -221,11 +240,16 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
                 result.fixed.append(key)
             if not (old.verdict.passed and r.verdict.passed):
                 continue
-            if rule_key(old.verdict.rule) != rule_key(r.verdict.rule):
-                result.rule_changed.append(key)
-                continue
-            _judge_move(result, col.key, old, r, factor, floor)
-            f_old, f_new = fraction(old.verdict), fraction(r.verdict)
+            f_old, old_value = fraction(old.verdict), old.verdict.value
+            if result.policy_change is not None or rule_key(old.verdict.rule) != rule_key(r.verdict.rule):
+                old_value = rescore_value(old, r)
+                if old_value is None:
+                    result.rule_changed.append(key)
+                    continue
+                f_old = old_value / r.verdict.tolerance
+                result.rescored.append(key)
+            _judge_move(result, col.key, old, r, factor, floor, f_old, old_value)
+            f_new = fraction(r.verdict)
             if (f_old is not None and f_new is not None and f_old > 0 and f_new > 0
                     and min(old.metrics.count, r.metrics.count) >= TINY_COUNT):
                 logs.append(math.log(f_new / f_old))
@@ -249,14 +273,32 @@ def rule_key(rule: str | None) -> str:
     return _NUMBER_IN_PARENS.sub("()", rule or "")
 
 
-def _judge_move(result: RegressionResult, column: str, old, new, factor: float, floor: float) -> None:
-    f_old, f_new = fraction(old.verdict), fraction(new.verdict)
+def rescore_value(old, new) -> float | None:
+    """The baseline tensor's value of the metric that decides `new` now, when that share can be taken on
+    `new`'s tolerance (a finite value >= 0 in the baseline's metrics, a finite positive tolerance);
+    else None."""
+    tol = new.verdict.tolerance
+    value = getattr(old.metrics, new.verdict.metric, None)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(tol) and tol > 0):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _policy_value(value) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} {_policy_value(v)}" for k, v in sorted(value.items())) + "}"
+    return format_value(value) if isinstance(value, (int, float)) else str(value)
+
+
+def _judge_move(result: RegressionResult, column: str, old, new, factor: float, floor: float,
+                f_old: float | None, old_value: float) -> None:
+    f_new = fraction(new.verdict)
     if f_old is None or f_new is None:
         return
     count = min(int(old.metrics.count), int(new.metrics.count))
     need = max(floor, TINY_FLOOR) if count < TINY_COUNT else floor
     change = Change(column, new.name, new.verdict.metric, count, f_old, f_new,
-                    float(old.verdict.value), float(new.verdict.value))
+                    float(old_value), float(new.verdict.value))
     if f_new > factor * f_old and f_new >= need:
         result.regressions.append(change)
     elif f_old > factor * f_new and f_old >= need:
@@ -290,8 +332,9 @@ def format_diff(result: RegressionResult, *, baseline_label: str = "baseline",
         f"  current machine:  {machine.describe(result.current_machine)}",
         f"  {result.machine_line()}",
     ]
-    if result.subject_line():
-        lines.append(f"  {result.subject_line()}")
+    for extra in (result.subject_line(), result.policy_line()):
+        if extra:
+            lines.append(f"  {extra}")
     sections = [
         ("newly failing (crossed their tolerance)", [f"{c} {n}" for c, n in result.newly_failing]),
         (f"regressions (tolerance share grew more than {format_value(result.factor)}x and reached the floor)",
@@ -308,14 +351,15 @@ def format_diff(result: RegressionResult, *, baseline_label: str = "baseline",
         if items:
             lines.append(f"{title}: {len(items)}")
             lines.extend(f"  {item}" for item in items)
-    if result.rule_changed:
-        shown = [f"{c} {n}" for c, n in result.rule_changed[:5]]
-        more = len(result.rule_changed) - len(shown)
-        lines.append(f"judged by another rule than in the baseline (checked for newly failing only; their shares "
-                     f"measure different bounds): {len(result.rule_changed)}")
-        lines.extend(f"  {item}" for item in shown)
-        if more:
-            lines.append(f"  ... and {more} more")
+    for items, title in ((result.rescored, "judged by another rule or policy than in the baseline (the baseline's "
+                                           "value measured against this run's tolerance)"),
+                         (result.rule_changed, "judged by another rule than in the baseline, whose metrics lack "
+                                               "this run's (checked for newly failing only)")):
+        if items:
+            lines.append(f"{title}: {len(items)}")
+            lines.extend(f"  {c} {n}" for c, n in items[:5])
+            if len(items) > 5:
+                lines.append(f"  ... and {len(items) - 5} more")
     if result.columns:
         lines.append("column shifts (geometric mean of share ratios): " +
                      ", ".join(f"{c.column} {format_value(c.geomean)}x" for c in result.columns))
@@ -371,7 +415,7 @@ def main_diff(argv: Sequence[str] | None = None) -> int:
     except (ReportError, ValueError) as exc:
         print(f"flax-bart report diff: error: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(format_diff(result, baseline_label=args.baseline, current_label=args.current))
+    sys.stdout.write(utf8_text(format_diff(result, baseline_label=args.baseline, current_label=args.current)))
     return 0 if result.passed else 1
 
 

@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -290,16 +291,22 @@ def baseline_lines(report: RunReport, *, bullet: str = "", limit: int = 10) -> l
     if b is None:
         return []
     verdict = "no regression" if b["passed"] else "REGRESSION"
-    lines = [f"{bullet}Baseline `{b.get('path', '?')}`: {verdict} (factor {format_value(b['factor'])}, floor "
+    lines = [f"{bullet}Baseline {md_code(str(b.get('path', '?')))}: {verdict} (factor {format_value(b['factor'])}, floor "
              f"{format_value(b['floor'])} of a tolerance, {b['compared']} tensors compared)."]
     if b.get("machine_line"):
         lines.append(f"{bullet}{b['machine_line'][0].upper()}{b['machine_line'][1:]}.")
     changed = [name for name, key in (("weights", "checkpoint_changed"), ("config", "config_changed")) if b.get(key)]
     if changed:
         lines.append(f"{bullet}The baseline was recorded on other {' and '.join(changed)} (its hash differs).")
+    if b.get("policy_line"):
+        lines.append(f"{bullet}{b['policy_line'][0].upper()}{b['policy_line'][1:]}.")
+    if b.get("rescored"):
+        lines.append(f"{bullet}{len(b['rescored'])} tensors were judged by another rule or policy in the baseline "
+                     "(e.g. the float32 gold fallback): their baseline values are measured against this run's "
+                     "tolerances.")
     if b.get("rule_changed"):
-        lines.append(f"{bullet}{len(b['rule_changed'])} tensors were judged by another rule in the baseline (an "
-                     "older flax-bart's): checked for newly failing only, their shares measure different bounds.")
+        lines.append(f"{bullet}{len(b['rule_changed'])} tensors were judged by another rule in the baseline, whose "
+                     "metrics lack this run's (an older flax-bart's): checked for newly failing only.")
     shown = 0
     for column, name in b["newly_failing"][:limit]:
         lines.append(f"{bullet}newly failing: {column} `{name}`")
@@ -320,6 +327,23 @@ def baseline_lines(report: RunReport, *, bullet: str = "", limit: int = 10) -> l
         if items:
             lines.append(f"{bullet}{len(items)} tensors {words} ({_by_column(items)}), e.g. `{items[0][1]}`.")
     return lines
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """`text` (a run name, a path) with its control characters, newlines included, written as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def md_code(text: str) -> str:
+    """`text` (a run name, a path) as one Markdown code span: `one_line`, fenced by more backticks than the
+    longest run inside it."""
+    text = one_line(text)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _by_column(items) -> str:
@@ -413,7 +437,7 @@ def _bare_constant(name: str):
 
 def render_markdown(report: RunReport) -> str:
     """A compact summary for a pull-request comment."""
-    out = [f"## {report.headline.split(':', 1)[0]} · parity report `{report.run_name}`", "",
+    out = [f"## {report.headline.split(':', 1)[0]} · parity report {md_code(report.run_name)}", "",
            f"**{report.headline}**", ""]
     out += baseline_lines(report, bullet="- ")
     out += ["",
@@ -462,7 +486,8 @@ def render_markdown(report: RunReport) -> str:
 def write_json(report: RunReport, path: os.PathLike | str) -> Path:
     data = report.to_dict()
     validate_report(data)
-    return _atomic_write(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    # not ensure_ascii: a path's undecodable bytes would stay lone-surrogate escapes strict parsers refuse
+    return _atomic_write(path, json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
 
 
 def write_markdown(report: RunReport, path: os.PathLike | str) -> Path:
@@ -497,8 +522,18 @@ def write_reports(report: RunReport, out_dir: os.PathLike | str,
 def _atomic_write(path: os.PathLike | str, text: str) -> Path:
     from flax_bart.io_utils import atomic_write_text
 
-    atomic_write_text(path, text)
+    atomic_write_text(path, utf8_text(text))
     return Path(path)
+
+
+_NOT_ESCAPE = re.compile("[\ud800-\udc7f\udd00-\udfff]")   # surrogates that are no undecoded byte
+
+
+def utf8_text(text: str) -> str:
+    """`text` as valid UTF-8 can hold it: a path's bytes that did not decode (Python keeps them as lone
+    surrogates, U+DC80-U+DCFF) are decoded again, and what still is no character becomes U+FFFD."""
+    text = _NOT_ESCAPE.sub("\ufffd", text)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _version(dist: str) -> str | None:

@@ -85,9 +85,13 @@ def plot_column(col: Column) -> str | None:
         if bad:
             ax.scatter(*zip(*bad), s=90, facecolors="none", edgecolors="#b00020", linewidths=1.5, zorder=4)
     ax.axhline(1.0, linestyle="--", color="black", linewidth=1, label="tolerance (1.0)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     every = [x for fam in series.values() for x in fam]
-    ax.set_xlim(min(every) - 0.5, max(every) + 0.5)   # whole layers only, also for a 1-layer model
+    lo, hi = min(every), max(every)
+    if hi - lo < 16:   # whole layers only: MaxNLocator(integer=True) gives fractions over a single layer
+        ax.set_xticks(range(lo, hi + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(lo - 0.5, hi + 0.5)
     ax.set_ylim(bottom, top)
     ax.set_xlabel("layer")
     ax.set_ylabel("share of tolerance used\n(max over heads and inputs)", fontsize=8)

@@ -21,8 +21,10 @@ def render_junit(report: RunReport) -> str:
     input an ``<error>`` in an ``input`` suite."""
     root = ET.Element("testsuites", name=f"parity {report.run_name}: {report.status}")
     per_dtype = {c.dtype: sum(o.dtype == c.dtype for o in report.columns) for c in report.columns}
-    # a dtype's seconds, shared by its columns (several devices): the suites' times add up to the run's
-    suites = [_suite(col, _seconds(report, col.dtype) / per_dtype[col.dtype]) for col in report.columns]
+    # a dtype's share of the run's seconds, split between its columns (several devices): the suites' times
+    # add up to the run's
+    shares = _dtype_seconds(report, list(per_dtype))
+    suites = [_suite(col, shares[col.dtype] / per_dtype[col.dtype]) for col in report.columns]
     if report.baseline is not None:
         suites.append(_baseline_suite(report))
     if report.error:
@@ -87,15 +89,21 @@ def _line(r) -> str:
     return f"{status} {r.name}: {words} = {format_value(v.value)} (tolerance {format_value(v.tolerance)})"
 
 
-def _seconds(report: RunReport, dtype: str) -> float:
-    """The PyTorch and Flax seconds of a dtype's runs, all heads (report.timings; 0 when not measured).
-    Per output group nothing is timed: the test cases keep time="0"."""
-    steps = (report.timings or {}).get("steps") or {}
-    total = 0.0
-    for key, step in steps.items():
-        if isinstance(step, dict) and key.rsplit("/", 1)[-1] == dtype:
-            total += sum(float(step.get(k) or 0) for k in ("torch_s", "flax_s"))
-    return total
+def _dtype_seconds(report: RunReport, dtypes: list[str]) -> dict[str, float]:
+    """Each dtype's part of the run's wall time (report.timings; 0 when not measured), in proportion to the
+    PyTorch and Flax seconds its steps took, all heads: steps of dtypes run side by side overlap, and the
+    float64 gold run, which serves every dtype, is shared out the same way. Per output group nothing is
+    timed: the test cases keep time="0"."""
+    timings = report.timings or {}
+    work = dict.fromkeys(dtypes, 0.0)
+    for key, step in (timings.get("steps") or {}).items():
+        dtype = key.rsplit("/", 1)[-1]
+        if isinstance(step, dict) and dtype in work:
+            work[dtype] += sum(float(step.get(k) or 0) for k in ("torch_s", "flax_s"))
+    total, wall = sum(work.values()), float(timings.get("seconds") or 0)
+    if total <= 0 or not wall > 0:
+        return dict.fromkeys(dtypes, 0.0)
+    return {d: wall * w / total for d, w in work.items()}
 
 
 def _format_seconds(seconds: float) -> str:

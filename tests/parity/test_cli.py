@@ -16,6 +16,7 @@ import torch
 from bart_helpers import torch_model
 from parity.cli import demo_main, main
 from parity.demo import QUICK_SHAPE, ensure_checkpoint
+from parity.regression import CROSS_MACHINE_FLOOR, SAME_MACHINE_FLOOR
 from parity.report import load_report
 from tokenizer_utils import write_bart_tokenizer
 
@@ -142,9 +143,11 @@ def test_baseline_regression_fails_and_an_equal_baseline_passes(checkpoint, pass
     data["machine"]["id"] = "other"
     other = tmp_path / "other_machine.json"
     other.write_text(json.dumps(data))
-    code, printed, _ = run([checkpoint, *FAST, "--out", str(tmp_path / "other"), "--baseline", str(other)], capsys)
-    assert "baseline recorded on another machine (cpu_model: Some Other CPU ->" in printed
-    assert code == (1 if share >= 0.8 else 0)
+    for extra in ([], ["--baseline-floor", "1"]):   # the default across machines, and the same floor given
+        code, printed, _ = run([checkpoint, *FAST, "--out", str(tmp_path / "other"), "--baseline", str(other),
+                                *extra], capsys)
+        assert "baseline recorded on another machine (cpu_model: Some Other CPU ->" in printed
+        assert code == (1 if share >= CROSS_MACHINE_FLOOR else 0)
 
 
 def test_a_baseline_of_another_head_is_bad_input_with_reports(checkpoint, passing_run, tmp_path, capsys):
@@ -202,6 +205,25 @@ def test_control_characters_in_the_run_name_keep_junit_and_html_valid(checkpoint
     assert "\x01" not in html_text and "\x1b" not in html_text
 
 
+def test_a_run_name_or_path_of_any_bytes_gives_valid_utf8_reports(checkpoint, tmp_path, capsys):
+    """An --out holding a byte that is no UTF-8 (kept by Python as a lone surrogate), a newline and a backtick:
+    exit 0, every report valid UTF-8 and strict JSON, the Markdown heading one line and one code span."""
+    out = tmp_path / os.fsdecode(b"run\xff\n`x")
+    code, printed, _ = run([checkpoint, *FAST, "--dtypes", "float32,bfloat16", "--out", str(out), "--quiet"], capsys)
+    assert code == 0 and printed.strip().splitlines()[-1].startswith("PASS")
+    for name in REPORT_FILES:
+        (out / name).read_bytes().decode("utf-8")      # strict: no lone surrogate, no undecodable byte
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"),
+                      parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert data["run_name"] == "run\ufffd\n`x"
+    heading = (out / "report.md").read_text(encoding="utf-8").splitlines()[0]
+    assert heading == "## PASS · parity report ``run\ufffd\\x0a`x``"
+    root = ET.parse(out / "junit.xml").getroot()
+    steps = data["timings"]["steps"]   # the suites share out the run's seconds, the float64 gold run's too
+    assert any("gold" in key for key in steps)
+    assert float(root.get("time")) == pytest.approx(data["timings"]["seconds"], abs=2e-3)
+
+
 def test_nan_weights_exit_2_with_nan_report(tmp_path, capsys):
     model = torch_model("lm", **QUICK_SHAPE)
     with torch.no_grad():
@@ -232,6 +254,8 @@ def _no_traceback(code, err):
     (["--reference", "onnx"], "--reference"),
     (["--baseline", "/no/such/report.json"], "no such file"),
     (["--baseline-factor", "0.5"], "--baseline-factor"),
+    (["--baseline-factor", "inf"], "--baseline-factor inf: expected a finite number >= 1"),
+    (["--baseline-floor", "1.5"], "--baseline-floor 1.5: expected a fraction in [0, 1]"),
     (["--batch-size", "1"], "batch_size=1"),
     (["--attention", "cudnn"], "--attention cudnn (cpu, float32): attention_impl='cudnn': the default JAX backend"),
     (["--attention", "xla", "--dtypes", "float16"], "cannot run float16 on the cpu backend"),
@@ -365,6 +389,9 @@ def test_python_dash_m_parity_help():
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert "usage: flax-bart parity" in res.stdout and "--baseline" in res.stdout and "--flax" in res.stdout
+    words = " ".join(res.stdout.split())   # the floors parity.regression applies, as it applies them
+    assert f"{SAME_MACHINE_FLOOR:g} when the baseline's machine fingerprint" in words
+    assert f"{CROSS_MACHINE_FLOOR:g} = only crossing the tolerance otherwise" in words
 
 
 def test_flax_bart_dispatches_to_parity(tmp_path, capsys):

@@ -193,31 +193,85 @@ def _with_rule(rep, name, rule):
     return rep
 
 
-def test_a_tensor_judged_by_another_rule_is_checked_for_failing_only():
-    """A baseline from an older flax-bart whose rule for a tensor differed: its share measured another bound
-    (the float32 gradients' multiple of k doubled), so growth is not judged; crossing the tolerance is."""
+def _with_verdict(rep, name, **changes):
+    import dataclasses
+
+    for col in rep.columns:
+        col.results[:] = [dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, **changes))
+                          if r.name == name else r for r in col.results]
+    return rep
+
+
+def test_a_tensor_judged_by_another_rule_is_judged_on_its_current_bound():
+    """A baseline whose rule for a tensor differed (an older flax-bart's multiple of k): its value of the
+    metric that decides the tensor now is measured against this run's tolerance ("rescored")."""
     from parity.regression import rule_key
 
     base = _with_rule(report(BASE), "h[1]", "an older rule")
     grown = compare_to_baseline(base, report({**BASE, "h[1]": 0.5}))  # 10x on the same machine
-    assert grown.passed and [name for _, name in grown.rule_changed] == ["h[1]"]
-    assert not grown.regressions and "judged by another rule than in the baseline" in format_diff(grown)
-    assert grown.to_dict()["rule_changed"][0][1] == "h[1]"
+    assert not grown.passed and [c.name for c in grown.regressions] == ["h[1]"]
+    assert grown.regressions[0].baseline == pytest.approx(0.05, rel=1e-6) and not grown.rule_changed
+    assert [name for _, name in grown.rescored] == ["h[1]"] and grown.to_dict()["rescored"][0][1] == "h[1]"
+    assert "judged by another rule or policy than in the baseline" in format_diff(grown)
+    assert compare_to_baseline(base, report({**BASE, "h[1]": 0.06})).passed
     failing = compare_to_baseline(base, report({**BASE, "h[1]": 1.5}))
     assert not failing.passed and failing.newly_failing[0][1] == "h[1]"
-    same = compare_to_baseline(report(BASE), report({**BASE, "h[1]": 0.5}))
-    assert not same.passed and not same.rule_changed  # the same rule: growth counts as before
     sum_rule = "zero gradient: ... + 32 ulps of its terms' absolute sum ({})"
     assert rule_key(sum_rule.format("0.966")) == rule_key(sum_rule.format("1.2e-07")) != rule_key("other")
     assert rule_key("x <= 4 * k") != rule_key("x <= 2 * k")
 
 
-def test_the_report_says_how_many_tensors_changed_rule():
-    from parity.report import baseline_lines
+def test_a_rule_whose_metric_the_baseline_lacks_is_checked_for_failing_only():
+    base = _with_rule(report(BASE), "h[1]", "another rule")
+    cur = _with_verdict(report({**BASE, "h[1]": 0.5}), "h[1]", metric="gold_err_cand_max")  # no gold run here
+    grown = compare_to_baseline(base, cur)
+    assert grown.passed and [name for _, name in grown.rule_changed] == ["h[1]"] and not grown.rescored
+    assert "whose metrics lack this run's (checked for newly failing only)" in format_diff(grown)
+    failing = compare_to_baseline(base, report({**BASE, "h[1]": 1.5}))
+    assert not failing.passed and failing.newly_failing[0][1] == "h[1]"
 
-    cur = report({**BASE, "h[1]": 0.5})
-    cur.baseline = {"path": "b.json", **compare_to_baseline(_with_rule(report(BASE), "h[1]", "old"), cur).to_dict()}
-    assert any("1 tensors were judged by another rule" in line for line in baseline_lines(cur))
+
+def test_a_float32_tensor_newly_passing_by_the_gold_fallback_is_judged_on_the_gold_bound():
+    """Within rtol then (rule 4); now outside it, passing by the float64 gold fallback with a Flax error
+    against the gold 3.1x the baseline's: a regression on the same machine, not a skipped rule change."""
+    def run(flax_err):
+        rep = RunReport("r", ENV, machine=AVX2)
+        torch_out, flax_out = GOLD.copy(), GOLD.copy()
+        torch_out[0] += 4e-5     # PyTorch itself 4e-5 off the gold: the fallback's bound is 8x that
+        flax_out[0] += 4e-5 + flax_err
+        rep.add(compare("h", torch_out, flax_out, gold=GOLD), group="encoder", layer=0, dtype="float32")
+        return rep
+    base, cur = run(5e-6), run(1e-4)
+    assert base.columns[0].results[0].verdict.metric == "max_rel_err"
+    assert cur.columns[0].results[0].verdict.metric == "gold_err_cand_max" and cur.passed
+    result = compare_to_baseline(base, cur)
+    assert not result.passed and result.rescored == [("float32/cpu/cpu", "h")]
+    assert result.regressions[0].factor == pytest.approx(1.4e-4 / 4.5e-5, rel=1e-4)
+    assert compare_to_baseline(base, run(3e-5)).passed   # gold error 7e-5: 1.6x
+
+
+def test_a_baseline_under_another_policy_is_measured_on_this_runs_tolerance():
+    import dataclasses
+
+    from parity.report import baseline_lines
+    from parity.tolerance import Policy, judge
+
+    def run(shares, rtol):
+        rep = report(shares)
+        rep.policy = Policy(rtol=rtol)
+        for col in rep.columns:   # judged again under `rtol`
+            col.results[:] = [dataclasses.replace(r, verdict=judge(r.metrics, "float32", rep.policy))
+                              for r in col.results]
+        return rep
+    loose, tight = run(BASE, 1e-4), run(BASE, 2e-5)   # the same errors, another --rtol
+    same = compare_to_baseline(loose, tight)
+    assert same.passed and not same.regressions and len(same.rescored) == 4
+    assert "another tolerance policy (rtol 0.0001 -> 2e-05)" in same.policy_line()
+    tight.baseline = {"path": "b.json", **same.to_dict()}
+    assert any("another tolerance policy" in line for line in baseline_lines(tight))
+    worse = compare_to_baseline(run(BASE, 1e-4), run({**BASE, "h[1]": 0.5}, 1e-4 / 2))
+    assert not worse.passed and [c.name for c in worse.regressions] == ["h[1]"]
+    assert compare_to_baseline(report(BASE), report(BASE)).policy_line() is None
 
 
 @pytest.mark.parametrize("edit, words", [

@@ -244,3 +244,23 @@ def test_hashes(tmp_path):
     assert h.startswith("sha256:") and h == checkpoint_hash([tmp_path / "config.json", tmp_path / "w.safetensors"])
     with pytest.raises(ReportError, match="nope.bin is not a file"):
         checkpoint_hash([tmp_path / "nope.bin"])
+
+
+@pytest.mark.parametrize("layers", [1, 3, 40])
+def test_layer_plots_tick_whole_layers_only(monkeypatch, layers):
+    """The x axis is layers: a 1-layer model's plot must not tick -0.5 ... 0.5."""
+    from matplotlib.figure import Figure
+
+    from parity.report_html import plot_column
+
+    rep = RunReport("ticks", Environment(python="3.11", platform="test"))
+    for i in range(layers):
+        rep.add(_hidden(f"encoder_hidden_states[{i}]", 1e-7), group="encoder", layer=i)
+    seen = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (seen.append(fig.axes[0].get_xticks()),
+                                                                  save(fig, *a, **k)))
+    assert plot_column(rep.columns[0])
+    in_range = [t for t in seen[0] if -0.5 <= t <= layers - 0.5]   # the ticks on the axis
+    assert in_range and all(float(t).is_integer() for t in in_range), seen[0]
+    assert layers > 16 or len(in_range) == layers
