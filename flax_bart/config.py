@@ -471,11 +471,32 @@ class BartConfig:
             raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs) -> "BartConfig":
-        from flax_bart.hub import resolve_checkpoint_dir
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, cache_dir=None, force_download: bool = False,
+                        local_files_only: bool = False, token=None, use_auth_token=None, revision=None,
+                        subfolder: str = "", return_unused_kwargs: bool = False, **kwargs):
+        """config.json of a checkpoint (a directory, a file's directory or a hub id). As 4.x: keywords naming
+        a config attribute (`knows`) override it; the others are returned with `return_unused_kwargs=True`
+        as `(config, unused)`, else ignored; 4.x's loader-only keywords (`proxies`, `_from_auto`, ...) too."""
+        from flax_bart.hub import one_token, resolve_checkpoint_dir
 
-        directory = resolve_checkpoint_dir(path_or_id, files=(CONFIG_NAME,), **kwargs)
-        return cls.from_json_file(os.path.join(directory, CONFIG_NAME))
+        for name in _LOADER_ONLY:
+            kwargs.pop(name, None)
+        directory = resolve_checkpoint_dir(path_or_id, files=(CONFIG_NAME,), cache_dir=cache_dir,
+                                           force_download=force_download, local_files_only=local_files_only or None,
+                                           token=one_token(token, use_auth_token), revision=revision,
+                                           subfolder=subfolder)
+        config = cls.from_json_file(os.path.join(directory, CONFIG_NAME))
+        known = {k: v for k, v in kwargs.items() if config.knows(k)}
+        if known:
+            config = config.replace(**known)
+        unused = {k: v for k, v in kwargs.items() if k not in known}
+        return (config, unused) if return_unused_kwargs else config
+
+    def knows(self, name: str) -> bool:
+        """Whether `name` is an attribute of this config as 4.x's `hasattr(config, name)` saw it: a field,
+        an alias, a key of its config.json, or one of 4.x's PretrainedConfig attributes."""
+        return (name in _FIELD_NAMES or name in _ALIASES or name in self.extra or name in _PRETRAINED_DEFAULTS
+                or name in _PRETRAINED_ATTRIBUTES or isinstance(getattr(type(self), name, None), property))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -533,6 +554,18 @@ _PRETRAINED_DEFAULTS.update(
     return_dict_in_generate=False, remove_invalid_values=False, exponential_decay_length_penalty=None,
     suppress_tokens=None, begin_suppress_tokens=None, num_beam_groups=1, diversity_penalty=0.0,
 )
+# The other attributes 4.x's PretrainedConfig set on every config (transformers 4.57): from_pretrained's
+# keywords naming one override it there, so they are config overrides here too (kept in `extra`).
+_PRETRAINED_ATTRIBUTES = frozenset({
+    "return_dict", "output_hidden_states", "output_attentions", "torch_dtype", "dtype", "use_bfloat16",
+    "pruned_heads", "chunk_size_feed_forward", "is_encoder_decoder", "cross_attention_hidden_size",
+    "finetuning_task", "tokenizer_class", "prefix", "sep_token_id", "task_specific_params", "tf_legacy_loss",
+    "transformers_version", "_name_or_path", "name_or_path", "_attn_implementation",
+    "forced_bos_token_id", "forced_eos_token_id",
+})
+# 4.x's loading-only keywords of BartConfig.from_pretrained (no config attribute, no effect here)
+_LOADER_ONLY = ("proxies", "resume_download", "mirror", "trust_remote_code", "_from_auto", "_from_pipeline",
+                "_commit_hash")
 _dataclass_init = BartConfig.__init__
 
 

@@ -28,6 +28,16 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
+def one_token(token, use_auth_token):
+    """The hub token from 4.x's two spellings: `use_auth_token` alone is taken; both given is a ValueError,
+    as in 4.x."""
+    if use_auth_token is None:
+        return token
+    if token is not None:
+        raise ValueError("token and use_auth_token are both given; pass only token")
+    return use_auth_token
+
+
 def check_subfolder(subfolder) -> str:
     """`subfolder` as a relative path inside a checkpoint ('' for none); no absolute path or '..'."""
     if subfolder is None:
@@ -119,14 +129,16 @@ def resolve_checkpoint_dir(
     if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or not path.strip():
         raise CheckpointNotFoundError(f"{path!r}: no such checkpoint directory or file")
     import huggingface_hub
+    from huggingface_hub import constants as hub_constants   # submodules: not attributes of a bare import
     from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
     offline = bool(local_files_only) or _offline()
     try:
         if offline:
             patterns = None  # the cached snapshot as it is
         else:
-            huggingface_hub.utils.validate_repo_id(path)
+            validate_repo_id(path)
             patterns = _wanted(files, _list_repo(path, revision, token) if files == MODEL else None, sub, prefer)
         directory = huggingface_hub.snapshot_download(
             repo_id=path,
@@ -140,7 +152,7 @@ def resolve_checkpoint_dir(
     except HFValidationError as e:
         raise CheckpointNotFoundError(f"{path!r} is neither a local path nor a valid hub id: {e}") from None
     except Exception as e:  # huggingface_hub raises several types for "not cached"/"not reachable"
-        where = f"the hub cache ({cache_dir or huggingface_hub.constants.HF_HUB_CACHE})"
+        where = f"the hub cache ({cache_dir or hub_constants.HF_HUB_CACHE})"
         mode = "offline" if offline else "online"
         raise CheckpointNotFoundError(
             f"{path!r}: not a local directory, and not found in {where} ({mode}"

@@ -43,7 +43,6 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
                                        force_download=force_download, subfolder=subfolder, files=MODEL,
                                        prefer="pt" if from_pt else None)
     weights = path if os.path.isfile(path) else directory
-    file_config = None
     if config is None or isinstance(config, (str, os.PathLike)):
         cfg_dir = directory if config is None else resolve_checkpoint_dir(
             config, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only or None, token=token,
@@ -51,20 +50,31 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
         cfg_path = os.path.join(cfg_dir, CONFIG_NAME)
         if not os.path.exists(cfg_path):   # a FIFO or a folder there: read_json_file names it
             raise CheckpointNotFoundError(f"{cfg_dir}: no {CONFIG_NAME} (pass config= explicitly)")
-        config = file_config = BartConfig.from_json_file(cfg_path)
+        config = BartConfig.from_json_file(cfg_path)
     elif isinstance(config, dict):
         config = BartConfig.from_dict(config)
+    # the checkpoint's own config.json: with ignore_mismatched_sizes the weights are read against it, whatever
+    # config= asks for (4.x's fine-tuning pattern: a config object or file with another num_labels)
+    own_path = os.path.join(directory, CONFIG_NAME)
+    file_config = BartConfig.from_json_file(own_path) if ignore_mismatched_sizes and os.path.isfile(own_path) else None
     if config_overrides:
+        unknown = sorted(k for k in config_overrides if not config.knows(k))
+        if unknown:   # 4.x: passed on to the module's constructor, which refused them
+            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {unknown}: neither "
+                            "a from_pretrained option nor an attribute of the config (its fields, its config.json's "
+                            "keys, 4.x's PretrainedConfig attributes)")
         config = config.replace(**config_overrides)
-    if not config.labels_given or not config.tie_word_embeddings:
+    fill = [c for c in (config, file_config) if c is not None and (not c.labels_given or not c.tie_word_embeddings)]
+    if fill:
         # What config.json leaves open, the weights say: the label count (v5 drops default label
         # fields) and whether the input embeddings are separate parameters (v5, untied).
         from convert import classifier_rows, open_source, with_layout_of
 
         source = open_source(weights, prefer="pt" if from_pt else "flax")
         rows = classifier_rows(source.infos, source.framework)
-        config = with_layout_of(config.with_labels_from_weights(rows, path), source.infos, source.framework,
-                                source.read, cls.head, path)
+        if any(c is config for c in fill):
+            config = with_layout_of(config.with_labels_from_weights(rows, path), source.infos, source.framework,
+                                    source.read, cls.head, path)
         if file_config is not None:
             file_config = file_config.with_labels_from_weights(rows, path, log=False)
             if config.separate_input_embeddings and not file_config.tie_word_embeddings:

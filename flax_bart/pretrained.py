@@ -19,6 +19,7 @@ from flax.core import unfreeze
 from flax_bart import outputs as O
 from flax_bart.attention_kernels import check_attention_impl
 from flax_bart.config import BartConfig
+from flax_bart.hub import one_token
 from flax_bart.layer_scan import check_scan_layers
 from flax_bart.validation import InputError
 
@@ -417,7 +418,7 @@ class FlaxBartPreTrainedModel:
             cls, pretrained_model_name_or_path, config=config, dtype=dtype, _do_init=_do_init, from_pt=from_pt,
             ignore_mismatched_sizes=ignore_mismatched_sizes, cache_dir=cache_dir, revision=revision,
             local_files_only=local_files_only, force_download=force_download,
-            token=token if token is not None else use_auth_token, seed=seed, param_dtype=param_dtype,
+            token=one_token(token, use_auth_token), seed=seed, param_dtype=param_dtype,
             precision=precision, config_overrides=config_overrides, mesh=mesh, partition_rules=partition_rules,
             subfolder=subfolder,
             model_kwargs=dict(input_shape=input_shape, gradient_checkpointing=bool(gradient_checkpointing),
@@ -440,11 +441,7 @@ class FlaxBartPreTrainedModel:
         `commit_message`, `commit_description`, `create_pr` and `revision` from the keyword arguments."""
         from convert import save_flax_params
 
-        use_auth_token = kwargs.pop("use_auth_token", None)
-        if use_auth_token is not None:
-            if token is not None:
-                raise ValueError("token and use_auth_token are both given; pass only token")
-            token = use_auth_token
+        token = one_token(token, kwargs.pop("use_auth_token", None))
         hub = {k: kwargs.pop(k) for k in _PUSH_OPTIONS if k in kwargs}
         if kwargs:
             raise TypeError(f"save_pretrained() got unexpected keyword arguments {sorted(kwargs)}")

@@ -96,6 +96,41 @@ def test_online_subfolder_and_listing_failure(fake_hub):
     assert not any(p.endswith((".h5", ".ot")) for p in patterns)
 
 
+_FRESH_ONLINE = """
+import os, sys
+import huggingface_hub
+from flax_bart.hub import MODEL, CheckpointNotFoundError, resolve_checkpoint_dir
+huggingface_hub.list_repo_files = lambda repo, revision=None, token=None: ["config.json", "model.safetensors"]
+huggingface_hub.snapshot_download = lambda repo_id, **kw: sys.argv[1]
+print(resolve_checkpoint_dir("acme/bart", files=MODEL))
+def unreachable(repo_id, **kw):
+    raise ConnectionError("no route to host")
+huggingface_hub.snapshot_download = unreachable
+try:
+    resolve_checkpoint_dir("acme/bart", files=MODEL)
+except CheckpointNotFoundError as e:
+    print(e)
+"""
+
+
+def test_online_resolution_in_a_fresh_process(tmp_path):
+    """A bare `import huggingface_hub` does not load its `utils`/`constants` submodules: the online path
+    (HF_HUB_OFFLINE unset, the default) must import what it uses, not find it loaded by an earlier call."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), env.get("PYTHONPATH")]))
+    res = subprocess.run([sys.executable, "-c", _FRESH_ONLINE, str(tmp_path)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    found, error = res.stdout.splitlines()[:2]
+    assert found == str(tmp_path)
+    assert "'acme/bart': not a local directory, and not found in the hub cache (" in error
+    assert "(online): ConnectionError: no route to host" in error
+
+
 def test_subfolder_must_stay_inside(tmp_path):
     for bad in ("../x", "/abs", "a/../../b"):
         with pytest.raises(CheckpointNotFoundError, match="subfolder"):

@@ -135,6 +135,38 @@ def test_config_overrides_and_ignore_mismatched_sizes(tmp_path):
         m5 = FlaxBartForSequenceClassification.from_pretrained(tmp_path / "cls", num_labels=5,
                                                                 ignore_mismatched_sizes=True)
     assert m5.params["classification_head"]["out_proj"]["kernel"].shape == (16, 5)
+    # 4.x's fine-tuning pattern: the new label count in a config object or file, not a keyword
+    from flax_bart import BartConfig
+
+    cfg5 = BartConfig.from_pretrained(tmp_path / "cls", num_labels=5)
+    cfg5.save_pretrained(tmp_path / "cfg5")
+    kept = np.asarray(m5.params["model"]["encoder"]["layers"]["0"]["fc1"]["kernel"])
+    for config in (cfg5, str(tmp_path / "cfg5")):
+        with pytest.warns(UserWarning, match="out_proj"):
+            m = FlaxBartForSequenceClassification.from_pretrained(tmp_path / "cls", config=config,
+                                                                   ignore_mismatched_sizes=True)
+        assert m.config.num_labels == 5 and m.params["classification_head"]["out_proj"]["kernel"].shape == (16, 5)
+        np.testing.assert_array_equal(np.asarray(m.params["model"]["encoder"]["layers"]["0"]["fc1"]["kernel"]), kept)
+    with pytest.raises(Exception, match="out_proj"):
+        FlaxBartForSequenceClassification.from_pretrained(tmp_path / "cls", config=cfg5)
+
+
+def test_unknown_keywords_are_refused_and_config_keywords_override_as_in_4x(tmp_path):
+    from flax_bart import BartConfig, FlaxBartForSequenceClassification
+
+    torch_model("cls", seed=2).save_pretrained(tmp_path / "cls")
+    for typo in ({"dtpye": "bfloat16"}, {"foo_bar": 1}, {"return_unused_kwargs": True}):
+        with pytest.raises(TypeError, match=f"unexpected keyword arguments \\['{next(iter(typo))}'\\]"):
+            FlaxBartForSequenceClassification.from_pretrained(tmp_path / "cls", **typo)
+    m = FlaxBartForSequenceClassification.from_pretrained(tmp_path / "cls", output_hidden_states=True,
+                                                          attention_dropout=0.2)
+    assert m.config.output_hidden_states is True and m.config.attention_dropout == 0.2
+    with pytest.raises(ValueError, match="token and use_auth_token are both given"):
+        FlaxBartForSequenceClassification.from_pretrained(tmp_path / "cls", token="a", use_auth_token="b")
+    config, unused = BartConfig.from_pretrained(tmp_path / "cls", dropout=0.3, foo=1, return_unused_kwargs=True)
+    assert config.dropout == 0.3 and unused == {"foo": 1}
+    assert BartConfig.from_pretrained(tmp_path / "cls", foo=1, proxies={"http": "x"}).dropout == 0.0
+    assert BartConfig.from_pretrained(tmp_path / "cls", num_labels=5).num_labels == 5
 
 
 def test_causal_lm_from_seq2seq_checkpoint_uses_shared_embedding(v5_dir, lm_torch):
