@@ -175,15 +175,23 @@ def _side_files(src_dir: str) -> list[str]:
     return names
 
 
-def _copy_side_files(src_dir: str, out_dir: str, names: list[str], dtype: np.dtype | None) -> list[str]:
+def _copy_side_files(src_dir: str, out_dir: str, names: list[str], dtype: np.dtype | None,
+                     labels: int | None = None) -> list[str]:
+    """Copy the side files; config.json gets `dtype`, and the label count the classifier's rows gave
+    (`labels`) where it names none (transformers v5 leaves two labels out; 4.x then assumed three)."""
     copied = []
     for name in names:
         p = os.path.join(src_dir, name)
-        if name == CONFIG_NAME and dtype is not None:
-            cfg = read_json_file(p, "config", ConversionError)
-            cfg["dtype"] = dtype.name
-            if "torch_dtype" in cfg:
-                cfg["torch_dtype"] = dtype.name
+        cfg = read_json_file(p, "config", ConversionError) if name == CONFIG_NAME else None
+        unlabelled = cfg is not None and labels is not None and not {"id2label", "label2id", "num_labels"} & set(cfg)
+        if cfg is not None and (dtype is not None or unlabelled):
+            if dtype is not None:
+                cfg["dtype"] = dtype.name
+                if "torch_dtype" in cfg:
+                    cfg["torch_dtype"] = dtype.name
+            if unlabelled:
+                cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+                cfg["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
             with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
                 f.write(json.dumps(cfg, indent=2) + "\n")
         else:
@@ -210,8 +218,8 @@ def convert_checkpoint(src, dst, *, to: str, format: str | None = None, head: st
     src_path = resolve_source(os.fspath(src), cache_dir=cache_dir, revision=revision)
     src_dir = src_path if os.path.isdir(src_path) else os.path.dirname(os.path.abspath(src_path))
     source = open_source(src_path, prefer="pt" if target == "flax" else "flax")
-    cfg = _config_for(src_path, config).with_labels_from_weights(classifier_rows(source.infos, source.framework),
-                                                                 src_path)
+    rows = classifier_rows(source.infos, source.framework)
+    cfg = _config_for(src_path, config).with_labels_from_weights(rows, src_path)
     head = rules.check_head(head) if head else infer_head(source.infos, source.framework)
     cfg = with_layout_of(cfg, source.infos, source.framework, source.read, head, src_path)
     plan = make_plan(
@@ -237,7 +245,8 @@ def convert_checkpoint(src, dst, *, to: str, format: str | None = None, head: st
             writer.abort()
             raise
         files = writer.close()
-        side = _copy_side_files(src_dir, staged.path, side_names, dtype)
+        side = _copy_side_files(src_dir, staged.path, side_names, dtype,
+                                labels=cfg.num_labels if rows is not None and head == "cls" else None)
         summary.target = {"framework": target, "format": format, "files": files, "side_files": side,
                           "tensors": len(specs), "bytes": writer.total_size,
                           "directory": os.path.abspath(os.fspath(dst))}

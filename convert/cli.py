@@ -65,16 +65,18 @@ def main(argv: list[str] | None = None, prog: str = "flax-bart convert") -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     from convert.api import SUMMARY_NAME, convert_checkpoint
+    from convert.staging import interrupts_recorded
 
     try:
-        if args.to == "orbax" or _is_orbax_dir(args.src):
-            return _orbax(args, prog)
-        summary = convert_checkpoint(
-            args.src, args.dst, to=args.to, format=args.format, head=args.head, dtype=args.dtype,
-            max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-            allow_unexpected=args.allow_unexpected, allow_missing_head=args.allow_missing_head,
-            config=args.config, quiet=args.quiet, cache_dir=args.cache_dir, revision=args.revision,
-        )
+        with interrupts_recorded():
+            if args.to == "orbax" or _is_orbax_dir(args.src):
+                return _orbax(args, prog)
+            summary = convert_checkpoint(
+                args.src, args.dst, to=args.to, format=args.format, head=args.head, dtype=args.dtype,
+                max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+                allow_unexpected=args.allow_unexpected, allow_missing_head=args.allow_missing_head,
+                config=args.config, quiet=args.quiet, cache_dir=args.cache_dir, revision=args.revision,
+            )
     except (ConversionError, ValueError, OSError) as e:
         if debug:
             traceback.print_exc()
@@ -83,7 +85,12 @@ def main(argv: list[str] | None = None, prog: str = "flax-bart convert") -> int:
         print("DST was left as it was; the source was not modified.", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written to DST.", file=sys.stderr)
+        from convert.staging import PUBLISHED
+
+        if PUBLISHED:   # Ctrl-C after the output was published: it is complete, say so
+            print(f"{prog}: interrupted after {args.dst} was written in full.", file=sys.stderr)
+        else:
+            print(f"{prog}: interrupted; nothing was written to DST.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug: say so, briefly
         if debug:

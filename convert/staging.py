@@ -8,13 +8,44 @@ killed process (or a replaced target whose deletion failed) is never mistaken fo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import shutil
+import signal
 import tempfile
+import threading
 
 from convert.errors import ConversionError
+
+_INTERRUPTED, _RECORDING = threading.Event(), threading.Event()
+PUBLISHED: list[str] = []   # targets committed inside `interrupts_recorded` (what an interrupt did not stop)
+
+
+@contextlib.contextmanager
+def interrupts_recorded():
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also recorded, so that no output is published
+    after one even where Python swallowed the exception (it only prints one raised in a garbage-collection
+    callback, such as JAX's, and carries on). In the main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def record(signum, frame):
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    _INTERRUPTED.clear()
+    PUBLISHED.clear()
+    _RECORDING.set()
+    previous = signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _INTERRUPTED.clear()
+        _RECORDING.clear()
 
 
 def _fsync_dir(path: str) -> None:
@@ -68,6 +99,8 @@ class StagedOutput:
         for name in os.listdir(self.path):
             _fsync_file(os.path.join(self.path, name))
         _fsync_dir(self.path)
+        if _INTERRUPTED.is_set():   # an interrupt some callback swallowed on the way: publish nothing
+            raise KeyboardInterrupt
         if self.merge:
             self._merge(stale, last)
         else:
@@ -76,6 +109,8 @@ class StagedOutput:
             os.chmod(self.path, new_dir_mode())  # published as a plain directory, not mkdtemp's 0700
             self._swap()
         self.committed = True
+        if _RECORDING.is_set():
+            PUBLISHED.append(self.target)
 
     def _swap(self) -> None:
         """Publish the staging directory as the target. An existing target is exchanged with it in

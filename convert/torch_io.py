@@ -216,15 +216,21 @@ def scan_pickle(data: bytes, where: str) -> None:
 
 
 def save_state_dict(state: dict[str, np.ndarray], path: str) -> None:
-    """torch.save of numpy arrays as tensors (same bits; bf16 through an integer view). A failed
+    """torch.save of numpy arrays as tensors (same bits; bf16 through an integer view); an array given
+    under several names is one tensor there, as torch.save writes tied weights. A failed
     write raises OSError (torch's zip writer would otherwise mask it behind a RuntimeError)."""
     import torch
 
     from convert.dtypes import numpy_to_torch
 
+    tensors, made = {}, {}
+    for k, v in state.items():   # one array under several names (tied copies): one storage, saved once
+        if id(v) not in made:
+            made[id(v)] = numpy_to_torch(v)
+        tensors[k] = made[id(v)]
     try:
         with open(path, "wb") as f:
-            torch.save({k: numpy_to_torch(v) for k, v in state.items()}, f)
+            torch.save(tensors, f)
             f.flush()
             os.fsync(f.fileno())
     except RuntimeError as e:

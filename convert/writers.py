@@ -23,7 +23,8 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 
 
 def parse_size(value) -> int | None:
-    """`max_shard_size` as bytes: an int, or "500MB" / "2GiB" / "10GB" like transformers."""
+    """`max_shard_size` as bytes: an int, or "500MB" / "2GiB" / "10GB" like transformers, which reads a
+    decimal unit written with a lowercase b ("500Mb", "12kb") as bits."""
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -33,6 +34,8 @@ def parse_size(value) -> int | None:
         if not m:
             raise ConversionError(f"max_shard_size {value!r}: expected bytes or a size like '500MB' or '2GiB'")
         size = int(float(m.group(1)) * _UNITS[m.group(2)])
+        if len(m.group(2)) == 2 and m.group(2)[1] == "B" and str(value).rstrip().endswith("b"):
+            size //= 8
     if size <= 0:
         raise ConversionError(f"max_shard_size {value!r} must be positive")
     return size

@@ -168,9 +168,17 @@ def convert_to_orbax(src_checkpoint_dir, dst, head: str | None = None, *, config
     src_path = resolve_source(os.fspath(src_checkpoint_dir), cache_dir=cache_dir, revision=revision)
     src_dir = src_path if os.path.isdir(src_path) else os.path.dirname(os.path.abspath(src_path))
     cfg = _read_config(src_dir, config)
+    source = open_source(src_path, prefer="flax")
     if head is None:
-        source = open_source(src_path, prefer="flax")
         head = infer_head(source.infos, source.framework)
+    wide = sorted(k for k, info in source.infos.items() if np.dtype(info.dtype) == np.float64)
+    if wide and dtype is None:   # the arrays pass through JAX, which holds float64 only with x64 enabled
+        from convert.errors import ConversionError
+
+        raise ConversionError(f"{src_path}: {len(wide)} float64 tensors (e.g. {wide[0]!r}); an orbax checkpoint "
+                              "here holds them as JAX arrays, which would narrow them to float32: pass --dtype "
+                              "(e.g. float32) to cast them on purpose, or convert to msgpack/safetensors, which "
+                              "keep float64")
     mesh = auto_mesh(mesh if mesh is not None else Mesh(np.array(jax.local_devices()[:1]), ("dp",)))
     shapes = _model_shapes(cfg, head)
     shardings = tree_shardings(shapes, mesh, partition_rules, config=cfg)

@@ -23,6 +23,27 @@ def test_convert_to_orbax_and_back_is_exact(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_float64_weights_are_not_narrowed_into_orbax_silently(tmp_path, capsys):
+    """JAX holds float64 only with x64 on: a float64 source is refused (exit 2, DST not created) unless
+    --dtype asks for the cast."""
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "pt"
+    torch_model("qa", seed=4).save_pretrained(src)
+    wide = {k: v.astype(np.float64) for k, v in load_file(src / "model.safetensors").items()}
+    save_file(wide, src / "model.safetensors", metadata={"format": "pt"})
+    before = (src / "model.safetensors").read_bytes()
+    assert main(["convert", str(src), str(tmp_path / "orbax"), "--to", "orbax", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "float64 tensors" in err and "would narrow them to float32" in err and "Traceback" not in err
+    assert not (tmp_path / "orbax").exists() and (src / "model.safetensors").read_bytes() == before
+    assert main(["convert", str(src), str(tmp_path / "orbax"), "--to", "orbax", "--dtype", "float32", "--quiet"]) == 0
+    assert main(["convert", str(tmp_path / "orbax"), str(tmp_path / "back"), "--to", "pytorch", "--quiet"]) == 0
+    back = load_file(tmp_path / "back" / "model.safetensors")
+    for k, v in wide.items():
+        np.testing.assert_array_equal(back[k], v.astype(np.float32), err_msg=k)
+
+
 def test_orbax_source_refuses_links_out_and_names_a_broken_description(tmp_path, capsys):
     """An orbax directory comes from a stranger like any checkpoint: a side file linked to a file
     elsewhere is not copied into the output, and its params folder may not lead out of it."""

@@ -90,6 +90,57 @@ def test_internal_error_exit_3_and_debug_traceback(flax_dir, tmp_path, monkeypat
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("to", ["pytorch", "orbax"])
+def test_an_interrupt_some_callback_swallowed_still_publishes_nothing(flax_dir, tmp_path, monkeypatch, capsys, to):
+    """Ctrl-C landing in a garbage-collection callback (JAX installs one) is printed by Python and dropped:
+    the conversion must still end with exit 130 and no DST, not carry on to publish it."""
+    import signal
+
+    import convert.engine
+
+    monkeypatch.setattr(convert.engine, "run", _swallowing(convert.engine.run))
+    if to == "orbax":
+        import flax_bart.shard_loading as shard_loading
+
+        monkeypatch.setattr(shard_loading, "load_into_shards", _swallowing(shard_loading.load_into_shards))
+    assert cli.main([str(flax_dir), str(tmp_path / "out"), "--to", to, "--quiet"]) == 130
+    assert "interrupted; nothing was written to DST" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the CLI's handler is gone again
+    monkeypatch.undo()
+    assert cli.main([str(flax_dir), str(tmp_path / "out"), "--to", to, "--quiet"]) == 0   # nothing left over
+
+
+def test_an_interrupt_after_the_output_is_published_says_it_is_complete(flax_dir, tmp_path, monkeypatch, capsys):
+    from convert.staging import StagedOutput
+
+    commit = StagedOutput.commit
+
+    def commit_then_interrupt(self, *a, **k):
+        commit(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StagedOutput, "commit", commit_then_interrupt)
+    assert cli.main([str(flax_dir), str(tmp_path / "out"), "--to", "pytorch", "--quiet"]) == 130
+    assert f"interrupted after {tmp_path / 'out'} was written in full" in capsys.readouterr().err
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def _swallowing(step):
+    """`step` after a Ctrl-C whose KeyboardInterrupt is dropped, as Python drops one raised inside a gc
+    callback."""
+    import signal
+
+    def interrupted_in_a_callback(*a, **k):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0)   # let the handler run here
+        except KeyboardInterrupt:
+            pass
+        return step(*a, **k)
+    return interrupted_in_a_callback
+
+
 def test_missing_source_exit_2(tmp_path, capsys):
     assert cli.main([str(tmp_path / "nope"), str(tmp_path / "x"), "--to", "flax"]) == 2
     assert "no such file or directory" in capsys.readouterr().err

@@ -203,3 +203,14 @@ def test_errors_about_a_tensor_of_a_sharded_checkpoint_name_its_shard(tmp_path):
     index = read_json(src / "model.safetensors.index.json")["weight_map"]
     with pytest.raises(Exception, match=rf"{key} \(in {index[key]}\): shape"):
         convert_checkpoint(src, tmp_path / "out", to="flax", quiet=True)
+
+
+@pytest.mark.parametrize("text, size", [
+    ("12KB", 12_000), ("12kB", 12_000), ("2GiB", 2 * 2**30), ("2gib", 2 * 2**30), ("1.5MB", 1_500_000),
+    ("12kb", 1_500), ("500Mb", 62_500_000), ("10 gb", 1_250_000_000),   # transformers: a lowercase b is bits
+    ("100B", 100), (7, 7),
+])
+def test_max_shard_size_reads_sizes_as_transformers_does(text, size):
+    from convert.writers import parse_size
+
+    assert parse_size(text) == size

@@ -68,6 +68,11 @@ def test_our_pytorch_output_loads_into_transformers(hf, tmp_path, fmt, shard):
     assert set(model.state_dict()) == set(want)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), want[k], err_msg=k)
+    if fmt == "bin" and shard is None:   # the tied copies are one storage, saved once (as torch.save does)
+        state = torch.load(tmp_path / "pt" / "pytorch_model.bin", weights_only=True)
+        tied = ["model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
+                "lm_head.weight"]
+        assert len({state[k].untyped_storage().data_ptr() for k in tied}) == 1
 
 
 def test_old_bin_with_all_four_tied_copies_converts(hf, tmp_path):
@@ -122,3 +127,26 @@ def test_flax_model_gives_transformers_outputs_on_converted_weights(hf, tmp_path
     with torch.no_grad():
         want = model(input_ids=torch.from_numpy(IDS), attention_mask=torch.from_numpy(mask).long()).logits.numpy()
     np.testing.assert_allclose(np.asarray(out.logits), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("labels", [2, 5])
+def test_the_label_count_read_from_the_weights_is_written_into_the_output_config(hf, tmp_path, labels):
+    """transformers v5 leaves two labels out of config.json, and 4.x then built three: the converted
+    config.json names the count the classifier's rows gave, so every reader builds the same head."""
+    import json
+
+    model = hf_model(hf, tiny_config(id2label={i: f"LABEL_{i}" for i in range(labels)}), "cls")
+    model.save_pretrained(tmp_path / "src")
+    src_cfg = json.loads((tmp_path / "src" / "config.json").read_text())
+    for key in ("id2label", "label2id", "num_labels"):
+        src_cfg.pop(key, None)
+    (tmp_path / "src" / "config.json").write_text(json.dumps(src_cfg))   # as v5 writes a 2-label config
+    convert_checkpoint(tmp_path / "src", tmp_path / "flax", to="flax")
+    out_cfg = json.loads((tmp_path / "flax" / "config.json").read_text())
+    assert out_cfg["id2label"] == {str(i): f"LABEL_{i}" for i in range(labels)}
+    assert out_cfg["label2id"] == {f"LABEL_{i}": i for i in range(labels)}
+    assert {k: v for k, v in out_cfg.items() if k not in ("id2label", "label2id")} == src_cfg
+    convert_checkpoint(tmp_path / "flax", tmp_path / "back", to="pytorch")
+    back = _assert_loads_cleanly(hf, "cls", tmp_path / "back")
+    assert back.config.num_labels == labels
+    np.testing.assert_array_equal(_outputs(back, "cls"), _outputs(model, "cls"))
