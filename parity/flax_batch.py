@@ -35,6 +35,7 @@ class Bucket:
     enc_len: int                       # encoder (or causal input) length of the merged batch
     dec_len: int                       # decoder length (= enc_len for the causal head)
     members: list = field(default_factory=list)   # (case name, first row, end row)
+    eos_count: int | None = None       # "cls": the `</s>` count of every row (the head needs one count)
 
 
 def _lengths(head: str, case: dict) -> tuple[int, int]:
@@ -50,17 +51,28 @@ def _fits(own: tuple[int, int], bucket: Bucket) -> bool:
             and bucket.enc_len <= room[0] and bucket.dec_len <= room[1])
 
 
-def plan(head: str, cases: dict, pad: bool = True) -> list[Bucket]:
-    """Buckets of `cases`, longest first; `pad=False` merges only cases of equal length."""
+def _eos_count(head: str, case: dict, eos_token_id) -> int | None:
+    """The classification head reads the last `</s>` of rows that all hold the same count: cases of
+    different counts (one `</s>`, sentence pairs' three) never share a batch."""
+    if head != "cls" or eos_token_id is None:
+        return None
+    counts = np.unique((np.asarray(case["input_ids"]) == eos_token_id).sum(axis=1))
+    return int(counts[0]) if len(counts) == 1 else -1
+
+
+def plan(head: str, cases: dict, pad: bool = True, eos_token_id: int | None = None) -> list[Bucket]:
+    """Buckets of `cases`, longest first; `pad=False` merges only cases of equal length; for "cls" only
+    cases of one `</s>` count per row (`eos_token_id`) share a bucket."""
     buckets: list[Bucket] = []
     # The longest first: they fix the lengths the shorter ones may pad to.
     order = sorted(cases, key=lambda n: [-x for x in _lengths(head, cases[n])])
     for name in order:
         case, own = cases[name], _lengths(head, cases[name])
-        fit = [b for b in buckets if own == (b.enc_len, b.dec_len) or (pad and _fits(own, b))]
+        eos = _eos_count(head, case, eos_token_id)
+        fit = [b for b in buckets if b.eos_count == eos and (own == (b.enc_len, b.dec_len) or (pad and _fits(own, b)))]
         bucket = min(fit, key=lambda b: (b.enc_len, b.dec_len), default=None)
         if bucket is None:
-            bucket = Bucket(own[0], own[1])
+            bucket = Bucket(own[0], own[1], eos_count=eos)
             buckets.append(bucket)
         rows = case["input_ids"].shape[0]
         start = bucket.members[-1][2] if bucket.members else 0
@@ -160,7 +172,7 @@ def run_buckets(top_runner, head: str, cases: dict, steps: int) -> tuple[dict, d
     pad_id = greedy_settings(cfg, head)["pad_token_id"]
     out = {name: {} for name in cases}
     layout = {"forward": [], "compile": []}
-    for bucket in plan(head, cases):
+    for bucket in plan(head, cases, eos_token_id=cfg.eos_token_id):
         merged = merge(head, cases, bucket, pad_id)
         layout["forward"].append([m[0] for m in bucket.members])
         runner, mode = _for_bucket(top_runner, merged)

@@ -2,7 +2,8 @@
 
 Rows look like BART's tokenisation, with bos/eos/pad ids from the config: a row of length L >= 2 is
 `<s> t ... t </s>`, a row of length 1 is `</s>` alone (so that every non-empty row holds exactly one
-`<eos>`, as sequence classification needs), a QA row is `<s> q </s></s> c </s>`. The ordinary tokens t
+`<eos>`: sequence classification needs the same count in every row), a QA row and a `classification`
+row are pairs `<s> a </s></s> b </s>` (three). The ordinary tokens t
 never equal a special id (bos, eos, pad, decoder start, forced bos/eos). `attention_mask` is 1 on
 tokens and 0 on padding. The same (config, seed) always gives the same arrays, case by case: each case
 draws from its own stream, so adding a case does not change the others.
@@ -129,11 +130,16 @@ def max_length_batch(config, seed: int = 0, batch_size: int = 1):
 
 def qa_batch(config, seed: int = 0, batch_size: int = DEFAULT_BATCH, seq_len: int | None = None):
     """Question/context pairs `<s> q </s></s> c </s>`, right padded; the first row fills seq_len."""
+    return _pair_batch(config, seed, batch_size, seq_len, "qa")
+
+
+def _pair_batch(config, seed: int, batch_size: int, seq_len: int | None, case: str) -> dict[str, np.ndarray]:
+    """Text pairs `<s> a </s></s> b </s>` (three `</s>` a row), right padded; the first row fills seq_len."""
     n = _seq_len(config, seq_len)
     if n < 6:
-        raise ValueError(f"seq_len={n}: a question/context pair needs at least 6 positions")
+        raise ValueError(f"seq_len={n}: a pair of texts needs at least 6 positions")
     bos, eos = _required(config, "bos_token_id"), _required(config, "eos_token_id")
-    rng, ordinary, rows = _rng(seed, "qa"), ordinary_token_ids(config), []
+    rng, ordinary, rows = _rng(seed, case), ordinary_token_ids(config), []
     for i in range(batch_size):
         total = n if i == 0 else int(rng.integers(6, n + 1))
         q_len = int(rng.integers(1, max(2, (total - 4) // 2 + 1)))
@@ -144,8 +150,10 @@ def qa_batch(config, seed: int = 0, batch_size: int = DEFAULT_BATCH, seq_len: in
 
 
 def classification_batch(config, seed: int = 0, batch_size: int = DEFAULT_BATCH, seq_len: int | None = None):
-    """Right-padded text rows: exactly one `</s>` per row, at its last non-pad position."""
-    return padded_batch(config, seed, batch_size, seq_len, case="classification")
+    """Sentence pairs as BART classifies them (MNLI): `<s> a </s></s> b </s>`, right padded. Every row holds
+    three `</s>`, and the head must read the last (PyTorch needs the same count in every row); the other
+    cases' rows hold one."""
+    return _pair_batch(config, seed, batch_size, seq_len, "classification")
 
 
 def _with_decoder_inputs(case: dict, config) -> dict:
@@ -189,7 +197,7 @@ def cases_for_head(config, head: str, seed: int = 0, batch_size: int = DEFAULT_B
     if head == "qa":
         cases["qa_pairs"] = qa_batch(config, seed, batch_size, max(n, 6))
     if head == "cls":
-        cases["classification"] = classification_batch(config, seed, batch_size, n)
+        cases["classification"] = classification_batch(config, seed, batch_size, max(n, 6))
     if head == "causal":
         return cases
     cases = {name: _with_decoder_inputs(c, config) for name, c in cases.items()}

@@ -224,6 +224,21 @@ def test_a_run_name_or_path_of_any_bytes_gives_valid_utf8_reports(checkpoint, tm
     assert float(root.get("time")) == pytest.approx(data["timings"]["seconds"], abs=2e-3)
 
 
+def test_a_case_with_no_greedy_step_to_compare_passes_on_its_ids(tmp_path, capsys):
+    """bf16 greedy scores are compared only while the float64 run's choice is clear; on this checkpoint no
+    step of right_padding is, and a correct port used to FAIL with "at least one element must be compared"."""
+    from parity.judge import NO_SCORES_RULE
+
+    ckpt = save_checkpoint(tmp_path / "relu", activation_function="relu", scale_embedding=False)
+    code, _, _ = run([ckpt, "--heads", "lm", "--dtypes", "bfloat16", "--cases", "right_padding", "--steps", "4",
+                      "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 0
+    rows = {r.name: r for c in load_report(tmp_path / "out" / "report.json").columns for r in c.results}
+    scores, ids = rows["lm/right_padding/greedy_scores"], rows["lm/right_padding/greedy_ids"]
+    assert scores.verdict.rule == NO_SCORES_RULE and scores.metrics.count == 0 and scores.verdict.passed
+    assert ids.metrics.count > 0 and ids.verdict.passed
+
+
 def test_nan_weights_exit_2_with_nan_report(tmp_path, capsys):
     model = torch_model("lm", **QUICK_SHAPE)
     with torch.no_grad():

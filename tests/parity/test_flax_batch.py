@@ -34,6 +34,16 @@ def test_plan_pads_every_case_into_the_nearest_bucket():
     assert sorted(rows.values()) == [(0, 1), (1, 4), (4, 7), (7, 10), (10, 13)]
 
 
+def test_classification_cases_of_another_eos_count_never_share_a_batch():
+    """The cls head needs one `</s>` count in every row: the sentence pairs (three) run apart."""
+    cases = cases_for_head(CFG, "cls", seed=0, batch_size=3, seq_len=12)
+    buckets = flax_batch.plan("cls", cases, eos_token_id=CFG.eos_token_id)
+    assert _names(buckets) == [["fully_masked_row", "left_padding", "length_1", "max_length", "right_padding"],
+                               ["classification"]]
+    assert [b.eos_count for b in buckets] == [1, 3]
+    assert len(flax_batch.plan("qa", cases_for_head(CFG, "qa", 0, 3, 12), eos_token_id=CFG.eos_token_id)) == 1
+
+
 def test_plan_without_padding_merges_equal_lengths_only():
     cases = cases_for_head(CFG, "causal", seed=0, batch_size=2, seq_len=12)
     assert _names(flax_batch.plan("causal", cases, pad=False)) == [

@@ -66,11 +66,14 @@ def test_case_structure(head):
         masked = cases["fully_masked_row"]
         assert not masked["attention_mask"][-1].any() and masked["attention_mask"][:-1].any(axis=1).all()
         assert (cases["length_1"]["input_ids"] == EOS).all()
-        for case in cases.values():  # one <eos> per row, at the last non-pad position
-            ids = case["input_ids"]
-            assert ((ids == EOS).sum(axis=1) == 1).all()
+        for name, case in cases.items():  # the same <eos> count in every row (one; three for sentence pairs),
+            ids = case["input_ids"]         # the last at the last non-pad position
+            assert ((ids == EOS).sum(axis=1) == (3 if name == "classification" else 1)).all()
             last = np.array([np.nonzero(r != PAD)[0].max() for r in ids])
             assert (ids[np.arange(len(ids)), last] == EOS).all()
+        pairs = cases["classification"]["input_ids"]   # <s> a </s></s> b </s>: the last </s> is the one read
+        first = (pairs == EOS).argmax(axis=1)
+        assert (pairs[np.arange(len(pairs)), first + 1] == EOS).all() and (first >= 2).all()
     else:
         empty = cases["fully_padded_row"]
         assert (empty["input_ids"][-1] == PAD).all() and not empty["attention_mask"][-1].any()
