@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import traceback
+import warnings
 
 from convert.errors import ConversionError
 from convert.rules import HEADS
@@ -146,13 +147,16 @@ class _UnretrievedFutures:
 
 def _quiet_orbax_leftovers() -> None:
     """Called while fd 2 is still held back: the asyncio filter is installed once (process-wide; it drops
-    only unretrieved-future records) and the collectable futures are collected now, inside the window."""
+    only unretrieved-future records), so is a warnings filter for never-awaited coroutines, and the
+    collectable futures are collected now, inside the window."""
     import gc
     import logging
 
     asyncio_logger = logging.getLogger("asyncio")
     if not any(isinstance(f, _UnretrievedFutures) for f in asyncio_logger.filters):
         asyncio_logger.addFilter(_UnretrievedFutures())
+    # the write coroutines the failure left unstarted warn when collected, which may be after this command
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
     gc.collect()
 
 

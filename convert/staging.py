@@ -27,8 +27,10 @@ PUBLISHED: list[str] = []   # targets committed inside `interrupts_recorded` (wh
 def interrupts_recorded():
     """Ctrl-C raises KeyboardInterrupt as usual, and is also recorded, so that no output is published
     after one even where Python swallowed the exception (it only prints one raised in a garbage-collection
-    callback, such as JAX's, and carries on). In the main thread only; elsewhere a no-op."""
-    if threading.current_thread() is not threading.main_thread():
+    callback, such as JAX's, and carries on). Only where Python's own Ctrl-C handler is in place (the main
+    thread, SIGINT neither ignored nor handled by the caller) and not already inside; elsewhere a no-op."""
+    if (threading.current_thread() is not threading.main_thread() or _RECORDING.is_set()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
 

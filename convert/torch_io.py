@@ -28,7 +28,8 @@ def load_state_dict(path: str) -> dict:
     try:
         import torch
     except ImportError:
-        raise ConversionError(f"{path}: reading a PyTorch .bin checkpoint needs torch (pip install torch)") from None
+        raise ConversionError(f"{path}: reading a PyTorch .bin checkpoint needs torch (the CPU build: pip install "
+                              "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)") from None
     if not zipfile.is_zipfile(path):
         raise ConversionError(
             f"{path}: not a PyTorch zip checkpoint (legacy or corrupted file); only files written by "

@@ -18,7 +18,8 @@ def _load_tokenizer(checkpoint: str, args):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="checkpoint directory or hub id (resolved from the local cache offline)")
+    p.add_argument("checkpoint", help="checkpoint directory or hub id (fetched from the hub, or taken from the local hub cache "
+                                       "when HF_HUB_OFFLINE=1 or the hub cannot be reached)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--revision", default=None)
     p.add_argument("--local-files-only", action="store_true")

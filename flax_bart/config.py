@@ -399,10 +399,17 @@ class BartConfig:
         return self.replace(num_labels=rows)
 
     def replace(self, **changes) -> "BartConfig":
-        """A copy with `changes`; unknown names go to `extra`."""
+        """A copy with `changes`; 4.x's alias names (`hidden_size`, `num_attention_heads`) set their fields,
+        unknown names go to `extra`."""
         known = {f.name for f in dataclasses.fields(self)}
         extra = dict(self.extra)
         kw = {}
+        for alias, name in _ALIASES.items():
+            if alias in changes:
+                value = changes.pop(alias)
+                if name in changes and changes[name] != value:
+                    raise ConfigError(f"{alias}={value!r} and {name}={changes[name]!r} disagree ({alias} is {name})")
+                changes[name] = value
         for k, v in changes.items():
             if k in ("num_labels", "id2label", "label2id"):
                 kw["labels_given"] = True

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from flax_bart.config import CONFIG_NAME, BartConfig
+from flax_bart.config import CONFIG_NAME, BartConfig, ConfigError
 from flax_bart.hub import MODEL, CheckpointNotFoundError, resolve_checkpoint_dir
 from flax_bart.pretrained import logger, warn
 
@@ -56,7 +56,13 @@ def load_pretrained(cls, path_or_id, *, config, dtype, _do_init, from_pt, ignore
     # the checkpoint's own config.json: with ignore_mismatched_sizes the weights are read against it, whatever
     # config= asks for (4.x's fine-tuning pattern: a config object or file with another num_labels)
     own_path = os.path.join(directory, CONFIG_NAME)
-    file_config = BartConfig.from_json_file(own_path) if ignore_mismatched_sizes and os.path.isfile(own_path) else None
+    file_config = None
+    if ignore_mismatched_sizes and os.path.isfile(own_path):
+        try:
+            file_config = BartConfig.from_json_file(own_path)
+        except ConfigError as e:   # config= was given (else it was read above): the weights are read against it
+            logger.warning("ignore_mismatched_sizes: the checkpoint's own %s cannot be read (%s); reading its "
+                           "weights against the config given", CONFIG_NAME, e)
     if config_overrides:
         unknown = sorted(k for k in config_overrides if not config.knows(k))
         if unknown:   # 4.x: passed on to the module's constructor, which refused them

@@ -171,14 +171,18 @@ def convert_to_orbax(src_checkpoint_dir, dst, head: str | None = None, *, config
     source = open_source(src_path, prefer="flax")
     if head is None:
         head = infer_head(source.infos, source.framework)
-    wide = sorted(k for k, info in source.infos.items() if np.dtype(info.dtype) == np.float64)
-    if wide and dtype is None:   # the arrays pass through JAX, which holds float64 only with x64 enabled
+    # the arrays pass through JAX, which holds float64 only with x64 enabled: refuse what it would narrow
+    cast = parse_dtype(dtype)
+    wide = sorted(k for k, info in source.infos.items()
+                  if (cast if cast is not None and np.issubdtype(np.dtype(info.dtype), np.floating)
+                      else np.dtype(info.dtype)) == np.float64)
+    if wide and not jax.config.jax_enable_x64:
         from convert.errors import ConversionError
 
-        raise ConversionError(f"{src_path}: {len(wide)} float64 tensors (e.g. {wide[0]!r}); an orbax checkpoint "
-                              "here holds them as JAX arrays, which would narrow them to float32: pass --dtype "
-                              "(e.g. float32) to cast them on purpose, or convert to msgpack/safetensors, which "
-                              "keep float64")
+        raise ConversionError(f"{src_path}: {len(wide)} tensors would be float64 (e.g. {wide[0]!r}); an orbax "
+                              "checkpoint here holds them as JAX arrays, which narrow float64 to float32 unless "
+                              "JAX_ENABLE_X64 is set: pass --dtype float32 (or another) to cast them on purpose, or "
+                              "convert to msgpack/safetensors, which keep float64")
     mesh = auto_mesh(mesh if mesh is not None else Mesh(np.array(jax.local_devices()[:1]), ("dp",)))
     shapes = _model_shapes(cfg, head)
     shardings = tree_shardings(shapes, mesh, partition_rules, config=cfg)

@@ -56,11 +56,11 @@ def _eos_count(head: str, case: dict, eos_token_id) -> int | None:
     different counts (one `</s>`, sentence pairs' three) never share a batch."""
     if head != "cls" or eos_token_id is None:
         return None
-    counts = np.unique((np.asarray(case["input_ids"]) == eos_token_id).sum(axis=1))
+    counts = np.unique(np.isin(np.asarray(case["input_ids"]), np.atleast_1d(eos_token_id)).sum(axis=1))
     return int(counts[0]) if len(counts) == 1 else -1
 
 
-def plan(head: str, cases: dict, pad: bool = True, eos_token_id: int | None = None) -> list[Bucket]:
+def plan(head: str, cases: dict, pad: bool = True, eos_token_id=None) -> list[Bucket]:
     """Buckets of `cases`, longest first; `pad=False` merges only cases of equal length; for "cls" only
     cases of one `</s>` count per row (`eos_token_id`) share a bucket."""
     buckets: list[Bucket] = []

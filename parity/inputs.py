@@ -197,7 +197,9 @@ def cases_for_head(config, head: str, seed: int = 0, batch_size: int = DEFAULT_B
     if head == "qa":
         cases["qa_pairs"] = qa_batch(config, seed, batch_size, max(n, 6))
     if head == "cls":
-        cases["classification"] = classification_batch(config, seed, batch_size, max(n, 6))
+        cases["classification"] = (classification_batch(config, seed, batch_size, max(n, 6))
+                                   if config.max_position_embeddings >= 6 else   # no room for a pair
+                                   padded_batch(config, seed, batch_size, n, case="classification"))
     if head == "causal":
         return cases
     cases = {name: _with_decoder_inputs(c, config) for name, c in cases.items()}

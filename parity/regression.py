@@ -241,7 +241,8 @@ def compare_to_baseline(baseline: RunReport | Mapping[str, Any], current: RunRep
             if not (old.verdict.passed and r.verdict.passed):
                 continue
             f_old, old_value = fraction(old.verdict), old.verdict.value
-            if result.policy_change is not None or rule_key(old.verdict.rule) != rule_key(r.verdict.rule):
+            if (fraction(r.verdict) is not None and (result.policy_change is not None
+                                                     or rule_key(old.verdict.rule) != rule_key(r.verdict.rule))):
                 old_value = rescore_value(old, r)
                 if old_value is None:
                     result.rule_changed.append(key)
@@ -274,12 +275,15 @@ def rule_key(rule: str | None) -> str:
 
 
 def rescore_value(old, new) -> float | None:
-    """The baseline tensor's value of the metric that decides `new` now, when that share can be taken on
-    `new`'s tolerance (a finite value >= 0 in the baseline's metrics, a finite positive tolerance);
-    else None."""
-    tol = new.verdict.tolerance
-    value = getattr(old.metrics, new.verdict.metric, None)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(tol) and tol > 0):
+    """The baseline tensor's value of the metric that decides `new` now: its verdict's value when that
+    verdict was decided on the same metric (a value does not depend on the policy), else the baseline's
+    metrics field of that name; None where there is no finite value >= 0 (the metric is computed, such as
+    `mean_rel_err`, or absent)."""
+    if old.verdict.metric == new.verdict.metric:
+        value = old.verdict.value
+    else:
+        value = getattr(old.metrics, new.verdict.metric, None)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     return float(value) if math.isfinite(value) and value >= 0 else None
 

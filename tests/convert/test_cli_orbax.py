@@ -33,10 +33,11 @@ def test_float64_weights_are_not_narrowed_into_orbax_silently(tmp_path, capsys):
     wide = {k: v.astype(np.float64) for k, v in load_file(src / "model.safetensors").items()}
     save_file(wide, src / "model.safetensors", metadata={"format": "pt"})
     before = (src / "model.safetensors").read_bytes()
-    assert main(["convert", str(src), str(tmp_path / "orbax"), "--to", "orbax", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "float64 tensors" in err and "would narrow them to float32" in err and "Traceback" not in err
-    assert not (tmp_path / "orbax").exists() and (src / "model.safetensors").read_bytes() == before
+    for cast in ([], ["--dtype", "float64"]):   # as stored, or cast to float64 on purpose: narrowed the same
+        assert main(["convert", str(src), str(tmp_path / "orbax"), "--to", "orbax", "--quiet", *cast]) == 2
+        err = capsys.readouterr().err
+        assert "tensors would be float64" in err and "narrow float64 to float32" in err and "Traceback" not in err
+        assert not (tmp_path / "orbax").exists() and (src / "model.safetensors").read_bytes() == before
     assert main(["convert", str(src), str(tmp_path / "orbax"), "--to", "orbax", "--dtype", "float32", "--quiet"]) == 0
     assert main(["convert", str(tmp_path / "orbax"), str(tmp_path / "back"), "--to", "pytorch", "--quiet"]) == 0
     back = load_file(tmp_path / "back" / "model.safetensors")

@@ -111,6 +111,22 @@ def test_an_interrupt_some_callback_swallowed_still_publishes_nothing(flax_dir, 
     assert cli.main([str(flax_dir), str(tmp_path / "out"), "--to", to, "--quiet"]) == 0   # nothing left over
 
 
+def test_an_ignored_sigint_stays_ignored(flax_dir, tmp_path, monkeypatch):
+    """A convert started with SIGINT ignored (`flax-bart convert a b &` from a script) is not stopped by one."""
+    import signal
+
+    import convert.engine
+
+    monkeypatch.setattr(convert.engine, "run", _swallowing(convert.engine.run))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert cli.main([str(flax_dir), str(tmp_path / "out"), "--to", "pytorch", "--quiet"]) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
 def test_an_interrupt_after_the_output_is_published_says_it_is_complete(flax_dir, tmp_path, monkeypatch, capsys):
     from convert.staging import StagedOutput
 

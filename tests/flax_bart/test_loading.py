@@ -149,6 +149,11 @@ def test_config_overrides_and_ignore_mismatched_sizes(tmp_path):
         np.testing.assert_array_equal(np.asarray(m.params["model"]["encoder"]["layers"]["0"]["fc1"]["kernel"]), kept)
     with pytest.raises(Exception, match="out_proj"):
         FlaxBartForSequenceClassification.from_pretrained(tmp_path / "cls", config=cfg5)
+    cfg3 = BartConfig.from_pretrained(tmp_path / "cls")
+    shutil.copytree(tmp_path / "cls", tmp_path / "broken")   # its own config.json unreadable: config= serves
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    m = FlaxBartForSequenceClassification.from_pretrained(tmp_path / "broken", config=cfg3, ignore_mismatched_sizes=True)
+    assert m.params["classification_head"]["out_proj"]["kernel"].shape == (16, 3)
 
 
 def test_unknown_keywords_are_refused_and_config_keywords_override_as_in_4x(tmp_path):
@@ -167,6 +172,9 @@ def test_unknown_keywords_are_refused_and_config_keywords_override_as_in_4x(tmp_
     assert config.dropout == 0.3 and unused == {"foo": 1}
     assert BartConfig.from_pretrained(tmp_path / "cls", foo=1, proxies={"http": "x"}).dropout == 0.0
     assert BartConfig.from_pretrained(tmp_path / "cls", num_labels=5).num_labels == 5
+    aliased = BartConfig.from_pretrained(tmp_path / "cls", hidden_size=32, num_attention_heads=2)  # 4.x's names
+    assert (aliased.d_model, aliased.encoder_attention_heads) == (32, 2)
+    assert "hidden_size" not in aliased.to_dict() and "num_attention_heads" not in aliased.to_dict()
 
 
 def test_causal_lm_from_seq2seq_checkpoint_uses_shared_embedding(v5_dir, lm_torch):

@@ -391,3 +391,20 @@ def test_shares_of_impossible_in_memory_verdicts_are_skipped_not_a_math_error():
 
     assert fraction(Verdict(True, "max_rel_err", -1e-6, 1e-5, "")) is None
     assert fraction(Verdict(True, "max_rel_err", 5e-6, 1e-5, "")) == pytest.approx(0.5)
+
+
+def test_a_policy_change_still_judges_computed_metrics_and_leaves_ids_alone():
+    """A baseline recorded with another --k: a parameter row (mean_rel_err, computed, no metrics field) keeps
+    its growth check through its own verdict value; an ids tensor (tolerance 0) is no "rule change"."""
+    from parity.tolerance import Policy
+
+    def run(param_err, k):
+        rep = RunReport("r", ENV, machine=AVX2)
+        rep.policy = Policy(k=k)
+        cand = GOLD + param_err   # mean |err| / RMS = param_err
+        rep.add(compare("p", GOLD, cand, kind="param"), group="params", layer=0, dtype="float32")
+        rep.add(compare("ids", np.arange(10), np.arange(10), kind="ids"), group="generate", dtype="float32")
+        return rep
+    result = compare_to_baseline(run(5e-6, 3.0), run(5e-5, Policy().k))   # 10x, same rule, same rtol
+    assert not result.passed and [c.name for c in result.regressions] == ["p"]
+    assert result.rescored == [("float32/cpu/cpu", "p")] and not result.rule_changed
