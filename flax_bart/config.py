@@ -404,13 +404,7 @@ class BartConfig:
         known = {f.name for f in dataclasses.fields(self)}
         extra = dict(self.extra)
         kw = {}
-        for alias, name in _ALIASES.items():
-            if alias in changes:
-                value = changes.pop(alias)
-                if name in changes and changes[name] != value:
-                    raise ConfigError(f"{alias}={value!r} and {name}={changes[name]!r} disagree ({alias} is {name})")
-                changes[name] = value
-        for k, v in changes.items():
+        for k, v in _without_aliases(changes).items():
             if k in ("num_labels", "id2label", "label2id"):
                 kw["labels_given"] = True
             if k == "num_labels":
@@ -576,6 +570,18 @@ _LOADER_ONLY = ("proxies", "resume_download", "mirror", "trust_remote_code", "_f
 _dataclass_init = BartConfig.__init__
 
 
+def _without_aliases(d: dict) -> dict:
+    """`d` with 4.x's alias names (`hidden_size`, ...) under their fields' names (ConfigError if both disagree)."""
+    d = dict(d)
+    for alias, name in _ALIASES.items():
+        if alias in d:
+            value = d.pop(alias)
+            if name in d and d[name] != value:
+                raise ConfigError(f"BartConfig: {alias}={value!r} and {name}={d[name]!r} disagree ({alias} is {name})")
+            d[name] = value
+    return d
+
+
 def _init(self, *args, **kwargs):
     """The dataclass's __init__ for its own fields; any other keyword (4.x's `num_labels`, `label2id`,
     `is_decoder`, `hidden_size`, a checkpoint's extra keys) is read as config.json's keys are."""
@@ -584,13 +590,7 @@ def _init(self, *args, **kwargs):
     if all(k in _FIELD_NAMES for k in kwargs):
         _dataclass_init(self, *args, **kwargs)
         return
-    d = {**dict(zip(_FIELD_NAMES, args)), **kwargs}
-    for alias, name in _ALIASES.items():
-        if alias in d:
-            value = d.pop(alias)
-            if name in d and d[name] != value:
-                raise ConfigError(f"BartConfig: {alias}={value!r} and {name}={d[name]!r} disagree ({alias} is {name})")
-            d[name] = value
+    d = _without_aliases({**dict(zip(_FIELD_NAMES, args)), **kwargs})
     labels_given = d.pop("labels_given", True)   # built in code: its labels are the ones given, or 3
     built = BartConfig.from_dict({**dict(d.pop("extra", None) or {}), **d})
     for f in dataclasses.fields(BartConfig):
