@@ -80,8 +80,17 @@ def save_orbax(params, directory, *, overwrite: bool = False) -> str:
     if bad:
         raise OrbaxError(f"save_orbax: leaves that are not arrays: {bad[:20]}")
     ckptr = _checkpointer()
-    ckptr.save(directory, traverse_util.unflatten_dict(flat), force=overwrite)
-    ckptr.wait_until_finished()
+    try:
+        ckptr.save(directory, traverse_util.unflatten_dict(flat), force=overwrite)
+        ckptr.wait_until_finished()
+    except BaseException:
+        # a failed write (a full disk) leaves orbax's background work running: stop it here, before the
+        # caller reports the failure, not after (it printed "Event loop is closed" tracebacks then)
+        try:
+            ckptr.close()
+        except Exception:
+            pass
+        raise
     return directory
 
 
