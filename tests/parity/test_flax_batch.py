@@ -186,3 +186,9 @@ def test_auto_compile_mode_picks_a_model_per_bucket():
         assert fixed.for_bucket(merged) == (fixed, mode)
     alone = FlaxRunner(slow, runner.params, "qa", CFG, compile_mode="auto")   # no fast copy to switch to
     assert alone.for_bucket(merged) == (alone, "optimized")
+
+
+def test_a_list_of_eos_ids_counts_every_one_of_them():
+    cases = cases_for_head(CFG, "cls", seed=0, batch_size=3, seq_len=12)
+    by_list = flax_batch.plan("cls", cases, eos_token_id=[CFG.eos_token_id, 7])   # 7: an id the rows never hold
+    assert _names(by_list) == _names(flax_batch.plan("cls", cases, eos_token_id=CFG.eos_token_id))

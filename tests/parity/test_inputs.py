@@ -146,3 +146,12 @@ def test_every_case_runs_through_the_reference(head):
         out = ref.forward(**case)
         main = out["start_logits"] if head == "qa" else out.get("logits", out.get("last_hidden_state"))
         assert main.shape[0] == case["input_ids"].shape[0] and torch.isfinite(main).all(), name
+
+
+def test_a_config_too_short_for_a_pair_keeps_single_eos_classification_rows():
+    import dataclasses
+
+    short = dataclasses.replace(CONFIG, max_position_embeddings=5)
+    cases = inputs.cases_for_head(short, "cls", seed=0, batch_size=3, seq_len=5)
+    assert ((cases["classification"]["input_ids"] == EOS).sum(axis=1) == 1).all()
+    assert cases["classification"]["input_ids"].shape == (3, 5)
