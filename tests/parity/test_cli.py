@@ -224,19 +224,20 @@ def test_a_run_name_or_path_of_any_bytes_gives_valid_utf8_reports(checkpoint, tm
     assert float(root.get("time")) == pytest.approx(data["timings"]["seconds"], abs=2e-3)
 
 
-def test_a_case_with_no_greedy_step_to_compare_passes_on_its_ids(tmp_path, capsys):
-    """bf16 greedy scores are compared only while the float64 run's choice is clear; on this checkpoint no
-    step of right_padding is, and a correct port used to FAIL with "at least one element must be compared"."""
+def test_a_case_with_no_greedy_step_to_compare_passes_on_its_ids(checkpoint, tmp_path, capsys):
+    """One new token is the forced `</s>`: no greedy score is left to compare, in any dtype and on any CPU
+    (bf16 cases whose float64 choice is never clear end the same way). A correct port used to FAIL with
+    "at least one element must be compared"."""
     from parity.judge import NO_SCORES_RULE
 
-    ckpt = save_checkpoint(tmp_path / "relu", activation_function="relu", scale_embedding=False)
-    code, _, _ = run([ckpt, "--heads", "lm", "--dtypes", "bfloat16", "--cases", "right_padding", "--steps", "4",
-                      "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    code, _, _ = run([checkpoint, "--heads", "lm", "--dtypes", "float32,bfloat16", "--cases", "right_padding",
+                      "--steps", "1", "--out", str(tmp_path / "out"), "--quiet"], capsys)
     assert code == 0
-    rows = {r.name: r for c in load_report(tmp_path / "out" / "report.json").columns for r in c.results}
-    scores, ids = rows["lm/right_padding/greedy_scores"], rows["lm/right_padding/greedy_ids"]
-    assert scores.verdict.rule == NO_SCORES_RULE and scores.metrics.count == 0 and scores.verdict.passed
-    assert ids.metrics.count > 0 and ids.verdict.passed
+    for col in load_report(tmp_path / "out" / "report.json").columns:
+        rows = {r.name: r for r in col.results}
+        scores, ids = rows["lm/right_padding/greedy_scores"], rows["lm/right_padding/greedy_ids"]
+        assert scores.verdict.rule == NO_SCORES_RULE and scores.metrics.count == 0 and scores.verdict.passed
+        assert ids.metrics.count > 0 and ids.verdict.passed
 
 
 def test_nan_weights_exit_2_with_nan_report(tmp_path, capsys):
